@@ -1,0 +1,219 @@
+//! Typed, validated settings of a node.
+//!
+//! Sources, later ones winning: built-in defaults, an optional TOML file,
+//! `TURNSTILE_*` environment variables, command-line flags. Everything is
+//! parsed once into [`Config`]; components take the parts they need.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::RegistryConfig;
+use crate::session::NodeId;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// All settings of a node. Every field has a default, so `turnstile serve`
+/// runs with no configuration at all.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's name (`Session.node`); defaults to `<hostname>-<pid>`.
+    pub node: Option<String>,
+    /// WebSocket + HTTP (`/v1/ws`, `/metrics`, `/healthz`, `/readyz`).
+    pub http_listen: SocketAddr,
+    /// gRPC (`turnstile.v1.SessionBroker`).
+    pub grpc_listen: SocketAddr,
+    /// Server ping interval; a socket silent for twice this is dead.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long a DISCONNECTED session waits for a socket before it expires.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long a PENDING session waits for its first socket.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Lifetime of connect tokens (and of tombstones of ended sessions).
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Sockets one session may hold at once.
+    pub max_sockets_per_session: usize,
+    /// Largest client message, in bytes; larger ones close the socket (1009).
+    pub max_message_bytes: usize,
+    /// Frames queued for one socket before it counts as a slow consumer and
+    /// is disconnected.
+    pub outbound_queue: usize,
+    /// HS256 secret for connect tokens. When unset a random one is generated
+    /// at start (development only: tokens die with the process).
+    pub signing_key: Option<String>,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// When set, only these tenants are served; others get NOT_FOUND.
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            heartbeat: Duration::from_secs(15),
+            grace: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(60),
+            token_ttl: Duration::from_secs(12 * 3600),
+            max_sockets_per_session: 4,
+            max_message_bytes: 16 * 1024,
+            outbound_queue: 64,
+            signing_key: None,
+            log_format: LogFormat::Human,
+            tenants: None,
+        }
+    }
+}
+
+/// A setting that cannot work, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← `TURNSTILE_*` env ← `overrides` (a
+    /// serialisable struct whose `None` fields are skipped), then validates.
+    pub fn load<O: Serialize>(file: Option<&Path>, overrides: &O) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    field: "--config",
+                    problem: format!("{} does not exist", path.display()),
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let config: Config = fig
+            .merge(Env::prefixed("TURNSTILE_"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.heartbeat < Duration::from_millis(10) {
+            return bad("heartbeat", "must be at least 10ms");
+        }
+        if self.max_sockets_per_session == 0 {
+            return bad("max_sockets_per_session", "must be at least 1");
+        }
+        if self.max_message_bytes < 256 {
+            return bad("max_message_bytes", "must be at least 256");
+        }
+        if self.outbound_queue == 0 {
+            return bad("outbound_queue", "must be at least 1");
+        }
+        if let Some(key) = &self.signing_key {
+            if key.len() < 32 {
+                return bad("signing_key", "must be at least 32 bytes for HS256");
+            }
+        }
+        if let Some(node) = &self.node {
+            if let Err(e) = NodeId::parse(node) {
+                return bad("node", &e.problem);
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's id: the configured name or `<hostname>-<pid>`.
+    pub fn node_id(&self) -> NodeId {
+        if let Some(node) = &self.node {
+            if let Ok(id) = NodeId::parse(node) {
+                return id;
+            }
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "node".into());
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+            .take(100)
+            .collect();
+        let host = if host.is_empty() { "node".into() } else { host };
+        NodeId::parse(&format!("{host}-{}", std::process::id()))
+            .unwrap_or_else(|_| NodeId::parse("node").expect("static node id is valid"))
+    }
+
+    /// The registry's part of the settings.
+    pub fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            node: self.node_id(),
+            connect_timeout: self.connect_timeout,
+            grace: self.grace,
+            tombstone_ttl: self.token_ttl,
+            max_sockets_per_session: self.max_sockets_per_session,
+            ..RegistryConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grace: Option<String>,
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::load(None, &Flags::default()).unwrap();
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn flags_override_and_bad_values_name_the_field() {
+        let c = Config::load(
+            None,
+            &Flags {
+                grace: Some("5s".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.grace, Duration::from_secs(5));
+        let c = Config {
+            signing_key: Some("short".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("signing_key"), "{err}");
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder: the in-memory registry lands next.
+pub struct MemoryRegistry;

@@ -1,0 +1,289 @@
+//! The registry: the one authority that decides who holds a login or a
+//! station, and the life of every session.
+//!
+//! Everything else asks it. Each method is one atomic transition: both
+//! uniqueness checks of a claim, the end of the displaced session and the
+//! grant happen together or not at all. `memory` keeps the state in this
+//! process (the single-node default); a Redis implementation provides the
+//! same semantics with server-side scripts.
+//!
+//! The registry reports what happened through an [`EventSink`]: ended
+//! sessions (whose sockets must be told why), notices to deliver, and
+//! presence changes. Data flows one way: API → registry → sink → gateway.
+
+pub mod memory;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::session::{
+    ClaimRequest, Generation, Login, NodeId, Notice, PresenceEvent, Session, SessionId, Station,
+    Tenant, Tombstone,
+};
+
+pub use memory::MemoryRegistry;
+
+/// Limits and timers of the session life cycle.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// The name of this node, recorded in `Session.node`.
+    pub node: NodeId,
+    /// A PENDING session nobody connects to within this ends EXPIRED.
+    pub connect_timeout: Duration,
+    /// A DISCONNECTED session ends EXPIRED after this unless a socket returns.
+    pub grace: Duration,
+    /// How long a tombstone is kept: as long as a connect token can be presented.
+    pub tombstone_ttl: Duration,
+    /// Sockets one session may hold at once.
+    pub max_sockets_per_session: usize,
+    /// How long a claim's idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+    /// Undelivered notices kept per session (or per login without a session).
+    pub max_notices_per_session: usize,
+    /// Lifetime of a notice sent without `expires_at_ms`.
+    pub default_notice_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            node: NodeId::parse("local").expect("static node id is valid"),
+            connect_timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            tombstone_ttl: Duration::from_secs(12 * 3600),
+            max_sockets_per_session: 4,
+            idempotency_ttl: Duration::from_secs(300),
+            max_notices_per_session: 32,
+            default_notice_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The result of a claim. Conflicts are outcomes, not errors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClaimOutcome {
+    Granted {
+        session: Session,
+        /// Sessions this claim ended (TAKEOVER).
+        evicted: Vec<Session>,
+    },
+    LoginInUse {
+        holder: Session,
+    },
+    StationInUse {
+        holder: Session,
+    },
+}
+
+/// Which session(s) an eviction targets.
+#[derive(Clone, Debug)]
+pub enum EvictTarget {
+    Session(SessionId),
+    Login(Login),
+    Station(Station),
+}
+
+/// How GetSession finds a session.
+#[derive(Clone, Debug)]
+pub enum SessionKey {
+    Id(SessionId),
+    Login(Login),
+}
+
+/// Who a notice is for.
+#[derive(Clone, Debug)]
+pub enum NotifyTarget {
+    Session(SessionId),
+    /// The login's live session, or its next one when it has none.
+    Login(Login),
+    /// Every live session of the tenant.
+    All,
+}
+
+/// What Notify did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifyCounts {
+    /// Sessions with an open socket that were sent the notice now.
+    pub delivered: u32,
+    /// Sessions (or logins) holding it until they next connect.
+    pub queued: u32,
+}
+
+/// One page of ListSessions.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub sessions: Vec<Session>,
+    /// The id to continue after, when there are more.
+    pub next_after: Option<SessionId>,
+}
+
+/// The holder of a station, for StationStatus.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StationInfo {
+    pub station: Station,
+    /// `None` when the station is free.
+    pub holder: Option<(Login, SessionId)>,
+}
+
+/// A socket, unique within the cluster: the node and a per-node counter that
+/// is never reused during a node's life.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SocketId {
+    pub node: NodeId,
+    pub conn: u64,
+}
+
+/// The result of attaching a socket to a session.
+#[derive(Clone, Debug)]
+pub enum Attached {
+    /// The session is live and now CONNECTED.
+    Live {
+        session: Session,
+        /// The session had been connected before (a resume).
+        resumed: bool,
+        /// Notices not yet acked and not expired, oldest first.
+        pending: Vec<Notice>,
+    },
+    /// The session has ended; the socket must be told why and closed.
+    Ended(Tombstone),
+}
+
+/// What went wrong in a registry call. Conflicts are not errors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no session {id} in tenant {tenant}")]
+    SessionNotFound { tenant: Tenant, id: SessionId },
+    #[error("no live session for login {login} in tenant {tenant}")]
+    LoginNotFound { tenant: Tenant, login: Login },
+    #[error("no live session holds station {station} in tenant {tenant}")]
+    StationNotFound { tenant: Tenant, station: Station },
+    #[error("session {id} is at generation {current}, the token carries {presented}")]
+    StaleGeneration {
+        id: SessionId,
+        current: u64,
+        presented: u64,
+    },
+    #[error("session {id} already has {limit} sockets open, the most allowed")]
+    TooManySockets { id: SessionId, limit: usize },
+    #[error("idempotency_key {key:?} was already used for a claim of login {login}")]
+    IdempotencyKeyReused { key: String, login: Login },
+    #[error("session {id} has ended")]
+    SessionEnded { id: SessionId },
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where the registry reports what happened. Implementations must not block:
+/// they are called while the registry holds the lock that orders events of a
+/// tenant, which is what keeps each session's events in order.
+pub trait EventSink: Send + Sync + 'static {
+    fn publish(&self, event: Event);
+}
+
+/// Something other parts of the broker must act on.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A session ended: its sockets get `forced_logout` (or `logged_out`) and
+    /// the matching close code.
+    Ended(Arc<Tombstone>),
+    /// Deliver a notice to the session's open sockets.
+    Notice {
+        tenant: Tenant,
+        session_id: SessionId,
+        notice: Arc<Notice>,
+    },
+    /// A presence change, for WatchPresence streams and watching sockets.
+    Presence(Arc<PresenceEvent>),
+}
+
+/// The registry contract. Every method is atomic with respect to the others
+/// for the same tenant.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Claims the login (and station): rules 1, 2 and 3.
+    async fn claim(&self, req: ClaimRequest) -> Result<ClaimOutcome, RegistryError>;
+
+    /// Ends a session with LOGGED_OUT. Releasing an ended session returns
+    /// its tombstone's session unchanged.
+    async fn release(&self, tenant: &Tenant, id: &SessionId) -> Result<Session, RegistryError>;
+
+    /// Ends the targeted live session with EVICTED and `message`.
+    async fn evict(
+        &self,
+        tenant: &Tenant,
+        target: EvictTarget,
+        message: Option<String>,
+        by: &str,
+    ) -> Result<Vec<Session>, RegistryError>;
+
+    /// A live session by id or login; an ended one (with its reason) by id
+    /// while its tombstone lasts.
+    async fn get(&self, tenant: &Tenant, key: SessionKey) -> Result<Session, RegistryError>;
+
+    /// Live sessions ordered by id, `limit` at most, after `after`.
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Page, RegistryError>;
+
+    /// Who holds each of `stations`, in the same order.
+    async fn stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<Vec<StationInfo>, RegistryError>;
+
+    /// Delivers or queues a notice.
+    async fn notify(
+        &self,
+        tenant: &Tenant,
+        target: NotifyTarget,
+        notice: Notice,
+    ) -> Result<NotifyCounts, RegistryError>;
+
+    /// Attaches a socket to the session named by a connect token.
+    async fn attach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<Attached, RegistryError>;
+
+    /// Detaches a socket; the last one leaving makes the session DISCONNECTED.
+    /// Detaching from an ended session is a no-op.
+    async fn detach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<(), RegistryError>;
+
+    /// Sets the presence status of a live session.
+    async fn set_status(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        status: String,
+    ) -> Result<(), RegistryError>;
+
+    /// Drops an acknowledged notice from the session's queue.
+    async fn ack(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        notice_id: &str,
+    ) -> Result<(), RegistryError>;
+
+    /// Whether the registry can serve writes now (for `/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

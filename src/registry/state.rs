@@ -1,0 +1,1 @@
+//! Placeholder: the tenant state machine lands next.

@@ -1,0 +1,368 @@
+//! Domain types shared by every layer: identifiers, sessions, end reasons,
+//! notices and presence events.
+//!
+//! Identifiers are validated newtypes: once a `Tenant`, `Login` or `Station`
+//! exists it is known to be well formed, so the registry never sees raw,
+//! unchecked strings from the wire. The gRPC layer converts `pb` types into
+//! these at the edge; the core never touches prost structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why an identifier from a client was refused. `field` names the request
+/// field so the caller can act on the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checks an identifier: 1..=max bytes of `[A-Za-z0-9._@+:-]` (logins may be
+/// e-mail addresses; nothing that needs escaping in logs, Redis keys or URLs).
+fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), InvalidField> {
+    if value.is_empty() {
+        return Err(InvalidField::new(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(InvalidField::new(
+            field,
+            format!("is {} bytes long, the limit is {max}", value.len()),
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | ':' | '-')))
+    {
+        return Err(InvalidField::new(
+            field,
+            format!("contains {bad:?}; allowed are letters, digits and . _ @ + : -"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The longest value accepted, in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Validates `value` as this identifier; the error names `field`.
+            pub fn parse_field(field: &'static str, value: &str) -> Result<Self, InvalidField> {
+                check_id(field, value, Self::MAX_LEN)?;
+                Ok(Self(Arc::from(value)))
+            }
+
+            /// Validates `value`, naming the default field in errors.
+            pub fn parse(value: &str) -> Result<Self, InvalidField> {
+                Self::parse_field($field, value)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A company. Tenants never see or touch each other.
+    Tenant, "tenant", 64
+);
+id_type!(
+    /// A user's login name within a tenant.
+    Login, "login", 128
+);
+id_type!(
+    /// A desk phone / hot-desk seat within a tenant.
+    Station, "station", 64
+);
+id_type!(
+    /// A session's id: unique across nodes and node restarts (128 random bits).
+    SessionId, "session_id", 64
+);
+id_type!(
+    /// A broker node's name, as shown in `Session.node`.
+    NodeId, "node", 128
+);
+
+impl SessionId {
+    /// A fresh random id (UUIDv4, 32 hex digits).
+    pub fn random() -> Self {
+        Self(Arc::from(uuid::Uuid::new_v4().simple().to_string()))
+    }
+}
+
+/// Per-login grant counter: a fencing token. Every grant for a login gets a
+/// larger generation than any earlier grant for that login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Generation(pub u64);
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// Normal logout (Release, or the client's `logout`).
+    LoggedOut,
+    /// Another claim for the same login took over.
+    Superseded,
+    /// The same login claimed a different station.
+    StationChanged,
+    /// An administrator (Evict) ended it.
+    Evicted,
+    /// Nobody connected in time, or the grace after a disconnect ran out.
+    Expired,
+}
+
+impl EndReason {
+    /// The WebSocket close code sockets of the session are closed with.
+    pub fn close_code(self) -> u16 {
+        match self {
+            EndReason::LoggedOut => 4000,
+            EndReason::Superseded => 4001,
+            EndReason::StationChanged => 4002,
+            EndReason::Evicted => 4003,
+            EndReason::Expired => 4004,
+        }
+    }
+
+    /// The `reason` string of a `forced_logout` frame (and of logs/metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::LoggedOut => "logged_out",
+            EndReason::Superseded => "superseded",
+            EndReason::StationChanged => "station_changed",
+            EndReason::Evicted => "evicted",
+            EndReason::Expired => "expired",
+        }
+    }
+
+    /// The message shown to the person whose session ended.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            EndReason::LoggedOut => "You have been logged out.",
+            EndReason::Superseded => {
+                "Another user has logged with your credentials. Multiple logins not allowed."
+            }
+            EndReason::StationChanged => {
+                "Your connection has been dropped due to a subsequent log on to a different station."
+            }
+            EndReason::Evicted => "You have been logged out by an administrator.",
+            EndReason::Expired => "Your session has expired. Please log in again.",
+        }
+    }
+}
+
+/// Where a session is in its life. `Ended` carries why, so an ended session
+/// without a reason cannot be represented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Claimed; no socket has connected yet.
+    Pending,
+    /// At least one socket is open.
+    Connected,
+    /// The last socket was lost; inside the grace period.
+    Disconnected,
+    /// Over.
+    Ended(EndReason),
+}
+
+impl SessionState {
+    pub fn is_live(self) -> bool {
+        !matches!(self, SessionState::Ended(_))
+    }
+}
+
+/// What a claim asks for.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub tenant: Tenant,
+    pub login: Login,
+    pub station: Option<Station>,
+    pub client: String,
+    pub role: String,
+    pub policy: ConflictPolicy,
+    pub attributes: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// What to do when the login is already held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConflictPolicy {
+    /// Refuse with `LoginInUse` (the default).
+    #[default]
+    Reject,
+    /// End the holder and grant.
+    Takeover,
+}
+
+/// A session as the registry knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub id: SessionId,
+    pub tenant: Tenant,
+    pub login: Login,
+    pub station: Option<Station>,
+    pub client: String,
+    pub role: String,
+    pub generation: Generation,
+    pub state: SessionState,
+    pub created_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// The node that holds (or last held) the session's sockets, or that
+    /// granted it while it is pending.
+    pub node: NodeId,
+    pub attributes: BTreeMap<String, String>,
+    /// Presence status set by the client; empty until it sets one.
+    pub status: String,
+}
+
+impl Session {
+    /// Roles that may watch a tenant's presence from a socket.
+    pub fn can_watch_presence(&self) -> bool {
+        matches!(self.role.as_str(), "supervisor" | "admin")
+    }
+}
+
+/// Who or what ended a session, for the `forced_logout.by` field and the
+/// audit log: the displacing claim's client and station, or the admin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndedBy {
+    /// The displacing claim's `client` ("desktop", ...) or "admin" / "broker".
+    pub client: String,
+    pub station: Option<Station>,
+    /// The session that displaced this one, when a claim did.
+    pub session_id: Option<SessionId>,
+    pub at_ms: i64,
+}
+
+/// How a session ended: kept as a tombstone so a late client learns why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ending {
+    pub reason: EndReason,
+    pub by: EndedBy,
+    /// The message for the person (the admin's text for evictions).
+    pub message: String,
+}
+
+/// A session that has ended, with how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tombstone {
+    pub session: Session,
+    pub ending: Ending,
+}
+
+/// A notice pushed by the login service (license / password expiry ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub id: String,
+    pub kind: String,
+    pub severity: String,
+    pub text: String,
+    /// A JSON object, or empty.
+    pub data_json: String,
+    /// Unix ms after which it is dropped undelivered.
+    pub expires_at_ms: i64,
+}
+
+/// Presence change kinds, as in the proto.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceChange {
+    Claimed,
+    Connected,
+    Disconnected,
+    Reconnected,
+    StatusChanged,
+    Ended,
+}
+
+impl PresenceChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceChange::Claimed => "claimed",
+            PresenceChange::Connected => "connected",
+            PresenceChange::Disconnected => "disconnected",
+            PresenceChange::Reconnected => "reconnected",
+            PresenceChange::StatusChanged => "status_changed",
+            PresenceChange::Ended => "ended",
+        }
+    }
+}
+
+/// One presence change of one session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenceEvent {
+    pub session: Session,
+    pub change: PresenceChange,
+    pub at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch, the registry's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_emails_and_refuse_spaces_naming_the_field() {
+        assert!(Login::parse("ana.lopez+2@example.com").is_ok());
+        let err = Login::parse("ana lopez").unwrap_err();
+        assert_eq!(err.field, "login");
+        assert!(err.to_string().contains("' '"), "{err}");
+        let err = Station::parse_field("stations[1]", "").unwrap_err();
+        assert_eq!(err.to_string(), "stations[1]: must not be empty");
+        let long = "x".repeat(Tenant::MAX_LEN + 1);
+        assert!(Tenant::parse(&long).unwrap_err().problem.contains("limit is 64"));
+    }
+
+    #[test]
+    fn end_reasons_map_to_the_documented_close_codes_and_messages() {
+        assert_eq!(EndReason::Superseded.close_code(), 4001);
+        assert_eq!(EndReason::StationChanged.close_code(), 4002);
+        assert_eq!(EndReason::Evicted.close_code(), 4003);
+        assert_eq!(EndReason::Expired.close_code(), 4004);
+        assert_eq!(EndReason::LoggedOut.close_code(), 4000);
+        assert_eq!(
+            EndReason::Superseded.default_message(),
+            "Another user has logged with your credentials. Multiple logins not allowed."
+        );
+    }
+
+    #[test]
+    fn session_ids_are_unique() {
+        assert_ne!(SessionId::random(), SessionId::random());
+    }
+}
