@@ -1,2 +1,389 @@
-//! Placeholder: the in-memory registry lands next.
-pub struct MemoryRegistry;
+//! The embedded, in-memory registry: the single-node default.
+//!
+//! Each tenant's [`TenantState`] sits behind its own `std::sync::Mutex` in a
+//! `DashMap`. A std mutex, not a tokio one, because nothing awaits while it is
+//! held and every critical section is a few map operations. Events are
+//! published while the lock is held, which orders each tenant's events.
+//!
+//! Expiry is **one** background task over a deadline set, woken by a `Notify`
+//! only when an earlier deadline arrives — not a timer per session. Deadlines
+//! are hints: when one fires the state machine checks the session's real
+//! deadline, so a session that reconnected in time is left alone.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Effects, TenantState};
+use super::{
+    Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
+    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+};
+use crate::session::{
+    now_ms, ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant,
+};
+
+/// The in-memory registry. Dropping it stops its expiry task.
+pub struct MemoryRegistry {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+struct Shared {
+    cfg: RegistryConfig,
+    sink: Arc<dyn EventSink>,
+    tenants: DashMap<Tenant, Arc<Mutex<TenantState>>>,
+    /// Armed deadlines: (unix ms, tenant, session).
+    deadlines: Mutex<BTreeSet<(i64, Tenant, SessionId)>>,
+    /// Wakes the expiry task when an earlier deadline is armed.
+    wake: Notify,
+}
+
+impl MemoryRegistry {
+    /// Creates the registry and spawns its expiry task on the current runtime.
+    pub fn start(cfg: RegistryConfig, sink: Arc<dyn EventSink>) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            cfg,
+            sink,
+            tenants: DashMap::new(),
+            deadlines: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(expire_loop(shared.clone(), stop.clone()));
+        Arc::new(Self { shared, stop })
+    }
+
+    /// Runs a transition on the tenant's state (created on first write),
+    /// publishing its events before the lock is released.
+    fn write<T>(
+        &self,
+        tenant: &Tenant,
+        f: impl FnOnce(&mut TenantState, &RegistryConfig, i64, &mut Effects) -> T,
+    ) -> T {
+        let state = self
+            .shared
+            .tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(TenantState::new(tenant.clone()))))
+            .clone();
+        let mut guard = lock(&state);
+        self.shared.apply(tenant, &mut guard, f)
+    }
+
+    /// Runs a read on the tenant's state; `None` when the tenant has none.
+    fn read<T>(&self, tenant: &Tenant, f: impl FnOnce(&TenantState) -> T) -> Option<T> {
+        let state = self.shared.tenants.get(tenant)?.clone();
+        let guard = lock(&state);
+        Some(f(&guard))
+    }
+}
+
+impl Drop for MemoryRegistry {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Shared {
+    fn apply<T>(
+        &self,
+        tenant: &Tenant,
+        state: &mut TenantState,
+        f: impl FnOnce(&mut TenantState, &RegistryConfig, i64, &mut Effects) -> T,
+    ) -> T {
+        let mut fx = Effects::default();
+        let out = f(state, &self.cfg, now_ms(), &mut fx);
+        for event in fx.events {
+            self.sink.publish(event);
+        }
+        if !fx.deadlines.is_empty() {
+            let mut deadlines = lock(&self.deadlines);
+            let earliest_before = deadlines.first().map(|d| d.0);
+            for (at, id) in fx.deadlines {
+                deadlines.insert((at, tenant.clone(), id));
+            }
+            if deadlines.first().map(|d| d.0) != earliest_before {
+                self.wake.notify_one();
+            }
+        }
+        out
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the
+/// state machine never leaves a half-applied transition behind a panic point
+/// that matters more than staying available.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The one expiry task: sleeps until the earliest deadline, expires what is
+/// due, and goes back to sleep.
+async fn expire_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let now = now_ms();
+        let mut due = Vec::new();
+        let next = {
+            let mut deadlines = lock(&shared.deadlines);
+            while let Some(first) = deadlines.first() {
+                if first.0 > now {
+                    break;
+                }
+                due.extend(deadlines.pop_first());
+            }
+            deadlines.first().map(|d| d.0)
+        };
+        for (_, tenant, id) in due {
+            let Some(state) = shared.tenants.get(&tenant).map(|s| s.clone()) else {
+                continue;
+            };
+            let mut guard = lock(&state);
+            shared.apply(&tenant, &mut guard, |s, cfg, now, fx| {
+                s.expire(&id, cfg, now, fx)
+            });
+        }
+        let sleep = match next {
+            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn claim(&self, req: ClaimRequest) -> Result<ClaimOutcome, RegistryError> {
+        let tenant = req.tenant.clone();
+        self.write(&tenant, |s, cfg, now, fx| s.claim(req, cfg, now, fx))
+    }
+
+    async fn release(&self, tenant: &Tenant, id: &SessionId) -> Result<Session, RegistryError> {
+        self.write(tenant, |s, cfg, now, fx| s.release(id, cfg, now, fx))
+    }
+
+    async fn evict(
+        &self,
+        tenant: &Tenant,
+        target: EvictTarget,
+        message: Option<String>,
+        by: &str,
+    ) -> Result<Vec<Session>, RegistryError> {
+        self.write(tenant, |s, cfg, now, fx| {
+            s.evict(&target, message, by, cfg, now, fx)
+        })
+    }
+
+    async fn get(&self, tenant: &Tenant, key: SessionKey) -> Result<Session, RegistryError> {
+        self.read(tenant, |s| s.get(&key))
+            .unwrap_or_else(|| Err(not_found(tenant, &key)))
+    }
+
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        Ok(self
+            .read(tenant, |s| s.list(after.as_ref(), limit))
+            .unwrap_or_default())
+    }
+
+    async fn stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<Vec<StationInfo>, RegistryError> {
+        Ok(self
+            .read(tenant, |s| s.stations(stations))
+            .unwrap_or_else(|| {
+                stations
+                    .iter()
+                    .map(|station| StationInfo {
+                        station: station.clone(),
+                        holder: None,
+                    })
+                    .collect()
+            }))
+    }
+
+    async fn notify(
+        &self,
+        tenant: &Tenant,
+        target: NotifyTarget,
+        notice: Notice,
+    ) -> Result<NotifyCounts, RegistryError> {
+        self.write(tenant, |s, cfg, now, fx| {
+            s.notify(&target, notice, cfg, now, fx)
+        })
+    }
+
+    async fn attach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<Attached, RegistryError> {
+        self.write(tenant, |s, cfg, now, fx| {
+            s.attach(id, generation, socket, cfg, now, fx)
+        })
+    }
+
+    async fn detach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<(), RegistryError> {
+        self.write(tenant, |s, cfg, now, fx| {
+            s.detach(id, generation, &socket, cfg, now, fx)
+        })
+    }
+
+    async fn set_status(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        status: String,
+    ) -> Result<(), RegistryError> {
+        self.write(tenant, |s, _, now, fx| {
+            s.set_status(id, generation, status, now, fx)
+        })
+    }
+
+    async fn ack(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        notice_id: &str,
+    ) -> Result<(), RegistryError> {
+        self.write(tenant, |s, _, now, _| s.ack(id, notice_id, now))
+    }
+}
+
+fn not_found(tenant: &Tenant, key: &SessionKey) -> RegistryError {
+    match key {
+        SessionKey::Id(id) => RegistryError::SessionNotFound {
+            tenant: tenant.clone(),
+            id: id.clone(),
+        },
+        SessionKey::Login(login) => RegistryError::LoginNotFound {
+            tenant: tenant.clone(),
+            login: login.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Event;
+    use crate::session::{ConflictPolicy, EndReason, Login, NodeId, SessionState};
+    use tokio::sync::mpsc;
+
+    /// A sink that forwards events to the test, so it can await them.
+    struct Forward(mpsc::UnboundedSender<Event>);
+    impl EventSink for Forward {
+        fn publish(&self, event: Event) {
+            let _ = self.0.send(event);
+        }
+    }
+
+    fn req(login: &str) -> ClaimRequest {
+        ClaimRequest {
+            tenant: Tenant::parse("acme").unwrap(),
+            login: Login::parse(login).unwrap(),
+            station: None,
+            client: "web".into(),
+            role: "agent".into(),
+            policy: ConflictPolicy::Reject,
+            attributes: Default::default(),
+            idempotency_key: None,
+        }
+    }
+
+    fn start(cfg: RegistryConfig) -> (Arc<MemoryRegistry>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MemoryRegistry::start(cfg, Arc::new(Forward(tx))), rx)
+    }
+
+    async fn granted(reg: &MemoryRegistry, login: &str) -> Session {
+        match reg.claim(req(login)).await.unwrap() {
+            ClaimOutcome::Granted { session, .. } => session,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    /// Awaits (bounded) the Ended event of `id`.
+    async fn ended(rx: &mut mpsc::UnboundedReceiver<Event>, id: &SessionId) -> EndReason {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await {
+                    Some(Event::Ended(t)) if &t.session.id == id => return t.ending.reason,
+                    Some(_) => continue,
+                    None => panic!("sink closed"),
+                }
+            }
+        })
+        .await
+        .expect("the session never ended")
+    }
+
+    #[tokio::test]
+    async fn a_pending_session_expires_through_the_sweeper() {
+        let (reg, mut rx) = start(RegistryConfig {
+            connect_timeout: Duration::from_millis(30),
+            ..RegistryConfig::default()
+        });
+        let session = granted(&reg, "ana").await;
+        assert_eq!(ended(&mut rx, &session.id).await, EndReason::Expired);
+        let got = reg
+            .get(&session.tenant, SessionKey::Id(session.id))
+            .await
+            .unwrap();
+        assert_eq!(got.state, SessionState::Ended(EndReason::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_reconnected_session_outlives_its_old_grace_deadline() {
+        let (reg, mut rx) = start(RegistryConfig {
+            grace: Duration::from_millis(20),
+            connect_timeout: Duration::from_millis(40),
+            ..RegistryConfig::default()
+        });
+        let ana = granted(&reg, "ana").await;
+        let t = ana.tenant.clone();
+        let sock = |conn| SocketId {
+            node: NodeId::parse("n").unwrap(),
+            conn,
+        };
+        reg.attach(&t, &ana.id, ana.generation, sock(1))
+            .await
+            .unwrap();
+        reg.detach(&t, &ana.id, ana.generation, sock(1))
+            .await
+            .unwrap();
+        reg.attach(&t, &ana.id, ana.generation, sock(2))
+            .await
+            .unwrap();
+        // Bob's connect deadline is later than ana's stale grace deadline, so
+        // once bob has expired the sweeper has passed ana's deadline too.
+        let bob = granted(&reg, "bob").await;
+        assert_eq!(ended(&mut rx, &bob.id).await, EndReason::Expired);
+        let got = reg.get(&t, SessionKey::Id(ana.id)).await.unwrap();
+        assert_eq!(got.state, SessionState::Connected);
+    }
+}

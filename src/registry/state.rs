@@ -1,1 +1,687 @@
-//! Placeholder: the tenant state machine lands next.
+//! The state machine of one tenant.
+//!
+//! Both indexes (login → session, station → session), the sessions, their
+//! sockets and notices, the tombstones and the idempotency keys live in one
+//! [`TenantState`] and change together, so the two uniqueness rules can never
+//! disagree with each other. It is pure: every method takes `now` and writes
+//! the events to publish and the deadlines to arm into [`Effects`], which
+//! makes it testable (and property-tested) without a runtime or a clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::{
+    Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
+    RegistryError, SessionKey, SocketId, StationInfo,
+};
+use crate::session::{
+    ClaimRequest, ConflictPolicy, EndReason, EndedBy, Ending, Generation, Login, Notice,
+    PresenceChange, PresenceEvent, Session, SessionId, SessionState, Station, Tenant, Tombstone,
+};
+
+/// What a transition asks the caller to do after it: events to publish (in
+/// order, before the tenant lock is released) and expiry deadlines to arm.
+#[derive(Default, Debug)]
+pub(crate) struct Effects {
+    pub events: Vec<Event>,
+    /// (unix ms, session) pairs; a deadline that turns out stale is ignored.
+    pub deadlines: Vec<(i64, SessionId)>,
+}
+
+/// A live session and what only the registry needs to know about it.
+#[derive(Debug)]
+struct Record {
+    session: Session,
+    sockets: Vec<SocketId>,
+    /// Whether any socket ever attached (a later attach is a resume).
+    ever_connected: bool,
+    /// Notices not yet acked, oldest first.
+    notices: Vec<Notice>,
+    /// When a PENDING or DISCONNECTED session expires.
+    deadline: Option<i64>,
+}
+
+#[derive(Debug)]
+struct IdempotentClaim {
+    login: Login,
+    outcome: ClaimOutcome,
+}
+
+/// Everything the registry knows about one tenant.
+#[derive(Debug)]
+pub(crate) struct TenantState {
+    tenant: Tenant,
+    sessions: BTreeMap<SessionId, Record>,
+    by_login: HashMap<Login, SessionId>,
+    by_station: HashMap<Station, SessionId>,
+    generations: HashMap<Login, u64>,
+    tombstones: HashMap<SessionId, Arc<Tombstone>>,
+    /// Tombstones in the order they expire (all live equally long).
+    tombstone_expiry: VecDeque<(i64, SessionId)>,
+    idempotency: HashMap<String, IdempotentClaim>,
+    idempotency_expiry: VecDeque<(i64, String)>,
+    /// Notices for logins that have no live session, handed to the next one.
+    mailbox: HashMap<Login, Vec<Notice>>,
+}
+
+impl TenantState {
+    pub fn new(tenant: Tenant) -> Self {
+        Self {
+            tenant,
+            sessions: BTreeMap::new(),
+            by_login: HashMap::new(),
+            by_station: HashMap::new(),
+            generations: HashMap::new(),
+            tombstones: HashMap::new(),
+            tombstone_expiry: VecDeque::new(),
+            idempotency: HashMap::new(),
+            idempotency_expiry: VecDeque::new(),
+            mailbox: HashMap::new(),
+        }
+    }
+
+    /// Rules 1–3: one live session per login and per station in this tenant.
+    pub fn claim(
+        &mut self,
+        req: ClaimRequest,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<ClaimOutcome, RegistryError> {
+        self.prune(now);
+        if let Some(key) = &req.idempotency_key {
+            if let Some(previous) = self.idempotency.get(key) {
+                if previous.login != req.login {
+                    return Err(RegistryError::IdempotencyKeyReused {
+                        key: key.clone(),
+                        login: previous.login.clone(),
+                    });
+                }
+                return Ok(self.refresh(previous.outcome.clone()));
+            }
+        }
+        let outcome = self.claim_fresh(&req, cfg, now, fx);
+        if let Some(key) = req.idempotency_key {
+            self.idempotency_expiry
+                .push_back((now + cfg.idempotency_ttl.as_millis() as i64, key.clone()));
+            self.idempotency.insert(
+                key,
+                IdempotentClaim {
+                    login: req.login,
+                    outcome: outcome.clone(),
+                },
+            );
+        }
+        Ok(outcome)
+    }
+
+    fn claim_fresh(
+        &mut self,
+        req: &ClaimRequest,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> ClaimOutcome {
+        // The station rule applies under both policies: the first user keeps it.
+        if let Some(station) = &req.station {
+            if let Some(holder) = self
+                .by_station
+                .get(station)
+                .and_then(|id| self.sessions.get(id))
+            {
+                if holder.session.login != req.login {
+                    return ClaimOutcome::StationInUse {
+                        holder: holder.session.clone(),
+                    };
+                }
+            }
+        }
+        let new_id = SessionId::random();
+        let mut evicted = Vec::new();
+        if let Some(holder_id) = self.by_login.get(&req.login).cloned() {
+            if req.policy == ConflictPolicy::Reject {
+                let holder = self.sessions[&holder_id].session.clone();
+                return ClaimOutcome::LoginInUse { holder };
+            }
+            let holder_station = self.sessions[&holder_id].session.station.clone();
+            let reason = match &req.station {
+                Some(s) if Some(s) != holder_station.as_ref() => EndReason::StationChanged,
+                _ => EndReason::Superseded,
+            };
+            let by = EndedBy {
+                client: req.client.clone(),
+                station: req.station.clone(),
+                session_id: Some(new_id.clone()),
+                at_ms: now,
+            };
+            if let Some(ended) = self.end(&holder_id, reason, by, None, cfg, now, fx) {
+                evicted.push(ended);
+            }
+        }
+        let generation = self.generations.entry(req.login.clone()).or_insert(0);
+        *generation += 1;
+        let session = Session {
+            id: new_id.clone(),
+            tenant: self.tenant.clone(),
+            login: req.login.clone(),
+            station: req.station.clone(),
+            client: req.client.clone(),
+            role: req.role.clone(),
+            generation: Generation(*generation),
+            state: SessionState::Pending,
+            created_at_ms: now,
+            last_seen_ms: now,
+            node: cfg.node.clone(),
+            attributes: req.attributes.clone(),
+            status: String::new(),
+        };
+        let deadline = now + cfg.connect_timeout.as_millis() as i64;
+        let notices = self
+            .mailbox
+            .remove(&req.login)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.expires_at_ms > now)
+            .collect();
+        self.by_login.insert(req.login.clone(), new_id.clone());
+        if let Some(station) = &req.station {
+            self.by_station.insert(station.clone(), new_id.clone());
+        }
+        self.sessions.insert(
+            new_id.clone(),
+            Record {
+                session: session.clone(),
+                sockets: Vec::new(),
+                ever_connected: false,
+                notices,
+                deadline: Some(deadline),
+            },
+        );
+        fx.deadlines.push((deadline, new_id));
+        presence(fx, &session, PresenceChange::Claimed, now);
+        ClaimOutcome::Granted { session, evicted }
+    }
+
+    /// A replayed idempotent outcome, with the granted session as it is now.
+    fn refresh(&self, outcome: ClaimOutcome) -> ClaimOutcome {
+        match outcome {
+            ClaimOutcome::Granted { session, evicted } => {
+                let session = self
+                    .sessions
+                    .get(&session.id)
+                    .map(|r| r.session.clone())
+                    .or_else(|| self.tombstones.get(&session.id).map(|t| t.session.clone()))
+                    .unwrap_or(session);
+                ClaimOutcome::Granted { session, evicted }
+            }
+            other => other,
+        }
+    }
+
+    /// Ends a live session, leaving a tombstone; returns it as ended.
+    #[allow(clippy::too_many_arguments)]
+    fn end(
+        &mut self,
+        id: &SessionId,
+        reason: EndReason,
+        by: EndedBy,
+        message: Option<String>,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Option<Session> {
+        let record = self.sessions.remove(id)?;
+        let mut session = record.session;
+        if self.by_login.get(&session.login) == Some(id) {
+            self.by_login.remove(&session.login);
+        }
+        if let Some(station) = &session.station {
+            if self.by_station.get(station) == Some(id) {
+                self.by_station.remove(station);
+            }
+        }
+        session.state = SessionState::Ended(reason);
+        session.last_seen_ms = now;
+        let tombstone = Arc::new(Tombstone {
+            session: session.clone(),
+            ending: Ending {
+                reason,
+                by,
+                message: message.unwrap_or_else(|| reason.default_message().to_string()),
+            },
+        });
+        self.tombstone_expiry
+            .push_back((now + cfg.tombstone_ttl.as_millis() as i64, id.clone()));
+        self.tombstones.insert(id.clone(), tombstone.clone());
+        fx.events.push(Event::Ended(tombstone));
+        presence(fx, &session, PresenceChange::Ended, now);
+        Some(session)
+    }
+
+    /// Drops tombstones and idempotency keys whose time is over.
+    fn prune(&mut self, now: i64) {
+        while let Some((at, _)) = self.tombstone_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, id)) = self.tombstone_expiry.pop_front() {
+                self.tombstones.remove(&id);
+            }
+        }
+        while let Some((at, _)) = self.idempotency_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.idempotency_expiry.pop_front() {
+                self.idempotency.remove(&key);
+            }
+        }
+    }
+
+    fn live(&self, id: &SessionId) -> Result<&Record, RegistryError> {
+        self.sessions.get(id).ok_or_else(|| self.missing(id))
+    }
+
+    fn live_mut(&mut self, id: &SessionId) -> Result<&mut Record, RegistryError> {
+        if !self.sessions.contains_key(id) {
+            return Err(self.missing(id));
+        }
+        Ok(self.sessions.get_mut(id).expect("checked above"))
+    }
+
+    fn missing(&self, id: &SessionId) -> RegistryError {
+        if self.tombstones.contains_key(id) {
+            RegistryError::SessionEnded { id: id.clone() }
+        } else {
+            RegistryError::SessionNotFound {
+                tenant: self.tenant.clone(),
+                id: id.clone(),
+            }
+        }
+    }
+
+    /// Normal logout. Releasing an already ended session returns it as it ended.
+    pub fn release(
+        &mut self,
+        id: &SessionId,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<Session, RegistryError> {
+        self.prune(now);
+        if self.sessions.contains_key(id) {
+            let by = EndedBy {
+                client: "logout".into(),
+                station: None,
+                session_id: None,
+                at_ms: now,
+            };
+            return Ok(self
+                .end(id, EndReason::LoggedOut, by, None, cfg, now, fx)
+                .expect("session is live"));
+        }
+        match self.tombstones.get(id) {
+            Some(t) => Ok(t.session.clone()),
+            None => Err(self.missing(id)),
+        }
+    }
+
+    /// Administrative force logout.
+    pub fn evict(
+        &mut self,
+        target: &EvictTarget,
+        message: Option<String>,
+        by: &str,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<Vec<Session>, RegistryError> {
+        self.prune(now);
+        let id = match target {
+            EvictTarget::Session(id) => self.live(id)?.session.id.clone(),
+            EvictTarget::Login(login) => {
+                self.by_login
+                    .get(login)
+                    .cloned()
+                    .ok_or_else(|| RegistryError::LoginNotFound {
+                        tenant: self.tenant.clone(),
+                        login: login.clone(),
+                    })?
+            }
+            EvictTarget::Station(station) => {
+                self.by_station.get(station).cloned().ok_or_else(|| {
+                    RegistryError::StationNotFound {
+                        tenant: self.tenant.clone(),
+                        station: station.clone(),
+                    }
+                })?
+            }
+        };
+        let by = EndedBy {
+            client: by.to_string(),
+            station: None,
+            session_id: None,
+            at_ms: now,
+        };
+        Ok(self
+            .end(&id, EndReason::Evicted, by, message, cfg, now, fx)
+            .into_iter()
+            .collect())
+    }
+
+    pub fn get(&self, key: &SessionKey) -> Result<Session, RegistryError> {
+        match key {
+            SessionKey::Id(id) => match self.sessions.get(id) {
+                Some(r) => Ok(r.session.clone()),
+                None => self
+                    .tombstones
+                    .get(id)
+                    .map(|t| t.session.clone())
+                    .ok_or_else(|| self.missing(id)),
+            },
+            SessionKey::Login(login) => self
+                .by_login
+                .get(login)
+                .and_then(|id| self.sessions.get(id))
+                .map(|r| r.session.clone())
+                .ok_or_else(|| RegistryError::LoginNotFound {
+                    tenant: self.tenant.clone(),
+                    login: login.clone(),
+                }),
+        }
+    }
+
+    pub fn list(&self, after: Option<&SessionId>, limit: usize) -> Page {
+        let lower = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut sessions: Vec<Session> = self
+            .sessions
+            .range::<SessionId, _>((lower, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(_, r)| r.session.clone())
+            .collect();
+        let next_after = if sessions.len() > limit {
+            sessions.truncate(limit);
+            sessions.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Page {
+            sessions,
+            next_after,
+        }
+    }
+
+    pub fn stations(&self, stations: &[Station]) -> Vec<StationInfo> {
+        stations
+            .iter()
+            .map(|station| StationInfo {
+                station: station.clone(),
+                holder: self
+                    .by_station
+                    .get(station)
+                    .and_then(|id| self.sessions.get(id))
+                    .map(|r| (r.session.login.clone(), r.session.id.clone())),
+            })
+            .collect()
+    }
+
+    /// Delivers a notice to open sockets now, or keeps it for the next connect.
+    pub fn notify(
+        &mut self,
+        target: &NotifyTarget,
+        mut notice: Notice,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<NotifyCounts, RegistryError> {
+        if notice.expires_at_ms == 0 {
+            notice.expires_at_ms = now + cfg.default_notice_ttl.as_millis() as i64;
+        }
+        let mut counts = NotifyCounts::default();
+        if notice.expires_at_ms <= now {
+            return Ok(counts);
+        }
+        let ids: Vec<SessionId> = match target {
+            NotifyTarget::Session(id) => vec![self.live(id)?.session.id.clone()],
+            NotifyTarget::Login(login) => match self.by_login.get(login) {
+                Some(id) => vec![id.clone()],
+                None => {
+                    let queue = self.mailbox.entry(login.clone()).or_default();
+                    push_notice(queue, notice, cfg.max_notices_per_session, now);
+                    counts.queued = 1;
+                    return Ok(counts);
+                }
+            },
+            NotifyTarget::All => self.sessions.keys().cloned().collect(),
+        };
+        let notice = Arc::new(notice);
+        for id in ids {
+            let Some(record) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            push_notice(
+                &mut record.notices,
+                (*notice).clone(),
+                cfg.max_notices_per_session,
+                now,
+            );
+            if record.sockets.is_empty() {
+                counts.queued += 1;
+            } else {
+                counts.delivered += 1;
+                fx.events.push(Event::Notice {
+                    tenant: self.tenant.clone(),
+                    session_id: id,
+                    notice: notice.clone(),
+                });
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Attaches a socket: PENDING/DISCONNECTED → CONNECTED.
+    pub fn attach(
+        &mut self,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<Attached, RegistryError> {
+        self.prune(now);
+        let Some(record) = self.sessions.get_mut(id) else {
+            return match self.tombstones.get(id) {
+                Some(t) => Ok(Attached::Ended((**t).clone())),
+                None => Err(self.missing(id)),
+            };
+        };
+        check_generation(record, generation)?;
+        if !record.sockets.contains(&socket) {
+            if record.sockets.len() >= cfg.max_sockets_per_session {
+                return Err(RegistryError::TooManySockets {
+                    id: id.clone(),
+                    limit: cfg.max_sockets_per_session,
+                });
+            }
+            record.sockets.push(socket.clone());
+        }
+        let change = match record.session.state {
+            SessionState::Pending => Some(PresenceChange::Connected),
+            SessionState::Disconnected => Some(PresenceChange::Reconnected),
+            _ => None,
+        };
+        let resumed = record.ever_connected;
+        record.ever_connected = true;
+        record.deadline = None;
+        record.session.state = SessionState::Connected;
+        record.session.node = socket.node;
+        record.session.last_seen_ms = now;
+        record.notices.retain(|n| n.expires_at_ms > now);
+        let session = record.session.clone();
+        let pending = record.notices.clone();
+        if let Some(change) = change {
+            presence(fx, &session, change, now);
+        }
+        Ok(Attached::Live {
+            session,
+            resumed,
+            pending,
+        })
+    }
+
+    /// Detaches a socket; the last one leaving starts the grace period.
+    pub fn detach(
+        &mut self,
+        id: &SessionId,
+        generation: Generation,
+        socket: &SocketId,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<(), RegistryError> {
+        let Some(record) = self.sessions.get_mut(id) else {
+            return Ok(());
+        };
+        check_generation(record, generation)?;
+        let before = record.sockets.len();
+        record.sockets.retain(|s| s != socket);
+        if before == record.sockets.len() {
+            return Ok(());
+        }
+        record.session.last_seen_ms = now;
+        if record.sockets.is_empty() {
+            let deadline = now + cfg.grace.as_millis() as i64;
+            record.session.state = SessionState::Disconnected;
+            record.deadline = Some(deadline);
+            fx.deadlines.push((deadline, id.clone()));
+            let session = record.session.clone();
+            presence(fx, &session, PresenceChange::Disconnected, now);
+        }
+        Ok(())
+    }
+
+    pub fn set_status(
+        &mut self,
+        id: &SessionId,
+        generation: Generation,
+        status: String,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<(), RegistryError> {
+        let record = self.live_mut(id)?;
+        check_generation(record, generation)?;
+        record.session.status = status;
+        record.session.last_seen_ms = now;
+        let session = record.session.clone();
+        presence(fx, &session, PresenceChange::StatusChanged, now);
+        Ok(())
+    }
+
+    pub fn ack(&mut self, id: &SessionId, notice_id: &str, now: i64) -> Result<(), RegistryError> {
+        let record = self.live_mut(id)?;
+        record.notices.retain(|n| n.id != notice_id);
+        record.session.last_seen_ms = now;
+        Ok(())
+    }
+
+    /// Ends the session EXPIRED if its deadline has passed; a stale deadline
+    /// (the session connected again, or already ended) does nothing.
+    pub fn expire(
+        &mut self,
+        id: &SessionId,
+        cfg: &RegistryConfig,
+        now: i64,
+        fx: &mut Effects,
+    ) -> bool {
+        self.prune(now);
+        let due = matches!(
+            self.sessions.get(id),
+            Some(Record { deadline: Some(at), .. }) if *at <= now
+        );
+        if !due {
+            return false;
+        }
+        let by = EndedBy {
+            client: "broker".into(),
+            station: None,
+            session_id: None,
+            at_ms: now,
+        };
+        self.end(id, EndReason::Expired, by, None, cfg, now, fx)
+            .is_some()
+    }
+
+    /// Checks that the indexes agree with the sessions (tests and debug builds).
+    #[cfg(test)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut logins = HashMap::new();
+        let mut stations = HashMap::new();
+        for (id, r) in &self.sessions {
+            if !r.session.state.is_live() {
+                return Err(format!("ended session {id} is in the live map"));
+            }
+            if let Some(other) = logins.insert(r.session.login.clone(), id.clone()) {
+                return Err(format!(
+                    "login {} held by {other} and {id}",
+                    r.session.login
+                ));
+            }
+            if let Some(st) = &r.session.station {
+                if let Some(other) = stations.insert(st.clone(), id.clone()) {
+                    return Err(format!("station {st} held by {other} and {id}"));
+                }
+            }
+            if (r.session.state == SessionState::Connected) == r.sockets.is_empty() {
+                return Err(format!(
+                    "{id} is {:?} with {} sockets",
+                    r.session.state,
+                    r.sockets.len()
+                ));
+            }
+        }
+        if logins != self.by_login {
+            return Err("login index disagrees with sessions".into());
+        }
+        if stations != self.by_station {
+            return Err("station index disagrees with sessions".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_generation(record: &Record, presented: Generation) -> Result<(), RegistryError> {
+    if record.session.generation != presented {
+        return Err(RegistryError::StaleGeneration {
+            id: record.session.id.clone(),
+            current: record.session.generation.0,
+            presented: presented.0,
+        });
+    }
+    Ok(())
+}
+
+/// Adds or replaces (same id) a notice, dropping expired and, past `max`, the oldest.
+fn push_notice(queue: &mut Vec<Notice>, notice: Notice, max: usize, now: i64) {
+    queue.retain(|n| n.id != notice.id && n.expires_at_ms > now);
+    queue.push(notice);
+    if queue.len() > max {
+        let excess = queue.len() - max;
+        queue.drain(..excess);
+    }
+}
+
+fn presence(fx: &mut Effects, session: &Session, change: PresenceChange, now: i64) {
+    fx.events.push(Event::Presence(Arc::new(PresenceEvent {
+        session: session.clone(),
+        change,
+        at_ms: now,
+    })));
+}
+
+#[cfg(test)]
+mod tests;

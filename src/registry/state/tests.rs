@@ -1,0 +1,409 @@
+//! Unit tests of the tenant state machine, and a property test that drives
+//! random operation sequences and checks the invariants after every step.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::session::NodeId;
+
+const T0: i64 = 1_000_000;
+
+fn cfg() -> RegistryConfig {
+    RegistryConfig {
+        node: NodeId::parse("n1").unwrap(),
+        connect_timeout: Duration::from_millis(100),
+        grace: Duration::from_millis(200),
+        tombstone_ttl: Duration::from_millis(10_000),
+        max_sockets_per_session: 2,
+        ..RegistryConfig::default()
+    }
+}
+
+fn req(login: &str, station: Option<&str>, policy: ConflictPolicy) -> ClaimRequest {
+    ClaimRequest {
+        tenant: Tenant::parse("acme").unwrap(),
+        login: Login::parse(login).unwrap(),
+        station: station.map(|s| Station::parse(s).unwrap()),
+        client: "desktop".into(),
+        role: "agent".into(),
+        policy,
+        attributes: Default::default(),
+        idempotency_key: None,
+    }
+}
+
+fn sock(conn: u64) -> SocketId {
+    SocketId {
+        node: NodeId::parse("n1").unwrap(),
+        conn,
+    }
+}
+
+fn state() -> TenantState {
+    TenantState::new(Tenant::parse("acme").unwrap())
+}
+
+fn grant(s: &mut TenantState, r: ClaimRequest, now: i64) -> (Session, Vec<Session>, Effects) {
+    let mut fx = Effects::default();
+    match s.claim(r, &cfg(), now, &mut fx).unwrap() {
+        ClaimOutcome::Granted { session, evicted } => (session, evicted, fx),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn ended_reasons(fx: &Effects) -> Vec<(SessionId, EndReason)> {
+    fx.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Ended(t) => Some((t.session.id.clone(), t.ending.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reject_refuses_a_held_login_with_the_holder() {
+    let mut s = state();
+    let (first, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    let mut fx = Effects::default();
+    let out = s
+        .claim(
+            req("ana", None, ConflictPolicy::Reject),
+            &cfg(),
+            T0,
+            &mut fx,
+        )
+        .unwrap();
+    assert_eq!(out, ClaimOutcome::LoginInUse { holder: first });
+    assert!(fx.events.is_empty(), "a refusal changes nothing");
+}
+
+#[test]
+fn takeover_supersedes_and_a_new_station_is_a_station_change() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
+    let (b, evicted, fx) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Takeover), T0);
+    assert_eq!(evicted[0].id, a.id);
+    assert_eq!(
+        ended_reasons(&fx),
+        vec![(a.id.clone(), EndReason::Superseded)]
+    );
+    assert!(
+        b.generation > a.generation,
+        "generations increase with each grant"
+    );
+    let (c, _, fx) = grant(&mut s, req("ana", Some("p2"), ConflictPolicy::Takeover), T0);
+    assert_eq!(
+        ended_reasons(&fx),
+        vec![(b.id.clone(), EndReason::StationChanged)]
+    );
+    // The old station is free again; the new one is held.
+    let info = s.stations(&[Station::parse("p1").unwrap(), Station::parse("p2").unwrap()]);
+    assert_eq!(info[0].holder, None);
+    assert_eq!(info[1].holder, Some((c.login.clone(), c.id.clone())));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn the_first_user_keeps_the_station_under_either_policy() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
+    for policy in [ConflictPolicy::Reject, ConflictPolicy::Takeover] {
+        let mut fx = Effects::default();
+        let out = s
+            .claim(req("bob", Some("p1"), policy), &cfg(), T0, &mut fx)
+            .unwrap();
+        assert_eq!(out, ClaimOutcome::StationInUse { holder: a.clone() });
+    }
+    // Re-claiming one's own station is not a station conflict.
+    let mut fx = Effects::default();
+    let out = s
+        .claim(
+            req("ana", Some("p1"), ConflictPolicy::Reject),
+            &cfg(),
+            T0,
+            &mut fx,
+        )
+        .unwrap();
+    assert!(matches!(out, ClaimOutcome::LoginInUse { .. }), "{out:?}");
+}
+
+#[test]
+fn idempotent_retries_return_the_first_result() {
+    let mut s = state();
+    let mut r = req("ana", None, ConflictPolicy::Reject);
+    r.idempotency_key = Some("k1".into());
+    let (a, _, _) = grant(&mut s, r.clone(), T0);
+    let (again, _, fx) = grant(&mut s, r, T0 + 1);
+    assert_eq!(again.id, a.id);
+    assert!(fx.events.is_empty());
+    let mut other = req("bob", None, ConflictPolicy::Reject);
+    other.idempotency_key = Some("k1".into());
+    let err = s
+        .claim(other, &cfg(), T0, &mut Effects::default())
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::IdempotencyKeyReused { .. }));
+}
+
+#[test]
+fn pending_and_disconnected_sessions_expire_and_leave_a_tombstone() {
+    let mut s = state();
+    let c = cfg();
+    let (a, _, fx) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    assert_eq!(fx.deadlines, vec![(T0 + 100, a.id.clone())]);
+    let mut fx = Effects::default();
+    assert!(!s.expire(&a.id, &c, T0 + 99, &mut fx), "not due yet");
+    assert!(s.expire(&a.id, &c, T0 + 100, &mut fx));
+    let got = s.get(&SessionKey::Id(a.id.clone())).unwrap();
+    assert_eq!(got.state, SessionState::Ended(EndReason::Expired));
+    // A late socket learns why.
+    let out = s
+        .attach(&a.id, a.generation, sock(1), &c, T0 + 200, &mut fx)
+        .unwrap();
+    assert!(matches!(out, Attached::Ended(t) if t.ending.reason == EndReason::Expired));
+
+    let (b, _, _) = grant(&mut s, req("bob", None, ConflictPolicy::Reject), T0);
+    let mut fx = Effects::default();
+    s.attach(&b.id, b.generation, sock(2), &c, T0 + 10, &mut fx)
+        .unwrap();
+    s.detach(&b.id, b.generation, &sock(2), &c, T0 + 20, &mut fx)
+        .unwrap();
+    assert_eq!(
+        s.get(&SessionKey::Id(b.id.clone())).unwrap().state,
+        SessionState::Disconnected
+    );
+    // Back within grace: resumed, and the old deadline no longer applies.
+    let out = s
+        .attach(&b.id, b.generation, sock(3), &c, T0 + 100, &mut fx)
+        .unwrap();
+    assert!(matches!(out, Attached::Live { resumed: true, .. }));
+    assert!(!s.expire(&b.id, &c, T0 + 1_000, &mut fx));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn sockets_are_bounded_and_fenced_by_generation() {
+    let mut s = state();
+    let c = cfg();
+    let (a, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    let mut fx = Effects::default();
+    s.attach(&a.id, a.generation, sock(1), &c, T0, &mut fx)
+        .unwrap();
+    s.attach(&a.id, a.generation, sock(2), &c, T0, &mut fx)
+        .unwrap();
+    let err = s
+        .attach(&a.id, a.generation, sock(3), &c, T0, &mut fx)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RegistryError::TooManySockets { limit: 2, .. }
+    ));
+    let err = s
+        .attach(
+            &a.id,
+            Generation(a.generation.0 + 1),
+            sock(4),
+            &c,
+            T0,
+            &mut fx,
+        )
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::StaleGeneration { .. }));
+}
+
+#[test]
+fn notices_queue_until_acked_and_a_login_mailbox_feeds_the_next_session() {
+    let mut s = state();
+    let c = cfg();
+    let notice = |id: &str| Notice {
+        id: id.into(),
+        kind: "password_expiry".into(),
+        severity: "warning".into(),
+        text: "Your password expires in 3 days".into(),
+        data_json: String::new(),
+        expires_at_ms: 0,
+    };
+    let login = Login::parse("ana").unwrap();
+    let mut fx = Effects::default();
+    let counts = s
+        .notify(
+            &NotifyTarget::Login(login.clone()),
+            notice("n1"),
+            &c,
+            T0,
+            &mut fx,
+        )
+        .unwrap();
+    assert_eq!(
+        counts,
+        NotifyCounts {
+            delivered: 0,
+            queued: 1
+        }
+    );
+    let (a, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    let out = s
+        .attach(&a.id, a.generation, sock(1), &c, T0, &mut fx)
+        .unwrap();
+    let Attached::Live { pending, .. } = out else {
+        panic!("live")
+    };
+    assert_eq!(
+        pending.len(),
+        1,
+        "the mailbox notice reached the new session"
+    );
+    let counts = s
+        .notify(
+            &NotifyTarget::Session(a.id.clone()),
+            notice("n2"),
+            &c,
+            T0,
+            &mut fx,
+        )
+        .unwrap();
+    assert_eq!(
+        counts,
+        NotifyCounts {
+            delivered: 1,
+            queued: 0
+        }
+    );
+    s.ack(&a.id, "n1", T0).unwrap();
+    s.detach(&a.id, a.generation, &sock(1), &c, T0, &mut fx)
+        .unwrap();
+    let Attached::Live { pending, .. } = s
+        .attach(&a.id, a.generation, sock(2), &c, T0, &mut fx)
+        .unwrap()
+    else {
+        panic!("live")
+    };
+    let ids: Vec<_> = pending.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["n2"], "acked notices are not delivered again");
+}
+
+#[test]
+fn list_pages_through_every_live_session_once() {
+    let mut s = state();
+    for i in 0..25 {
+        grant(
+            &mut s,
+            req(&format!("u{i}"), None, ConflictPolicy::Reject),
+            T0,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = s.list(after.as_ref(), 10);
+        seen.extend(page.sessions.into_iter().map(|s| s.id));
+        after = page.next_after;
+        if after.is_none() {
+            break;
+        }
+    }
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(seen.len(), 25);
+    assert_eq!(unique.len(), 25);
+}
+
+/// One step of the property test.
+#[derive(Debug, Clone)]
+enum Op {
+    Claim {
+        login: u8,
+        station: Option<u8>,
+        takeover: bool,
+    },
+    Release {
+        pick: u8,
+    },
+    Evict {
+        pick: u8,
+    },
+    Connect {
+        pick: u8,
+        conn: u8,
+    },
+    Disconnect {
+        pick: u8,
+        conn: u8,
+    },
+    Tick {
+        ms: u16,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6, proptest::option::of(0u8..4), any::<bool>()).prop_map(
+            |(login, station, takeover)| Op::Claim {
+                login,
+                station,
+                takeover
+            }
+        ),
+        any::<u8>().prop_map(|pick| Op::Release { pick }),
+        any::<u8>().prop_map(|pick| Op::Evict { pick }),
+        (any::<u8>(), 0u8..3).prop_map(|(pick, conn)| Op::Connect { pick, conn }),
+        (any::<u8>(), 0u8..3).prop_map(|(pick, conn)| Op::Disconnect { pick, conn }),
+        (0u16..300).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// After every step: at most one live session per login and per station,
+    /// the indexes agree with the sessions, CONNECTED iff it has sockets, and
+    /// every session that stopped being live was ended with an event.
+    #[test]
+    fn invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..60)) {
+        let c = cfg();
+        let mut s = state();
+        let mut now = T0;
+        let mut all: Vec<Session> = Vec::new();
+        let mut told: std::collections::HashSet<SessionId> = Default::default();
+        let mut deadlines: Vec<(i64, SessionId)> = Vec::new();
+        for op in ops {
+            let mut fx = Effects::default();
+            let pick = |p: u8| all.get(p as usize % all.len().max(1)).cloned();
+            match op {
+                Op::Claim { login, station, takeover } => {
+                    let policy = if takeover { ConflictPolicy::Takeover } else { ConflictPolicy::Reject };
+                    let st = station.map(|n| format!("p{n}"));
+                    let r = req(&format!("u{login}"), st.as_deref(), policy);
+                    if let ClaimOutcome::Granted { session, .. } = s.claim(r, &c, now, &mut fx).unwrap() {
+                        all.push(session);
+                    }
+                }
+                Op::Release { pick: p } => if let Some(x) = pick(p) { let _ = s.release(&x.id, &c, now, &mut fx); },
+                Op::Evict { pick: p } => if let Some(x) = pick(p) {
+                    let _ = s.evict(&EvictTarget::Session(x.id.clone()), None, "admin", &c, now, &mut fx);
+                },
+                Op::Connect { pick: p, conn } => if let Some(x) = pick(p) {
+                    let _ = s.attach(&x.id, x.generation, sock(conn as u64), &c, now, &mut fx);
+                },
+                Op::Disconnect { pick: p, conn } => if let Some(x) = pick(p) {
+                    let _ = s.detach(&x.id, x.generation, &sock(conn as u64), &c, now, &mut fx);
+                },
+                Op::Tick { ms } => {
+                    now += ms as i64;
+                    let due: Vec<_> = deadlines.iter().filter(|d| d.0 <= now).cloned().collect();
+                    deadlines.retain(|d| d.0 > now);
+                    for (_, id) in due { s.expire(&id, &c, now, &mut fx); }
+                }
+            }
+            for (id, _) in ended_reasons(&fx) { prop_assert!(told.insert(id), "a session ended twice"); }
+            deadlines.extend(fx.deadlines.drain(..));
+            if let Err(e) = s.check_invariants() { prop_assert!(false, "{}", e); }
+            for x in &all {
+                let live = s.get(&SessionKey::Id(x.id.clone())).map(|g| g.state.is_live()).unwrap_or(false);
+                prop_assert!(live || told.contains(&x.id), "{} stopped being live without an Ended event", x.id);
+            }
+        }
+    }
+}
