@@ -137,22 +137,20 @@ impl TokenKeys {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<ConnectClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    TokenError::BadSignature
-                }
-                ErrorKind::InvalidIssuer => TokenError::BadClaim("iss"),
-                ErrorKind::InvalidAudience => TokenError::BadClaim("aud"),
-                ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
-                    "exp" => TokenError::BadClaim("exp"),
-                    "nbf" => TokenError::BadClaim("nbf"),
-                    "iss" => TokenError::BadClaim("iss"),
-                    "aud" => TokenError::BadClaim("aud"),
-                    _ => TokenError::BadClaim("sub"),
-                },
-                other => TokenError::Malformed(format!("{other:?}")),
-            })?;
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::BadSignature,
+            ErrorKind::InvalidIssuer => TokenError::BadClaim("iss"),
+            ErrorKind::InvalidAudience => TokenError::BadClaim("aud"),
+            ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+                "exp" => TokenError::BadClaim("exp"),
+                "nbf" => TokenError::BadClaim("nbf"),
+                "iss" => TokenError::BadClaim("iss"),
+                "aud" => TokenError::BadClaim("aud"),
+                _ => TokenError::BadClaim("sub"),
+            },
+            other => TokenError::Malformed(format!("{other:?}")),
+        })?;
         let c = data.claims;
         Ok(ConnectToken {
             tenant: Tenant::parse(&c.tid).map_err(|_| TokenError::BadClaim("tid"))?,
@@ -221,10 +219,16 @@ mod tests {
         assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::NotYetValid));
         let mut c = claims(&keys);
         c.aud = "someone-else".into();
-        assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::BadClaim("aud")));
+        assert_eq!(
+            keys.verify(&keys.sign(&c)),
+            Err(TokenError::BadClaim("aud"))
+        );
         let mut c = claims(&keys);
         c.iss = "evil".into();
-        assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::BadClaim("iss")));
+        assert_eq!(
+            keys.verify(&keys.sign(&c)),
+            Err(TokenError::BadClaim("iss"))
+        );
         // alg none: header {"alg":"none"}, no signature.
         let good = keys.mint(&s);
         let payload = good.split('.').nth(1).unwrap();
@@ -237,6 +241,9 @@ mod tests {
         let forged = keys.sign(&c);
         parts[1] = forged.split('.').nth(1).unwrap();
         assert_eq!(keys.verify(&parts.join(".")), Err(TokenError::BadSignature));
-        assert!(matches!(keys.verify("not-a-jwt"), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            keys.verify("not-a-jwt"),
+            Err(TokenError::Malformed(_))
+        ));
     }
 }

@@ -89,7 +89,10 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] Box<figment::Error>),
     #[error("configuration: {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
@@ -155,8 +158,8 @@ impl Config {
                 return id;
             }
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_else(|_| "node".into());
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "node".into());
         let host: String = host
             .trim()
             .chars()

@@ -345,7 +345,10 @@ mod tests {
         let err = Station::parse_field("stations[1]", "").unwrap_err();
         assert_eq!(err.to_string(), "stations[1]: must not be empty");
         let long = "x".repeat(Tenant::MAX_LEN + 1);
-        assert!(Tenant::parse(&long).unwrap_err().problem.contains("limit is 64"));
+        assert!(Tenant::parse(&long)
+            .unwrap_err()
+            .problem
+            .contains("limit is 64"));
     }
 
     #[test]
