@@ -5,11 +5,16 @@
 //! - [`registry`]: the authority over logins and stations; the trait and the
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
+//! - [`hub`]: local delivery of registry events to sockets and watchers.
+//! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
 //! - [`config`]: typed, validated settings.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod metrics_names;
 pub mod registry;
 pub mod session;
 

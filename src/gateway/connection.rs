@@ -1,0 +1,314 @@
+//! One task per WebSocket: attach to the session, then relay frames until the
+//! socket ends, and detach.
+//!
+//! The task is the socket's only owner: it reads client frames, writes the
+//! queued outbound frames and, when the hub sets the socket's terminal (forced
+//! logout, slow consumer, dead heartbeat, drain), flushes what is already
+//! queued, writes the terminal frame and closes. No timer lives here: the
+//! shared heartbeat sweeper decides when a socket is dead.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, warn};
+
+use super::protocol::{self, ClientMessage};
+use super::Shared;
+use crate::auth::{ConnectToken, TokenError};
+use crate::hub::{Outbound, SocketShared};
+use crate::metrics_names as m;
+use crate::registry::{Attached, RegistryError, SocketId};
+use crate::session::{now_ms, Session};
+
+/// A write that takes longer than this means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive bad client frames tolerated before the socket is closed.
+const MAX_BAD_FRAMES: u32 = 10;
+
+type Ws<S> = WebSocketStream<S>;
+
+/// Serves one upgraded socket to its end.
+pub async fn run<S>(mut ws: Ws<S>, shared: Arc<Shared>, token: Result<ConnectToken, TokenError>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            info!(error = %e, "connect token refused");
+            metrics::counter!(m::WS_ERRORS, "code" => "invalid_token").increment(1);
+            let frame = protocol::error("invalid_token", &e.to_string());
+            finish(&mut ws, Some(frame), 4401, "invalid token").await;
+            return;
+        }
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(shared.cfg.outbound_queue);
+    let socket = Arc::new(SocketShared::new(
+        conn,
+        token.tenant.clone(),
+        token.session_id.clone(),
+        tx,
+    ));
+    // Register before attaching so no event after the attach is missed.
+    shared.hub.register(socket.clone());
+    let socket_id = SocketId {
+        node: shared.cfg.node.clone(),
+        conn,
+    };
+    let attached = shared
+        .registry
+        .attach(
+            &token.tenant,
+            &token.session_id,
+            token.generation,
+            socket_id.clone(),
+        )
+        .await;
+    let session = match attached {
+        Ok(Attached::Live {
+            session,
+            resumed,
+            pending,
+        }) => {
+            let welcome = protocol::welcome(
+                &session,
+                resumed,
+                shared.cfg.heartbeat.as_millis() as u64,
+                shared.cfg.grace.as_millis() as u64,
+            );
+            let mut ok = write(&mut ws, Message::Text(welcome)).await;
+            for notice in &pending {
+                ok = ok && write(&mut ws, Message::Text(protocol::notice_frame(notice))).await;
+            }
+            if !ok {
+                shared.hub.unregister(&socket);
+                detach(&shared, &session, socket_id).await;
+                return;
+            }
+            session
+        }
+        Ok(Attached::Ended(tombstone)) => {
+            shared.hub.unregister(&socket);
+            let reason = tombstone.ending.reason;
+            finish(
+                &mut ws,
+                Some(protocol::ending_frame(&tombstone)),
+                reason.close_code(),
+                reason.as_str(),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            shared.hub.unregister(&socket);
+            let (code, close) = match &e {
+                RegistryError::TooManySockets { .. } => ("too_many_sockets", 4403),
+                RegistryError::Unavailable(_) => ("unavailable", 1013),
+                _ => ("session_unknown", 4004),
+            };
+            metrics::counter!(m::WS_ERRORS, "code" => code).increment(1);
+            finish(
+                &mut ws,
+                Some(protocol::error(code, &e.to_string())),
+                close,
+                code,
+            )
+            .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "socket",
+        conn,
+        tenant = %session.tenant,
+        login = %session.login,
+        session = %session.id,
+    );
+    let _enter = span.enter();
+    debug!("socket attached");
+    let detach_needed = serve(&mut ws, &shared, &socket, &session, rx).await;
+    shared.hub.unregister(&socket);
+    if detach_needed {
+        detach(&shared, &session, socket_id).await;
+    }
+    debug!(detach_needed, "socket finished");
+}
+
+/// Relays frames until the socket ends; returns whether the session lives on
+/// (so the registry must hear of the detach).
+async fn serve<S>(
+    ws: &mut Ws<S>,
+    shared: &Shared,
+    socket: &Arc<SocketShared>,
+    session: &Session,
+    mut rx: mpsc::Receiver<Outbound>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bad_frames = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = socket.wake.notified() => {
+                let Some(t) = socket.take_terminal() else { continue };
+                // Flush what is already queued, then the terminal frame.
+                while let Ok(Outbound::Text(frame)) = rx.try_recv() {
+                    if !write(ws, Message::Text(frame)).await { return t.detach; }
+                }
+                finish(ws, t.frame, t.code, t.reason).await;
+                return t.detach;
+            }
+            out = rx.recv() => {
+                let msg = match out {
+                    Some(Outbound::Text(frame)) => Message::Text(frame),
+                    Some(Outbound::Ping) => Message::Ping(Default::default()),
+                    None => return true,
+                };
+                if !write(ws, msg).await { return true; }
+            }
+            incoming = ws.next() => {
+                socket.last_seen.store(now_ms(), Ordering::Relaxed);
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        bad_frames += 1;
+                        reply_error(ws, "binary_not_supported", "send JSON text frames").await;
+                        if bad_frames >= MAX_BAD_FRAMES { return close_bad(ws).await; }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => return true,
+                    Some(Ok(_)) => continue, // ping (answered by tungstenite), pong
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        metrics::counter!(m::WS_ERRORS, "code" => "too_big").increment(1);
+                        warn!(size, max_size, "message too big");
+                        finish(ws, None, 1009, "message too big").await;
+                        return true;
+                    }
+                    Some(Err(e)) => { debug!(error = %e, "socket error"); return true; }
+                };
+                match protocol::parse(text.as_str()) {
+                    Ok(msg) => {
+                        bad_frames = 0;
+                        if let Some(done) = handle(ws, shared, socket, session, msg).await {
+                            return done;
+                        }
+                    }
+                    Err(e) => {
+                        bad_frames += 1;
+                        metrics::counter!(m::WS_ERRORS, "code" => e.code).increment(1);
+                        reply_error(ws, e.code, &e.message).await;
+                        if bad_frames >= MAX_BAD_FRAMES { return close_bad(ws).await; }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one client message; `Some(detach)` when the socket must end.
+async fn handle<S>(
+    ws: &mut Ws<S>,
+    shared: &Shared,
+    socket: &Arc<SocketShared>,
+    session: &Session,
+    msg: ClientMessage,
+) -> Option<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let reg = &shared.registry;
+    let result = match msg {
+        ClientMessage::Ping { id } => {
+            return (!write(ws, Message::Text(protocol::pong(&id))).await).then_some(true);
+        }
+        ClientMessage::Status { status } => {
+            reg.set_status(&session.tenant, &session.id, session.generation, status)
+                .await
+        }
+        ClientMessage::Ack { notice_id } => reg.ack(&session.tenant, &session.id, &notice_id).await,
+        // The Ended event brings `logged_out` and the close through the hub.
+        ClientMessage::Logout => reg.release(&session.tenant, &session.id).await.map(|_| ()),
+        ClientMessage::WatchPresence => {
+            if session.can_watch_presence() {
+                shared.hub.watch_socket(socket.clone());
+                Ok(())
+            } else {
+                reply_error(
+                    ws,
+                    "forbidden",
+                    "watch_presence needs role supervisor or admin",
+                )
+                .await;
+                Ok(())
+            }
+        }
+    };
+    if let Err(e) = result {
+        reply_error(ws, "rejected", &e.to_string()).await;
+    }
+    None
+}
+
+async fn reply_error<S>(ws: &mut Ws<S>, code: &str, message: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    write(ws, Message::Text(protocol::error(code, message))).await;
+}
+
+async fn close_bad<S>(ws: &mut Ws<S>) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    finish(ws, None, 1008, "too many bad frames").await;
+    true
+}
+
+/// Writes one frame, bounded by [`WRITE_TIMEOUT`]; false when the socket is gone.
+async fn write<S>(ws: &mut Ws<S>, msg: Message) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Sends an optional last frame and a close with `code`.
+async fn finish<S>(ws: &mut Ws<S>, frame: Option<Utf8Bytes>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(frame) = frame {
+        if !write(ws, Message::Text(frame)).await {
+            return;
+        }
+    }
+    let close = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason.to_string()),
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(close))).await;
+}
+
+async fn detach(shared: &Shared, session: &Session, socket: SocketId) {
+    if let Err(e) = shared
+        .registry
+        .detach(&session.tenant, &session.id, session.generation, socket)
+        .await
+    {
+        warn!(error = %e, "detach failed");
+    }
+}

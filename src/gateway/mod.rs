@@ -1,0 +1,245 @@
+//! The gateway: the node's HTTP listener — `GET /v1/ws` (the client
+//! WebSocket), `/metrics`, `/healthz`, `/readyz`.
+//!
+//! It never decides who holds a session: it verifies the connect token,
+//! asks the registry to attach, and delivers what the hub hands it.
+
+pub mod connection;
+pub mod heartbeat;
+pub mod protocol;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::auth::{TokenError, TokenKeys};
+use crate::hub::Hub;
+use crate::registry::Registry;
+use crate::session::NodeId;
+
+/// What the gateway needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub node: NodeId,
+    pub heartbeat: Duration,
+    pub grace: Duration,
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+}
+
+/// State shared by every connection of the gateway.
+pub struct Shared {
+    pub cfg: GatewayConfig,
+    pub registry: Arc<dyn Registry>,
+    pub hub: Arc<Hub>,
+    pub keys: TokenKeys,
+    pub metrics: Option<PrometheusHandle>,
+    pub next_conn: AtomicU64,
+    /// Set when the node drains: `/readyz` answers 503.
+    pub draining: AtomicBool,
+}
+
+/// The HTTP/WebSocket side of a node.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(
+        cfg: GatewayConfig,
+        registry: Arc<dyn Registry>,
+        hub: Arc<Hub>,
+        keys: TokenKeys,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                cfg,
+                registry,
+                hub,
+                keys,
+                metrics,
+                next_conn: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Marks the node as draining (`/readyz` → 503).
+    pub fn set_draining(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Accepts connections until `stop`; spawns the heartbeat sweeper and
+    /// one task per connection on `tracker`.
+    pub async fn serve(self, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
+        tracker.spawn(heartbeat::run(
+            self.shared.hub.clone(),
+            self.shared.cfg.heartbeat,
+            stop.clone(),
+        ));
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let tracker2 = tracker.clone();
+            let stop2 = stop.clone();
+            tracker.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    let tracker = tracker2.clone();
+                    let stop = stop2.clone();
+                    async move { Ok::<_, Infallible>(route(req, shared, tracker, stop)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    debug!(%peer, error = %e, "http connection ended");
+                }
+            });
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Response<Body> {
+    match req.uri().path() {
+        "/v1/ws" => upgrade(req, shared, tracker, stop),
+        "/healthz" => respond(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
+                respond(StatusCode::OK, "ready\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" => match &shared.metrics {
+            Some(handle) => {
+                let mut r = respond(StatusCode::OK, handle.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            None => respond(StatusCode::NOT_FOUND, "metrics are disabled\n"),
+        },
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "not found: try /v1/ws, /metrics, /healthz, /readyz\n",
+        ),
+    }
+}
+
+/// The connect token from `Authorization: Bearer` or `?token=`.
+fn token_of(req: &Request<Incoming>) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        if let Some(t) = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) {
+            return Some(t.trim().to_string());
+        }
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+fn upgrade(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Response<Body> {
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return respond(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    };
+    if !is_ws {
+        return respond(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    }
+    let token = match token_of(&req) {
+        Some(t) => shared.keys.verify(&t),
+        None => Err(TokenError::Missing),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(shared.cfg.max_message_bytes * 4)
+        .max_message_size(Some(shared.cfg.max_message_bytes))
+        .max_frame_size(Some(shared.cfg.max_message_bytes));
+    tracker.spawn(async move {
+        let upgraded = tokio::select! {
+            _ = stop.cancelled() => return,
+            u = on_upgrade => match u {
+                Ok(u) => u,
+                Err(e) => { debug!(error = %e, "upgrade failed"); return; }
+            },
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        connection::run(ws, shared, token).await;
+    });
+    let mut r = respond(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}

@@ -1,0 +1,270 @@
+//! The client protocol: JSON text frames `{"type": ...}`.
+//!
+//! Server frames are built here (and only here), client frames are parsed
+//! here into [`ClientMessage`]; a bad client frame becomes a
+//! [`ProtocolError`] whose `code` names what was wrong.
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::session::{Notice, PresenceEvent, Session, SessionState, Tombstone};
+
+/// The longest presence status a client may set.
+pub const MAX_STATUS_LEN: usize = 64;
+/// The longest notice id a client may ack.
+pub const MAX_NOTICE_ID_LEN: usize = 128;
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// App-level ping (browsers cannot send WebSocket pings); `id` is echoed.
+    Ping {
+        id: Value,
+    },
+    Status {
+        status: String,
+    },
+    Ack {
+        notice_id: String,
+    },
+    Logout,
+    WatchPresence,
+}
+
+/// A client frame that could not be understood. The socket stays up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ProtocolError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn field(field: &str, problem: &str) -> Self {
+        Self::new("invalid_field", format!("{field}: {problem}"))
+    }
+}
+
+/// Parses one client text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new("malformed_json", format!("not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ProtocolError::new(
+            "malformed_json",
+            "a frame must be a JSON object with a \"type\"",
+        ));
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ProtocolError::field("type", "must be a string")),
+        None => return Err(ProtocolError::field("type", "is missing")),
+    };
+    let string = |field: &str, max: usize| -> Result<String, ProtocolError> {
+        match obj.get(field) {
+            Some(Value::String(s)) if s.is_empty() => {
+                Err(ProtocolError::field(field, "must not be empty"))
+            }
+            Some(Value::String(s)) if s.len() > max => Err(ProtocolError::field(
+                field,
+                &format!("is {} bytes, the limit is {max}", s.len()),
+            )),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ProtocolError::field(field, "must be a string")),
+            None => Err(ProtocolError::field(field, "is missing")),
+        }
+    };
+    match kind {
+        "ping" => Ok(ClientMessage::Ping {
+            id: obj.get("id").cloned().unwrap_or(Value::Null),
+        }),
+        "status" => Ok(ClientMessage::Status {
+            status: string("status", MAX_STATUS_LEN)?,
+        }),
+        "ack" => Ok(ClientMessage::Ack {
+            notice_id: string("notice_id", MAX_NOTICE_ID_LEN)?,
+        }),
+        "logout" => Ok(ClientMessage::Logout),
+        "watch_presence" => Ok(ClientMessage::WatchPresence),
+        other => Err(ProtocolError::new(
+            "unknown_type",
+            format!(
+                "unknown type {:?}; expected ping, status, ack, logout or watch_presence",
+                truncate(other, 32)
+            ),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn text(v: Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+/// `welcome`, the first frame of a live socket.
+pub fn welcome(session: &Session, resumed: bool, heartbeat_ms: u64, grace_ms: u64) -> Utf8Bytes {
+    text(json!({
+        "type": "welcome",
+        "session_id": session.id.as_str(),
+        "tenant": session.tenant.as_str(),
+        "login": session.login.as_str(),
+        "station": session.station.as_ref().map(|s| s.as_str()),
+        "generation": session.generation.0,
+        "resumed": resumed,
+        "heartbeat_ms": heartbeat_ms,
+        "grace_ms": grace_ms,
+    }))
+}
+
+/// `forced_logout` (or `logged_out` for a normal logout) for an ended session.
+pub fn ending_frame(t: &Tombstone) -> Utf8Bytes {
+    use crate::session::EndReason;
+    if t.ending.reason == EndReason::LoggedOut {
+        return text(json!({"type": "logged_out"}));
+    }
+    text(json!({
+        "type": "forced_logout",
+        "reason": t.ending.reason.as_str(),
+        "message": t.ending.message,
+        "by": {
+            "client": t.ending.by.client,
+            "station": t.ending.by.station.as_ref().map(|s| s.as_str()),
+            "at_ms": t.ending.by.at_ms,
+        },
+    }))
+}
+
+/// `notice`.
+pub fn notice_frame(n: &Notice) -> Utf8Bytes {
+    let data = if n.data_json.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&n.data_json).unwrap_or(Value::Null)
+    };
+    text(json!({
+        "type": "notice",
+        "notice": {
+            "id": n.id,
+            "kind": n.kind,
+            "severity": n.severity,
+            "text": n.text,
+            "data": data,
+            "expires_at_ms": n.expires_at_ms,
+        },
+    }))
+}
+
+fn state_str(s: SessionState) -> &'static str {
+    match s {
+        SessionState::Pending => "pending",
+        SessionState::Connected => "connected",
+        SessionState::Disconnected => "disconnected",
+        SessionState::Ended(_) => "ended",
+    }
+}
+
+/// `presence`, for watching sockets.
+pub fn presence_frame(e: &PresenceEvent) -> Utf8Bytes {
+    let s = &e.session;
+    let end_reason = match s.state {
+        SessionState::Ended(r) => Some(r.as_str()),
+        _ => None,
+    };
+    text(json!({
+        "type": "presence",
+        "change": e.change.as_str(),
+        "session": {
+            "session_id": s.id.as_str(),
+            "login": s.login.as_str(),
+            "station": s.station.as_ref().map(|x| x.as_str()),
+            "client": s.client,
+            "role": s.role,
+            "state": state_str(s.state),
+            "status": s.status,
+            "generation": s.generation.0,
+            "end_reason": end_reason,
+        },
+        "status": s.status,
+        "at_ms": e.at_ms,
+    }))
+}
+
+/// `pong`, echoing the ping's id.
+pub fn pong(id: &Value) -> Utf8Bytes {
+    text(json!({"type": "pong", "id": id}))
+}
+
+/// `error`.
+pub fn error(code: &str, message: &str) -> Utf8Bytes {
+    text(json!({"type": "error", "code": code, "message": message}))
+}
+
+/// `reconnect`, sent by a draining node.
+pub fn reconnect(after_ms: u64) -> Utf8Bytes {
+    text(json!({"type": "reconnect", "after_ms": after_ms}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_message_parses() {
+        assert_eq!(
+            parse(r#"{"type":"ping","id":7}"#),
+            Ok(ClientMessage::Ping { id: json!(7) })
+        );
+        assert_eq!(
+            parse(r#"{"type":"status","status":"away"}"#),
+            Ok(ClientMessage::Status {
+                status: "away".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"ack","notice_id":"n1"}"#),
+            Ok(ClientMessage::Ack {
+                notice_id: "n1".into()
+            })
+        );
+        assert_eq!(parse(r#"{"type":"logout"}"#), Ok(ClientMessage::Logout));
+        assert_eq!(
+            parse(r#"{"type":"watch_presence"}"#),
+            Ok(ClientMessage::WatchPresence)
+        );
+    }
+
+    #[test]
+    fn bad_frames_get_a_code_naming_what_was_wrong() {
+        assert_eq!(parse("{nope").unwrap_err().code, "malformed_json");
+        assert_eq!(parse("[1]").unwrap_err().code, "malformed_json");
+        assert_eq!(
+            parse(r#"{"type":"dance"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        let e = parse(r#"{"type":"status","status":5}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_field");
+        assert!(e.message.starts_with("status:"), "{}", e.message);
+        let e = parse(r#"{"type":"ack"}"#).unwrap_err();
+        assert_eq!(e.message, "notice_id: is missing");
+        let long = "x".repeat(MAX_STATUS_LEN + 1);
+        let e = parse(&format!(r#"{{"type":"status","status":"{long}"}}"#)).unwrap_err();
+        assert!(e.message.contains("limit is 64"), "{}", e.message);
+        assert_eq!(
+            parse(r#"{"type":3}"#).unwrap_err().message,
+            "type: must be a string"
+        );
+    }
+}

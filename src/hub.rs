@@ -1,0 +1,367 @@
+//! The hub: this node's local delivery point for registry events.
+//!
+//! It knows which sockets of this node belong to which session, and who on
+//! this node watches a tenant's presence. It never decides anything: the
+//! registry has decided, the hub only delivers. `publish` never blocks — it
+//! is called while the registry holds a tenant lock — so every socket has a
+//! bounded queue for ordinary frames and a separate one-shot *terminal* slot
+//! for the frame that ends it (forced logout, slow consumer, drain), which a
+//! full queue can never hold back.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::gateway::protocol;
+use crate::metrics_names as m;
+use crate::registry::{Event, EventSink};
+use crate::session::{now_ms, EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
+
+/// An ordinary frame for a socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Text(Utf8Bytes),
+    /// A WebSocket ping from the heartbeat sweeper.
+    Ping,
+}
+
+/// The last thing a socket is sent before it closes.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    /// A frame sent before the close (e.g. `forced_logout`), if any.
+    pub frame: Option<Utf8Bytes>,
+    pub code: u16,
+    pub reason: &'static str,
+    /// Whether the session lives on (the registry must hear of the detach):
+    /// true for dead, slow or drained sockets, false when the session ended.
+    pub detach: bool,
+}
+
+/// What the hub and the heartbeat sweeper share with one connection task.
+#[derive(Debug)]
+pub struct SocketShared {
+    pub conn: u64,
+    pub tenant: Tenant,
+    pub session: SessionId,
+    tx: mpsc::Sender<Outbound>,
+    terminal: Mutex<Option<Terminal>>,
+    /// Wakes the connection task when `terminal` is set.
+    pub wake: Notify,
+    /// Unix ms of the last frame received from the client.
+    pub last_seen: AtomicI64,
+    /// Whether this socket asked for the tenant's presence events.
+    pub watching: AtomicBool,
+}
+
+impl SocketShared {
+    pub fn new(conn: u64, tenant: Tenant, session: SessionId, tx: mpsc::Sender<Outbound>) -> Self {
+        Self {
+            conn,
+            tenant,
+            session,
+            tx,
+            terminal: Mutex::new(None),
+            wake: Notify::new(),
+            last_seen: AtomicI64::new(now_ms()),
+            watching: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame; a full queue makes the socket a slow consumer.
+    pub fn send(&self, frame: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+            self.terminate(Terminal {
+                frame: None,
+                code: 1008,
+                reason: "slow consumer: outbound queue full",
+                detach: true,
+            });
+        }
+    }
+
+    /// Sets the terminal (the first one wins) and wakes the connection.
+    pub fn terminate(&self, terminal: Terminal) {
+        let mut slot = self.terminal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(terminal);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the terminal, if one was set.
+    pub fn take_terminal(&self) -> Option<Terminal> {
+        self.terminal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+enum Watcher {
+    Stream {
+        id: u64,
+        tx: mpsc::Sender<Arc<PresenceEvent>>,
+        lagged: Arc<AtomicBool>,
+    },
+    Socket(Arc<SocketShared>),
+}
+
+/// Local delivery of registry events.
+#[derive(Default)]
+pub struct Hub {
+    by_session: DashMap<SessionId, Vec<Arc<SocketShared>>>,
+    by_conn: DashMap<u64, Arc<SocketShared>>,
+    watchers: DashMap<Tenant, Vec<Watcher>>,
+    next_watcher: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a socket so events of its session reach it.
+    pub fn register(&self, socket: Arc<SocketShared>) {
+        self.by_conn.insert(socket.conn, socket.clone());
+        self.by_session
+            .entry(socket.session.clone())
+            .or_default()
+            .push(socket);
+        metrics::gauge!(m::SOCKETS).increment(1.0);
+    }
+
+    /// Forgets a socket (idempotent).
+    pub fn unregister(&self, socket: &SocketShared) {
+        if self.by_conn.remove(&socket.conn).is_none() {
+            return;
+        }
+        metrics::gauge!(m::SOCKETS).decrement(1.0);
+        self.by_session
+            .remove_if_mut(&socket.session, |_, sockets| {
+                sockets.retain(|s| s.conn != socket.conn);
+                sockets.is_empty()
+            });
+        if socket.watching.load(Ordering::Relaxed) {
+            if let Some(mut ws) = self.watchers.get_mut(&socket.tenant) {
+                ws.retain(|w| !matches!(w, Watcher::Socket(s) if s.conn == socket.conn));
+            }
+        }
+    }
+
+    /// Adds a socket as a watcher of its tenant's presence.
+    pub fn watch_socket(&self, socket: Arc<SocketShared>) {
+        if !socket.watching.swap(true, Ordering::Relaxed) {
+            self.watchers
+                .entry(socket.tenant.clone())
+                .or_default()
+                .push(Watcher::Socket(socket));
+        }
+    }
+
+    /// A bounded stream of the tenant's presence events (for WatchPresence).
+    pub fn watch(self: &Arc<Self>, tenant: &Tenant, capacity: usize) -> PresenceWatch {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.watchers
+            .entry(tenant.clone())
+            .or_default()
+            .push(Watcher::Stream {
+                id,
+                tx,
+                lagged: lagged.clone(),
+            });
+        PresenceWatch {
+            rx,
+            lagged,
+            hub: Arc::downgrade(self),
+            tenant: tenant.clone(),
+            id,
+        }
+    }
+
+    /// Sockets on this node.
+    pub fn socket_count(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    /// Every socket on this node (heartbeat sweeper, drain).
+    pub fn sockets(&self) -> Vec<Arc<SocketShared>> {
+        self.by_conn.iter().map(|e| e.value().clone()).collect()
+    }
+
+    fn ended(&self, tombstone: &Tombstone) {
+        let Some(sockets) = self
+            .by_session
+            .get(&tombstone.session.id)
+            .map(|s| s.clone())
+        else {
+            return;
+        };
+        let reason = tombstone.ending.reason;
+        let frame = protocol::ending_frame(tombstone);
+        for socket in sockets {
+            if reason != EndReason::LoggedOut {
+                metrics::counter!(m::FORCED_LOGOUTS, "reason" => reason.as_str()).increment(1);
+            }
+            socket.terminate(Terminal {
+                frame: Some(frame.clone()),
+                code: reason.close_code(),
+                reason: reason.as_str(),
+                detach: false,
+            });
+        }
+    }
+
+    fn presence(&self, event: &Arc<PresenceEvent>) {
+        let Some(mut watchers) = self.watchers.get_mut(&event.session.tenant) else {
+            return;
+        };
+        let mut frame = None;
+        watchers.retain(|w| match w {
+            Watcher::Stream { tx, lagged, .. } => match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    lagged.store(true, Ordering::Relaxed);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Watcher::Socket(s) => {
+                let f = frame.get_or_insert_with(|| protocol::presence_frame(event));
+                s.send(Outbound::Text(f.clone()));
+                true
+            }
+        });
+    }
+}
+
+impl EventSink for Hub {
+    fn publish(&self, event: Event) {
+        match event {
+            Event::Ended(tombstone) => self.ended(&tombstone),
+            Event::Notice {
+                session_id, notice, ..
+            } => {
+                if let Some(sockets) = self.by_session.get(&session_id).map(|s| s.clone()) {
+                    let frame = protocol::notice_frame(&notice);
+                    for s in sockets {
+                        s.send(Outbound::Text(frame.clone()));
+                    }
+                }
+            }
+            Event::Presence(event) => self.presence(&event),
+        }
+    }
+}
+
+/// A subscription to one tenant's presence events; unsubscribes on drop.
+pub struct PresenceWatch {
+    rx: mpsc::Receiver<Arc<PresenceEvent>>,
+    lagged: Arc<AtomicBool>,
+    hub: Weak<Hub>,
+    tenant: Tenant,
+    id: u64,
+}
+
+impl PresenceWatch {
+    /// The next event; `None` once the watcher fell behind (see [`lagged`])
+    /// or the hub is gone.
+    ///
+    /// [`lagged`]: PresenceWatch::lagged
+    pub async fn recv(&mut self) -> Option<Arc<PresenceEvent>> {
+        self.rx.recv().await
+    }
+
+    /// Whether the watcher was dropped for falling behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PresenceWatch {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            if let Some(mut ws) = hub.watchers.get_mut(&self.tenant) {
+                ws.retain(|w| !matches!(w, Watcher::Stream { id, .. } if *id == self.id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{
+        EndedBy, Ending, Generation, Login, NodeId, PresenceChange, Session, SessionState,
+    };
+
+    fn session() -> Session {
+        Session {
+            id: SessionId::random(),
+            tenant: Tenant::parse("acme").unwrap(),
+            login: Login::parse("ana").unwrap(),
+            station: None,
+            client: "web".into(),
+            role: "agent".into(),
+            generation: Generation(1),
+            state: SessionState::Ended(EndReason::Superseded),
+            created_at_ms: 0,
+            last_seen_ms: 0,
+            node: NodeId::parse("n").unwrap(),
+            attributes: Default::default(),
+            status: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_ended_session_terminates_its_sockets_even_with_a_full_queue() {
+        let hub = Hub::new();
+        let s = session();
+        let (tx, _rx) = mpsc::channel(1);
+        let sock = Arc::new(SocketShared::new(1, s.tenant.clone(), s.id.clone(), tx));
+        hub.register(sock.clone());
+        sock.send(Outbound::Ping); // fills the queue
+        hub.publish(Event::Ended(Arc::new(Tombstone {
+            session: s,
+            ending: Ending {
+                reason: EndReason::Superseded,
+                by: EndedBy {
+                    client: "desktop".into(),
+                    station: None,
+                    session_id: None,
+                    at_ms: 5,
+                },
+                message: EndReason::Superseded.default_message().into(),
+            },
+        })));
+        let t = sock.take_terminal().expect("terminal set");
+        assert_eq!(t.code, 4001);
+        let frame = t.frame.expect("forced_logout frame");
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(v["type"], "forced_logout");
+        assert_eq!(v["reason"], "superseded");
+        assert_eq!(v["by"]["client"], "desktop");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_dropped_and_told() {
+        let hub = Hub::new();
+        let s = session();
+        let mut watch = hub.watch(&s.tenant, 1);
+        let event = Arc::new(PresenceEvent {
+            session: s,
+            change: PresenceChange::Claimed,
+            at_ms: 1,
+        });
+        hub.publish(Event::Presence(event.clone()));
+        hub.publish(Event::Presence(event.clone()));
+        assert!(watch.recv().await.is_some(), "the first event arrives");
+        assert!(watch.recv().await.is_none(), "then the stream ends");
+        assert!(watch.lagged());
+    }
+}

@@ -1,0 +1,21 @@
+//! Metric names, in one place. Labels stay low-cardinality: never a login,
+//! session id or tenant.
+
+/// Gauge: open WebSockets on this node.
+pub const SOCKETS: &str = "turnstile_sockets";
+/// Gauge by `state`: live sessions known to this node's registry.
+pub const SESSIONS: &str = "turnstile_sessions";
+/// Counter by `outcome` (granted, login_in_use, station_in_use, error).
+pub const CLAIMS: &str = "turnstile_claims_total";
+/// Histogram: claim latency, gRPC request in → reply, seconds.
+pub const CLAIM_SECONDS: &str = "turnstile_claim_seconds";
+/// Counter by `reason`: forced logouts pushed to sockets.
+pub const FORCED_LOGOUTS: &str = "turnstile_forced_logouts_total";
+/// Counter by `code`: WebSocket errors sent or seen.
+pub const WS_ERRORS: &str = "turnstile_ws_errors_total";
+/// Counter: sockets closed because their outbound queue was full.
+pub const SLOW_CONSUMERS: &str = "turnstile_slow_consumers_total";
+/// Counter: sockets closed because they missed two heartbeats.
+pub const HEARTBEAT_DEAD: &str = "turnstile_heartbeat_dead_total";
+/// Counter: presence watchers dropped for falling behind.
+pub const PRESENCE_LAGGED: &str = "turnstile_presence_watchers_lagged_total";
