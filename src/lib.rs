@@ -8,15 +8,21 @@
 //! - [`hub`]: local delivery of registry events to sockets and watchers.
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
 //! - [`config`]: typed, validated settings.
+//! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.
+//! - [`server`]: assembly of a node and its shutdown; [`telemetry`]: logs, metrics.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
+pub mod ctl;
 pub mod gateway;
 pub mod hub;
 pub mod metrics_names;
 pub mod registry;
+pub mod server;
 pub mod session;
+pub mod telemetry;
 
 /// Code generated from `proto/turnstile/v1/broker.proto`.
 pub mod pb {

@@ -119,6 +119,7 @@ impl Gateway {
                     async move { Ok::<_, Infallible>(route(req, shared, tracker, stop)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
@@ -156,6 +157,12 @@ fn route(
         }
         "/metrics" => match &shared.metrics {
             Some(handle) => {
+                if let Some(c) = shared.registry.census() {
+                    use crate::metrics_names::SESSIONS;
+                    metrics::gauge!(SESSIONS, "state" => "pending").set(c.pending as f64);
+                    metrics::gauge!(SESSIONS, "state" => "connected").set(c.connected as f64);
+                    metrics::gauge!(SESSIONS, "state" => "disconnected").set(c.disconnected as f64);
+                }
                 let mut r = respond(StatusCode::OK, handle.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{Effects, TenantState};
 use super::{
-    Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
-    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+    Attached, Census, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page,
+    Registry, RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
 };
 use crate::session::{
     now_ms, ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant,
@@ -271,6 +271,20 @@ impl Registry for MemoryRegistry {
         notice_id: &str,
     ) -> Result<(), RegistryError> {
         self.write(tenant, |s, _, now, _| s.ack(id, notice_id, now))
+    }
+
+    fn census(&self) -> Option<Census> {
+        let mut c = Census::default();
+        let states: Vec<_> = self
+            .shared
+            .tenants
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for state in states {
+            lock(&state).census(&mut c);
+        }
+        Some(c)
     }
 }
 

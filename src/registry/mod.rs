@@ -128,6 +128,14 @@ pub struct StationInfo {
     pub holder: Option<(Login, SessionId)>,
 }
 
+/// Live sessions by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub pending: u64,
+    pub connected: u64,
+    pub disconnected: u64,
+}
+
 /// A socket, unique within the cluster: the node and a per-node counter that
 /// is never reused during a node's life.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -285,5 +293,11 @@ pub trait Registry: Send + Sync + 'static {
     /// Whether the registry can serve writes now (for `/readyz`).
     fn is_ready(&self) -> bool {
         true
+    }
+
+    /// Live sessions by state, for the `turnstile_sessions` gauge, when the
+    /// registry can count them cheaply.
+    fn census(&self) -> Option<Census> {
+        None
     }
 }

@@ -616,6 +616,18 @@ impl TenantState {
             .is_some()
     }
 
+    /// Adds this tenant's live sessions to `c`, by state.
+    pub fn census(&self, c: &mut super::Census) {
+        for r in self.sessions.values() {
+            match r.session.state {
+                SessionState::Pending => c.pending += 1,
+                SessionState::Connected => c.connected += 1,
+                SessionState::Disconnected => c.disconnected += 1,
+                SessionState::Ended(_) => {}
+            }
+        }
+    }
+
     /// Checks that the indexes agree with the sessions (tests and debug builds).
     #[cfg(test)]
     pub fn check_invariants(&self) -> Result<(), String> {

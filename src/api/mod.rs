@@ -1,0 +1,318 @@
+//! The gRPC API (`turnstile.v1.SessionBroker`). It only translates: wire
+//! requests are validated into domain types ([`convert`]), the registry
+//! decides, and the answer is converted back. Conflicts are outcomes, not
+//! errors.
+
+pub mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::auth::TokenKeys;
+use crate::hub::Hub;
+use crate::metrics_names as m;
+use crate::pb;
+use crate::registry::{ClaimOutcome, EvictTarget, NotifyTarget, Registry, SessionKey};
+use crate::session::{Login, SessionId, Station, Tenant};
+
+/// Capacity of one WatchPresence stream before it counts as fallen behind.
+const WATCH_CAPACITY: usize = 1024;
+
+/// The SessionBroker service.
+pub struct Api {
+    registry: Arc<dyn Registry>,
+    hub: Arc<Hub>,
+    keys: TokenKeys,
+    /// When set, the only tenants served.
+    tenants: Option<Vec<Tenant>>,
+}
+
+impl Api {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        hub: Arc<Hub>,
+        keys: TokenKeys,
+        tenants: Option<Vec<Tenant>>,
+    ) -> Self {
+        Self {
+            registry,
+            hub,
+            keys,
+            tenants,
+        }
+    }
+
+    /// Into a tonic service with the request-size limit set.
+    pub fn into_service(self) -> pb::session_broker_server::SessionBrokerServer<Self> {
+        pb::session_broker_server::SessionBrokerServer::new(self)
+            .max_decoding_message_size(64 * 1024)
+    }
+
+    fn tenant(&self, raw: &str) -> Result<Tenant, Status> {
+        let tenant = Tenant::parse(raw).map_err(convert::invalid)?;
+        if let Some(allowed) = &self.tenants {
+            if !allowed.contains(&tenant) {
+                return Err(Status::not_found(format!(
+                    "unknown tenant {tenant:?}: this node serves only the configured tenants"
+                )));
+            }
+        }
+        Ok(tenant)
+    }
+
+    async fn claim_inner(&self, r: pb::ClaimRequest) -> Result<pb::ClaimResponse, Status> {
+        self.tenant(&r.tenant)?;
+        let req = convert::claim_request(r)?;
+        let outcome = self.registry.claim(req).await.map_err(convert::status)?;
+        Ok(match outcome {
+            ClaimOutcome::Granted { session, evicted } => {
+                for e in &evicted {
+                    info!(tenant = %e.tenant, login = %e.login, session = %e.id,
+                          by_session = %session.id, reason = ?e.state, "session displaced by claim");
+                }
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::Granted as i32,
+                    token: self.keys.mint(&session),
+                    session: Some(convert::session(&session)),
+                    holder: None,
+                    evicted: evicted.iter().map(convert::session).collect(),
+                }
+            }
+            ClaimOutcome::LoginInUse { holder } => pb::ClaimResponse {
+                outcome: pb::ClaimOutcome::LoginInUse as i32,
+                holder: Some(convert::session(&holder)),
+                ..Default::default()
+            },
+            ClaimOutcome::StationInUse { holder } => pb::ClaimResponse {
+                outcome: pb::ClaimOutcome::StationInUse as i32,
+                holder: Some(convert::session(&holder)),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn outcome_label(r: &Result<pb::ClaimResponse, Status>) -> &'static str {
+    match r {
+        Ok(r) => match pb::ClaimOutcome::try_from(r.outcome) {
+            Ok(pb::ClaimOutcome::Granted) => "granted",
+            Ok(pb::ClaimOutcome::LoginInUse) => "login_in_use",
+            Ok(pb::ClaimOutcome::StationInUse) => "station_in_use",
+            Err(_) => "unknown",
+        },
+        Err(_) => "error",
+    }
+}
+
+type PresenceStream = Pin<Box<dyn Stream<Item = Result<pb::PresenceEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::session_broker_server::SessionBroker for Api {
+    async fn claim(
+        &self,
+        request: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::ClaimResponse>, Status> {
+        let started = Instant::now();
+        let result = self.claim_inner(request.into_inner()).await;
+        metrics::histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::CLAIMS, "outcome" => outcome_label(&result)).increment(1);
+        result.map(Response::new)
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        let id = SessionId::parse(&r.session_id).map_err(convert::invalid)?;
+        let session = self
+            .registry
+            .release(&tenant, &id)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::ReleaseResponse {
+            session: Some(convert::session(&session)),
+        }))
+    }
+
+    async fn evict(
+        &self,
+        request: Request<pb::EvictRequest>,
+    ) -> Result<Response<pb::EvictResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        use pb::evict_request::Target;
+        let target = match r.target {
+            Some(Target::SessionId(id)) => {
+                EvictTarget::Session(SessionId::parse(&id).map_err(convert::invalid)?)
+            }
+            Some(Target::Login(l)) => {
+                EvictTarget::Login(Login::parse(&l).map_err(convert::invalid)?)
+            }
+            Some(Target::Station(s)) => {
+                EvictTarget::Station(Station::parse(&s).map_err(convert::invalid)?)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "target: set one of session_id, login or station",
+                ))
+            }
+        };
+        convert::short_text("message", &r.message, convert::MAX_MESSAGE_LEN)?;
+        let message = (!r.message.is_empty()).then_some(r.message);
+        let evicted = self
+            .registry
+            .evict(&tenant, target, message, "admin")
+            .await
+            .map_err(convert::status)?;
+        for e in &evicted {
+            info!(tenant = %e.tenant, login = %e.login, session = %e.id, "session evicted by admin");
+        }
+        Ok(Response::new(pb::EvictResponse {
+            evicted: evicted.iter().map(convert::session).collect(),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        use pb::get_session_request::Key;
+        let key = match r.key {
+            Some(Key::SessionId(id)) => {
+                SessionKey::Id(SessionId::parse(&id).map_err(convert::invalid)?)
+            }
+            Some(Key::Login(l)) => SessionKey::Login(Login::parse(&l).map_err(convert::invalid)?),
+            None => return Err(Status::invalid_argument("key: set session_id or login")),
+        };
+        let s = self
+            .registry
+            .get(&tenant, key)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::session(&s)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        let limit = convert::page_size(r.page_size)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(SessionId::parse_field("page_token", &r.page_token).map_err(convert::invalid)?)
+        };
+        let page = self
+            .registry
+            .list(&tenant, after, limit)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: page.sessions.iter().map(convert::session).collect(),
+            next_page_token: page.next_after.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn station_status(
+        &self,
+        request: Request<pb::StationStatusRequest>,
+    ) -> Result<Response<pb::StationStatusResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        let stations = convert::stations(&r.stations)?;
+        let infos = self
+            .registry
+            .stations(&tenant, &stations)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::StationStatusResponse {
+            stations: infos.iter().map(convert::station_info).collect(),
+        }))
+    }
+
+    async fn notify(
+        &self,
+        request: Request<pb::NotifyRequest>,
+    ) -> Result<Response<pb::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let tenant = self.tenant(&r.tenant)?;
+        use pb::notify_request::Target;
+        let target = match r.target {
+            Some(Target::SessionId(id)) => {
+                NotifyTarget::Session(SessionId::parse(&id).map_err(convert::invalid)?)
+            }
+            Some(Target::Login(l)) => {
+                NotifyTarget::Login(Login::parse(&l).map_err(convert::invalid)?)
+            }
+            Some(Target::AllSessions(true)) => NotifyTarget::All,
+            Some(Target::AllSessions(false)) | None => {
+                return Err(Status::invalid_argument(
+                    "target: set one of session_id, login or all_sessions=true",
+                ))
+            }
+        };
+        let notice = convert::notice(r.notice)?;
+        let counts = self
+            .registry
+            .notify(&tenant, target, notice)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::NotifyResponse {
+            delivered: counts.delivered,
+            queued: counts.queued,
+        }))
+    }
+
+    type WatchPresenceStream = PresenceStream;
+
+    async fn watch_presence(
+        &self,
+        request: Request<pb::WatchPresenceRequest>,
+    ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let tenant = self.tenant(&request.into_inner().tenant)?;
+        let mut watch = self.hub.watch(&tenant, WATCH_CAPACITY);
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let event = tokio::select! {
+                    _ = tx.closed() => return, // the client went away
+                    event = watch.recv() => event,
+                };
+                let Some(event) = event else { break };
+                if tx.send(Ok(convert::presence(&event))).await.is_err() {
+                    return;
+                }
+            }
+            if watch.lagged() {
+                metrics::counter!(m::PRESENCE_LAGGED).increment(1);
+                let _ = tx
+                    .send(Err(Status::resource_exhausted(
+                        "presence watcher fell behind; re-list with ListSessions and watch again",
+                    )))
+                    .await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(f: F) -> PresenceStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::PresenceEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

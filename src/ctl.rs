@@ -1,0 +1,413 @@
+//! `turnstile ctl`: an operator CLI over the public gRPC API, so a person can
+//! try every call from a shell. Human output by default, JSON lines with
+//! `--json`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::pb;
+use crate::pb::session_broker_client::SessionBrokerClient;
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The node's gRPC address.
+    #[arg(long, env = "TURNSTILE_ADDR", default_value = "http://127.0.0.1:7701")]
+    addr: String,
+    /// Print JSON lines instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Claim a login's session (prints the connect token when granted).
+    Claim {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        login: String,
+        #[arg(long, default_value = "")]
+        station: String,
+        #[arg(long, default_value = "desktop")]
+        client: String,
+        #[arg(long, default_value = "agent")]
+        role: String,
+        /// End the current holder instead of refusing.
+        #[arg(long)]
+        takeover: bool,
+        /// key=value, repeatable.
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+    },
+    /// Normal logout of a session.
+    Release {
+        #[arg(long)]
+        tenant: String,
+        session_id: String,
+    },
+    /// Force a logout by session, login or station.
+    Evict {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, group = "target")]
+        session: Option<String>,
+        #[arg(long, group = "target")]
+        login: Option<String>,
+        #[arg(long, group = "target")]
+        station: Option<String>,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Show one session.
+    Get {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, group = "key")]
+        session: Option<String>,
+        #[arg(long, group = "key")]
+        login: Option<String>,
+    },
+    /// List a tenant's live sessions.
+    Sessions {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Which stations are free.
+    Stations {
+        #[arg(long)]
+        tenant: String,
+        stations: Vec<String>,
+    },
+    /// Push a notice now or queue it for the next connect.
+    Notify {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, group = "target")]
+        session: Option<String>,
+        #[arg(long, group = "target")]
+        login: Option<String>,
+        #[arg(long, group = "target")]
+        all: bool,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value = "info")]
+        severity: String,
+        #[arg(long)]
+        text: String,
+        #[arg(long, default_value = "")]
+        data_json: String,
+        /// e.g. 1h; default: the broker's (24h).
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+    },
+    /// Print a tenant's presence changes as they happen.
+    Watch {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+fn enum_name<E: TryFrom<i32> + std::fmt::Debug>(v: i32) -> String {
+    E::try_from(v)
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_else(|_| v.to_string())
+}
+
+fn session_json(s: &pb::Session) -> serde_json::Value {
+    json!({
+        "session_id": s.session_id, "tenant": s.tenant, "login": s.login,
+        "station": s.station, "client": s.client, "role": s.role,
+        "generation": s.generation,
+        "state": enum_name::<pb::SessionState>(s.state),
+        "end_reason": enum_name::<pb::EndReason>(s.end_reason),
+        "status": s.status, "node": s.node,
+        "created_at_ms": s.created_at_ms, "last_seen_ms": s.last_seen_ms,
+        "attributes": s.attributes,
+    })
+}
+
+fn session_line(s: &pb::Session) -> String {
+    format!(
+        "{}  login={} station={} state={}{} gen={} client={} node={}",
+        s.session_id,
+        s.login,
+        if s.station.is_empty() {
+            "-"
+        } else {
+            &s.station
+        },
+        enum_name::<pb::SessionState>(s.state),
+        if s.end_reason != 0 {
+            format!("({})", enum_name::<pb::EndReason>(s.end_reason))
+        } else {
+            String::new()
+        },
+        s.generation,
+        s.client,
+        s.node
+    )
+}
+
+/// Runs one ctl command.
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
+        .with_context(|| {
+            format!(
+                "--addr {:?} is not a URL like http://127.0.0.1:7701",
+                args.addr
+            )
+        })?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.with_context(|| {
+        format!(
+            "cannot reach turnstile at {}; is `turnstile serve` running?",
+            args.addr
+        )
+    })?;
+    let mut c = SessionBrokerClient::new(channel);
+    let json = args.json;
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    match args.cmd {
+        Cmd::Claim {
+            tenant,
+            login,
+            station,
+            client,
+            role,
+            takeover,
+            attrs,
+            idempotency_key,
+        } => {
+            let mut attributes = std::collections::HashMap::new();
+            for a in attrs {
+                let (k, v) = a
+                    .split_once('=')
+                    .with_context(|| format!("--attr {a:?}: expected key=value"))?;
+                attributes.insert(k.to_string(), v.to_string());
+            }
+            let policy = if takeover {
+                pb::ConflictPolicy::Takeover
+            } else {
+                pb::ConflictPolicy::Reject
+            };
+            let r = c
+                .claim(pb::ClaimRequest {
+                    tenant,
+                    login,
+                    station,
+                    client,
+                    role,
+                    on_conflict: policy as i32,
+                    attributes,
+                    idempotency_key,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let outcome = enum_name::<pb::ClaimOutcome>(r.outcome);
+            if json {
+                println!(
+                    "{}",
+                    json!({"outcome": outcome, "token": r.token,
+                           "session": r.session.as_ref().map(session_json),
+                           "holder": r.holder.as_ref().map(session_json),
+                           "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>()})
+                );
+            } else {
+                println!("outcome: {outcome}");
+                if let Some(s) = &r.session {
+                    println!("session: {}", session_line(s));
+                    println!("token:   {}", r.token);
+                }
+                if let Some(h) = &r.holder {
+                    println!("holder:  {}", session_line(h));
+                    if r.outcome == pb::ClaimOutcome::LoginInUse as i32 {
+                        println!("(User already logged. Re-run with --takeover to continue.)");
+                    }
+                }
+                for e in &r.evicted {
+                    println!("evicted: {}", session_line(e));
+                }
+            }
+        }
+        Cmd::Release { tenant, session_id } => {
+            let r = c
+                .release(pb::ReleaseRequest { tenant, session_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_session(json, r.session.as_ref());
+        }
+        Cmd::Evict {
+            tenant,
+            session,
+            login,
+            station,
+            message,
+        } => {
+            use pb::evict_request::Target;
+            let target = match (session, login, station) {
+                (Some(s), _, _) => Target::SessionId(s),
+                (_, Some(l), _) => Target::Login(l),
+                (_, _, Some(s)) => Target::Station(s),
+                _ => bail!("evict needs one of --session, --login, --station"),
+            };
+            let r = c
+                .evict(pb::EvictRequest {
+                    tenant,
+                    target: Some(target),
+                    message,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for s in &r.evicted {
+                print_session(json, Some(s));
+            }
+        }
+        Cmd::Get {
+            tenant,
+            session,
+            login,
+        } => {
+            use pb::get_session_request::Key;
+            let key = match (session, login) {
+                (Some(s), _) => Key::SessionId(s),
+                (_, Some(l)) => Key::Login(l),
+                _ => bail!("get needs --session or --login"),
+            };
+            let s = c
+                .get_session(pb::GetSessionRequest {
+                    tenant,
+                    key: Some(key),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_session(json, Some(&s));
+        }
+        Cmd::Sessions { tenant } => {
+            let mut token = String::new();
+            for _ in 0..100_000 {
+                let r = c
+                    .list_sessions(pb::ListSessionsRequest {
+                        tenant: tenant.clone(),
+                        page_size: 500,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for s in &r.sessions {
+                    print_session(json, Some(s));
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+        }
+        Cmd::Stations { tenant, stations } => {
+            let r = c
+                .station_status(pb::StationStatusRequest { tenant, stations })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for s in r.stations {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"station": s.station, "free": s.free, "login": s.login, "session_id": s.session_id})
+                    );
+                } else if s.free {
+                    println!("{}  free", s.station);
+                } else {
+                    println!("{}  held by {} ({})", s.station, s.login, s.session_id);
+                }
+            }
+        }
+        Cmd::Notify {
+            tenant,
+            session,
+            login,
+            all,
+            id,
+            kind,
+            severity,
+            text,
+            data_json,
+            expires_in,
+        } => {
+            use pb::notify_request::Target;
+            let target = match (session, login, all) {
+                (Some(s), _, _) => Target::SessionId(s),
+                (_, Some(l), _) => Target::Login(l),
+                (_, _, true) => Target::AllSessions(true),
+                _ => bail!("notify needs one of --session, --login, --all"),
+            };
+            let expires_at_ms = expires_in
+                .map(|d| crate::session::now_ms() + Duration::from(d).as_millis() as i64)
+                .unwrap_or(0);
+            let r = c
+                .notify(pb::NotifyRequest {
+                    tenant,
+                    target: Some(target),
+                    notice: Some(pb::Notice {
+                        id,
+                        kind,
+                        severity,
+                        text,
+                        data_json,
+                        expires_at_ms,
+                    }),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!("{}", json!({"delivered": r.delivered, "queued": r.queued}));
+            } else {
+                println!("delivered: {}  queued: {}", r.delivered, r.queued);
+            }
+        }
+        Cmd::Watch { tenant } => {
+            let mut stream = c
+                .watch_presence(pb::WatchPresenceRequest { tenant })
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(status)? {
+                let change = enum_name::<pb::PresenceChange>(ev.change);
+                if json {
+                    println!(
+                        "{}",
+                        json!({"change": change, "at_ms": ev.at_ms, "status": ev.status,
+                               "session": ev.session.as_ref().map(session_json)})
+                    );
+                } else {
+                    let line = ev.session.as_ref().map(session_line).unwrap_or_default();
+                    println!("{change:<14} {line} status={}", ev.status);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_session(json: bool, s: Option<&pb::Session>) {
+    let Some(s) = s else { return };
+    if json {
+        println!("{}", session_json(s));
+    } else {
+        println!("{}", session_line(s));
+    }
+}

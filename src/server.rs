@@ -1,0 +1,168 @@
+//! Assembly of a node: binds both listeners, builds the registry, hub,
+//! gateway and gRPC service, and owns the shutdown sequence.
+//!
+//! `start` takes the whole [`Config`] and returns once both listeners are
+//! bound (ports may be 0), so a test starts a full node in one line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::Api;
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::gateway::{protocol, Gateway, GatewayConfig};
+use crate::hub::{Hub, Terminal};
+use crate::registry::{MemoryRegistry, Registry};
+use crate::session::{NodeId, Tenant};
+
+/// How long shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("configuration: tenants: {0}")]
+    Tenant(String),
+}
+
+/// A running node.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub node: NodeId,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    hub: Arc<Hub>,
+    gateway: Gateway,
+}
+
+/// Starts a node with `config`.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let node = config.node_id();
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "http/websocket",
+            addr: config.http_listen,
+            source,
+        })?;
+    let grpc = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "grpc",
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http_addr = http.local_addr().unwrap_or(config.http_listen);
+    let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
+
+    let keys = match &config.signing_key {
+        Some(secret) => TokenKeys::new(secret.as_bytes(), config.token_ttl),
+        None => {
+            warn!(
+                "DEV SIGNING KEY: no signing_key configured, a random one was generated; \
+                 connect tokens die with this process. Set TURNSTILE_SIGNING_KEY (32+ bytes) \
+                 for anything but a local trial."
+            );
+            TokenKeys::generate(config.token_ttl)
+        }
+    };
+    let tenants = match &config.tenants {
+        Some(list) => Some(
+            list.iter()
+                .map(|t| Tenant::parse(t).map_err(|e| ServerError::Tenant(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+
+    let hub = Hub::new();
+    let registry: Arc<dyn Registry> = MemoryRegistry::start(config.registry(), hub.clone());
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let gateway = Gateway::new(
+        GatewayConfig {
+            node: node.clone(),
+            heartbeat: config.heartbeat,
+            grace: config.grace,
+            max_message_bytes: config.max_message_bytes,
+            outbound_queue: config.outbound_queue,
+        },
+        registry.clone(),
+        hub.clone(),
+        keys.clone(),
+        crate::telemetry::metrics(),
+    );
+    tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
+
+    let api = Api::new(registry, hub.clone(), keys, tenants).into_service();
+    let grpc_stop = stop.clone();
+    tracker.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(256))
+            .tcp_nodelay(true)
+            .add_service(api)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop.cancelled())
+            .await;
+        if let Err(e) = result {
+            warn!(error = %e, "grpc server ended");
+        }
+    });
+    info!(%http_addr, %grpc_addr, %node, "turnstile node started");
+    Ok(RunningServer {
+        http_addr,
+        grpc_addr,
+        node,
+        stop,
+        tracker,
+        hub,
+        gateway,
+    })
+}
+
+impl RunningServer {
+    /// Stops the node: not ready → tell every socket to reconnect elsewhere
+    /// (close 1012; the sessions stay live) → stop listeners → wait, bounded.
+    pub async fn shutdown(self) {
+        self.gateway.set_draining();
+        for socket in self.hub.sockets() {
+            let after_ms = rand::random::<u64>() % 1000;
+            socket.terminate(Terminal {
+                frame: Some(protocol::reconnect(after_ms)),
+                code: 1012,
+                reason: "node restarting",
+                detach: true,
+            });
+        }
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "shutdown grace of {SHUTDOWN_GRACE:?} ran out with {} sockets open",
+                self.hub.socket_count()
+            );
+        }
+    }
+
+    /// A token that, once cancelled, means the node is stopping.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
