@@ -150,7 +150,7 @@ pub enum Attached {
     /// The session is live and now CONNECTED.
     Live {
         session: Session,
-        /// The session had been connected before (a resume).
+        /// The session was DISCONNECTED and a socket came back within grace.
         resumed: bool,
         /// Notices not yet acked and not expired, oldest first.
         pending: Vec<Notice>,

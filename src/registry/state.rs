@@ -34,8 +34,6 @@ pub(crate) struct Effects {
 struct Record {
     session: Session,
     sockets: Vec<SocketId>,
-    /// Whether any socket ever attached (a later attach is a resume).
-    ever_connected: bool,
     /// Notices not yet acked, oldest first.
     notices: Vec<Notice>,
     /// When a PENDING or DISCONNECTED session expires.
@@ -193,7 +191,6 @@ impl TenantState {
             Record {
                 session: session.clone(),
                 sockets: Vec::new(),
-                ever_connected: false,
                 notices,
                 deadline: Some(deadline),
             },
@@ -515,8 +512,9 @@ impl TenantState {
             SessionState::Disconnected => Some(PresenceChange::Reconnected),
             _ => None,
         };
-        let resumed = record.ever_connected;
-        record.ever_connected = true;
+        // A resume is a return from DISCONNECTED (inside grace); a second
+        // socket beside a live one (desktop + phonebar) is not.
+        let resumed = record.session.state == SessionState::Disconnected;
         record.deadline = None;
         record.session.state = SessionState::Connected;
         record.session.node = socket.node;

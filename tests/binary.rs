@@ -1,0 +1,80 @@
+//! Smoke test of the real binary: `turnstile serve` on ephemeral ports, one
+//! claim over gRPC, `/healthz` and `/metrics` over HTTP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn serve_starts_claims_and_reports_health_and_metrics() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnstile"))
+        .args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("the `turnstile listening` line", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("stdout readable")
+                .expect("the binary printed its listening line before exiting");
+            if line.starts_with("turnstile listening ") {
+                return line;
+            }
+        }
+    })
+    .await;
+    let field = |name: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+    };
+    let http: SocketAddr = field("http").parse().expect("http addr");
+    let grpc: SocketAddr = field("grpc").parse().expect("grpc addr");
+    assert!(!field("node").is_empty());
+    assert_ne!(http.port(), 0);
+    assert_ne!(grpc.port(), 0);
+
+    let mut client = grpc_client(grpc).await;
+    let r = within(
+        "Claim",
+        client.claim(claim_req("acme", "ana", "s1", ConflictPolicy::Reject)),
+    )
+    .await
+    .expect("Claim succeeds")
+    .into_inner();
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+
+    // The token opens a socket on the binary too.
+    let mut ws = connect(http, &r.token).await;
+    let w = ws.expect_type("welcome").await;
+    assert_eq!(w["login"], "ana");
+
+    let (status, _) = http_get(http, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("turnstile_claims_total"), "metrics: {body}");
+
+    child.start_kill().expect("kill");
+    within("the binary exits", child.wait())
+        .await
+        .expect("wait");
+}
