@@ -109,7 +109,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
 
-    let api = Api::new(registry, hub.clone(), keys, tenants).into_service();
+    let api = Api::new(registry, hub.clone(), keys, tenants, stop.clone()).into_service();
     let grpc_stop = stop.clone();
     tracker.spawn(async move {
         let result = tonic::transport::Server::builder()

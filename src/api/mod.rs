@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -30,6 +31,8 @@ pub struct Api {
     keys: TokenKeys,
     /// When set, the only tenants served.
     tenants: Option<Vec<Tenant>>,
+    /// Cancelled when the node stops: open WatchPresence streams end.
+    stop: CancellationToken,
 }
 
 impl Api {
@@ -38,12 +41,14 @@ impl Api {
         hub: Arc<Hub>,
         keys: TokenKeys,
         tenants: Option<Vec<Tenant>>,
+        stop: CancellationToken,
     ) -> Self {
         Self {
             registry,
             hub,
             keys,
             tenants,
+            stop,
         }
     }
 
@@ -282,10 +287,15 @@ impl pb::session_broker_server::SessionBroker for Api {
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
         let tenant = self.tenant(&request.into_inner().tenant)?;
         let mut watch = self.hub.watch(&tenant, WATCH_CAPACITY);
+        let stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 let event = tokio::select! {
                     _ = tx.closed() => return, // the client went away
+                    _ = stop.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("node is shutting down; watch another node"))).await;
+                        return;
+                    }
                     event = watch.recv() => event,
                 };
                 let Some(event) = event else { break };
