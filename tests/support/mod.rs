@@ -303,6 +303,16 @@ impl Watch {
             .expect("presence stream still open")
     }
 
+    /// Awaits the end of the stream: `None` when it ended cleanly,
+    /// `Some(Err)` when it failed, `Some(Ok)` when yet another event came.
+    pub async fn end(&mut self) -> Option<Result<pb::PresenceEvent, tonic::Status>> {
+        match within("the presence stream to end", self.stream.message()).await {
+            Ok(Some(ev)) => Some(Ok(ev)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Skips events until one of `session_id` with `change`; returns it.
     /// Panics if the session ENDS first while something else was awaited.
     pub async fn expect_for(
