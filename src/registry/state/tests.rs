@@ -398,7 +398,7 @@ proptest! {
                 }
             }
             for (id, _) in ended_reasons(&fx) { prop_assert!(told.insert(id), "a session ended twice"); }
-            deadlines.extend(fx.deadlines.drain(..));
+            deadlines.append(&mut fx.deadlines);
             if let Err(e) = s.check_invariants() { prop_assert!(false, "{}", e); }
             for x in &all {
                 let live = s.get(&SessionKey::Id(x.id.clone())).map(|g| g.state.is_live()).unwrap_or(false);
