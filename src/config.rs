@@ -61,6 +61,27 @@ pub struct Config {
     pub log_format: LogFormat,
     /// When set, only these tenants are served; others get NOT_FOUND.
     pub tenants: Option<Vec<String>>,
+    /// Redis URL(s), comma-separated (`redis://host:6379`). When set the node
+    /// joins a cluster through Redis; when unset it runs alone with the
+    /// embedded registry.
+    pub redis: Option<String>,
+    /// The `redis` URLs are seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key and channel, so several deployments can
+    /// share one Redis.
+    pub redis_namespace: String,
+    /// A node whose lease in Redis is older than this is declared dead; its
+    /// sessions become DISCONNECTED.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often a node reconciles its sockets with Redis (also done at once
+    /// after a lost subscription): the bound on a missed forced logout.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// On SIGTERM, sockets are told to reconnect after a random delay below
+    /// this, so a restart does not make every client reconnect at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +100,12 @@ impl Default for Config {
             signing_key: None,
             log_format: LogFormat::Human,
             tenants: None,
+            redis: None,
+            redis_cluster: false,
+            redis_namespace: "turnstile".into(),
+            lease_ttl: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(5),
+            drain_window: Duration::from_secs(2),
         }
     }
 }
@@ -129,6 +156,33 @@ impl Config {
         if self.heartbeat < Duration::from_millis(10) {
             return bad("heartbeat", "must be at least 10ms");
         }
+        if self.lease_ttl < Duration::from_millis(250) {
+            return bad("lease_ttl", "must be at least 250ms");
+        }
+        if self.reconcile_interval < Duration::from_millis(100) {
+            return bad("reconcile_interval", "must be at least 100ms");
+        }
+        if self.drain_window > Duration::from_secs(60) {
+            return bad("drain_window", "must be at most 60s");
+        }
+        if let Some(r) = &self.redis {
+            if r.split(',')
+                .any(|u| !u.trim().starts_with("redis://") && !u.trim().starts_with("rediss://"))
+            {
+                return bad("redis", "every URL must start with redis:// (or rediss://)");
+            }
+        }
+        if self.redis_namespace.is_empty()
+            || !self
+                .redis_namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(
+                "redis_namespace",
+                "must be non-empty letters, digits, - or _",
+            );
+        }
         if self.max_sockets_per_session == 0 {
             return bad("max_sockets_per_session", "must be at least 1");
         }
@@ -169,6 +223,26 @@ impl Config {
         let host = if host.is_empty() { "node".into() } else { host };
         NodeId::parse(&format!("{host}-{}", std::process::id()))
             .unwrap_or_else(|_| NodeId::parse("node").expect("static node id is valid"))
+    }
+
+    /// The Redis registry's settings, when `redis` is set.
+    pub fn redis(&self) -> Option<crate::registry::RedisConfig> {
+        let urls: Vec<String> = self
+            .redis
+            .as_deref()?
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        Some(crate::registry::RedisConfig {
+            target: crate::registry::redis::Target {
+                urls,
+                cluster: self.redis_cluster,
+            },
+            lease_ttl: self.lease_ttl,
+            reconcile_interval: self.reconcile_interval,
+            namespace: self.redis_namespace.clone(),
+        })
     }
 
     /// The registry's part of the settings.

@@ -194,6 +194,22 @@ impl Hub {
         self.by_conn.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Tells every local socket to reconnect (elsewhere, after a random
+    /// delay below `window`, so clients do not stampede) and closes it with
+    /// 1012. The sessions live on: their sockets detach.
+    pub fn drain(&self, window: std::time::Duration) {
+        let window_ms = (window.as_millis() as u64).max(1);
+        for socket in self.sockets() {
+            let after_ms = rand::random::<u64>() % window_ms;
+            socket.terminate(Terminal {
+                frame: Some(protocol::reconnect(after_ms)),
+                code: 1012,
+                reason: "node restarting",
+                detach: true,
+            });
+        }
+    }
+
     fn ended(&self, tombstone: &Tombstone) {
         let Some(sockets) = self
             .by_session
@@ -255,6 +271,7 @@ impl EventSink for Hub {
                 }
             }
             Event::Presence(event) => self.presence(&event),
+            Event::Drain => self.drain(std::time::Duration::from_secs(1)),
         }
     }
 }

@@ -64,6 +64,26 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_key: Option<String>,
+    /// Redis URL(s), comma-separated: join a cluster through Redis.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<String>,
+    /// The --redis URLs are seed nodes of a Redis Cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    redis_cluster: bool,
+    /// A node silent in Redis this long is declared dead, e.g. 5s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<String>,
+    /// How often sockets are reconciled with Redis, e.g. 5s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconcile_interval: Option<String>,
+    /// Reconnects after SIGTERM are spread over this window, e.g. 2s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_window: Option<String>,
     /// Log format: human or json.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -19,3 +19,9 @@ pub const SLOW_CONSUMERS: &str = "turnstile_slow_consumers_total";
 pub const HEARTBEAT_DEAD: &str = "turnstile_heartbeat_dead_total";
 /// Counter: presence watchers dropped for falling behind.
 pub const PRESENCE_LAGGED: &str = "turnstile_presence_watchers_lagged_total";
+/// Counter: times this node found Redis had lost its data (epoch changed).
+pub const REDIS_DATA_LOSS: &str = "turnstile_redis_data_loss_total";
+/// Counter: times this node found itself declared dead and re-joined.
+pub const REDIS_FENCED: &str = "turnstile_redis_fenced_total";
+/// Counter: forced logouts delivered by reconciliation (the bus missed them).
+pub const REDIS_RECONCILED: &str = "turnstile_redis_reconciled_total";

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
-use crate::gateway::{protocol, Gateway, GatewayConfig};
-use crate::hub::{Hub, Terminal};
-use crate::registry::{MemoryRegistry, Registry};
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::hub::Hub;
+use crate::registry::{MemoryRegistry, RedisRegistry, Registry};
 use crate::session::{NodeId, Tenant};
 
 /// How long shutdown waits for connections to finish.
@@ -36,6 +36,8 @@ pub enum ServerError {
     },
     #[error("configuration: tenants: {0}")]
     Tenant(String),
+    #[error("cannot join the cluster: {0}")]
+    Redis(#[from] crate::registry::redis::ConnectError),
 }
 
 /// A running node.
@@ -47,6 +49,8 @@ pub struct RunningServer {
     tracker: TaskTracker,
     hub: Arc<Hub>,
     gateway: Gateway,
+    registry: Arc<dyn Registry>,
+    drain_window: Duration,
 }
 
 /// Starts a node with `config`.
@@ -90,8 +94,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     };
 
     let hub = Hub::new();
-    let registry: Arc<dyn Registry> = MemoryRegistry::start(config.registry(), hub.clone());
     let stop = CancellationToken::new();
+    let registry: Arc<dyn Registry> = match config.redis() {
+        Some(redis) => {
+            let registry =
+                RedisRegistry::start(config.registry(), redis, hub.clone(), stop.child_token())
+                    .await?;
+            Arc::new(registry)
+        }
+        None => MemoryRegistry::start(config.registry(), hub.clone()),
+    };
     let tracker = TaskTracker::new();
 
     let gateway = Gateway::new(
@@ -109,7 +121,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
 
-    let api = Api::new(registry, hub.clone(), keys, tenants, stop.clone()).into_service();
+    let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone()).into_service();
     let grpc_stop = stop.clone();
     tracker.spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -131,6 +143,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         tracker,
         hub,
         gateway,
+        registry,
+        drain_window: config.drain_window,
     })
 }
 
@@ -139,15 +153,7 @@ impl RunningServer {
     /// (close 1012; the sessions stay live) → stop listeners → wait, bounded.
     pub async fn shutdown(self) {
         self.gateway.set_draining();
-        for socket in self.hub.sockets() {
-            let after_ms = rand::random::<u64>() % 1000;
-            socket.terminate(Terminal {
-                frame: Some(protocol::reconnect(after_ms)),
-                code: 1012,
-                reason: "node restarting",
-                detach: true,
-            });
-        }
+        self.hub.drain(self.drain_window);
         self.stop.cancel();
         self.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
@@ -159,6 +165,7 @@ impl RunningServer {
                 self.hub.socket_count()
             );
         }
+        self.registry.close().await;
     }
 
     /// A token that, once cancelled, means the node is stopping.

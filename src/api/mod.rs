@@ -287,6 +287,11 @@ impl pb::session_broker_server::SessionBroker for Api {
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
         let tenant = self.tenant(&request.into_inner().tenant)?;
         let mut watch = self.hub.watch(&tenant, WATCH_CAPACITY);
+        // Only after the hub holds the watcher: no event in between is lost.
+        self.registry
+            .watch(&tenant)
+            .await
+            .map_err(convert::status)?;
         let stop = self.stop.clone();
         let stream = async_stream(move |tx| async move {
             loop {

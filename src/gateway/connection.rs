@@ -136,7 +136,7 @@ where
     );
     let _enter = span.enter();
     debug!("socket attached");
-    let detach_needed = serve(&mut ws, &shared, &socket, &session, rx).await;
+    let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id, rx).await;
     shared.hub.unregister(&socket);
     if detach_needed {
         detach(&shared, &session, socket_id).await;
@@ -151,6 +151,7 @@ async fn serve<S>(
     shared: &Shared,
     socket: &Arc<SocketShared>,
     session: &Session,
+    socket_id: &SocketId,
     mut rx: mpsc::Receiver<Outbound>,
 ) -> bool
 where
@@ -166,8 +167,15 @@ where
                 while let Ok(Outbound::Text(frame)) = rx.try_recv() {
                     if !write(ws, Message::Text(frame)).await { return t.detach; }
                 }
+                if t.detach {
+                    // Detach before the close reaches the client: a client
+                    // told to reconnect (drain) must find its session
+                    // DISCONNECTED wherever it lands, so it resumes.
+                    shared.hub.unregister(socket);
+                    detach(shared, session, socket_id.clone()).await;
+                }
                 finish(ws, t.frame, t.code, t.reason).await;
-                return t.detach;
+                return false;
             }
             out = rx.recv() => {
                 let msg = match out {
@@ -242,7 +250,7 @@ where
         ClientMessage::WatchPresence => {
             if session.can_watch_presence() {
                 shared.hub.watch_socket(socket.clone());
-                Ok(())
+                reg.watch(&session.tenant).await
             } else {
                 reply_error(
                     ws,

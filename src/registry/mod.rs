@@ -12,6 +12,7 @@
 //! presence changes. Data flows one way: API → registry → sink → gateway.
 
 pub mod memory;
+pub mod redis;
 mod state;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::session::{
     Tenant, Tombstone,
 };
 
+pub use self::redis::{RedisConfig, RedisRegistry};
 pub use memory::MemoryRegistry;
 
 /// Limits and timers of the session life cycle.
@@ -205,6 +207,9 @@ pub enum Event {
     },
     /// A presence change, for WatchPresence streams and watching sockets.
     Presence(Arc<PresenceEvent>),
+    /// This node can no longer vouch for its sockets (the cluster declared
+    /// it dead): every local socket is told to reconnect and closed (1012).
+    Drain,
 }
 
 /// The registry contract. Every method is atomic with respect to the others
@@ -289,6 +294,14 @@ pub trait Registry: Send + Sync + 'static {
         id: &SessionId,
         notice_id: &str,
     ) -> Result<(), RegistryError>;
+
+    /// Makes sure this node hears the tenant's events (presence watchers).
+    async fn watch(&self, _tenant: &Tenant) -> Result<(), RegistryError> {
+        Ok(())
+    }
+
+    /// Leaves the cluster after the node drained its sockets.
+    async fn close(&self) {}
 
     /// Whether the registry can serve writes now (for `/readyz`).
     fn is_ready(&self) -> bool {

@@ -1,0 +1,162 @@
+//! Connections to Redis: one for commands and one for subscriptions, to a
+//! single server or to a Redis Cluster.
+//!
+//! Commands and subscriptions never share a connection, so Redis dropping
+//! a slow subscriber (`client-output-buffer-limit pubsub`) cannot fail a
+//! claim in flight. Both reconnect by themselves; every command has a
+//! response timeout so a Redis that went away fails a claim fast.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use tokio::sync::mpsc;
+
+/// How long a command may take before the caller is told Redis is unavailable.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where Redis is.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// One URL for a single server; one or more seed nodes for a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+}
+
+/// A command connection: single server or cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens the command connection.
+pub async fn commands(target: &Target) -> redis::RedisResult<Conn> {
+    if target.cluster {
+        let client = redis::cluster::ClusterClientBuilder::new(target.urls.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(2)
+            .build()?;
+        Ok(Conn::Cluster(client.get_async_connection().await?))
+    } else {
+        let client = redis::Client::open(first(target)?)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        Ok(Conn::Single(
+            ConnectionManager::new_with_config(client, cfg).await?,
+        ))
+    }
+}
+
+fn first(target: &Target) -> redis::RedisResult<redis::ConnectionInfo> {
+    let url = target.urls.first().cloned().unwrap_or_default();
+    url.as_str().into_connection_info()
+}
+
+/// A subscription connection. Pushes (messages, and `Disconnection` when
+/// the connection is lost) arrive on the bounded channel given to
+/// [`subscriber`]; a full channel counts as a lost subscription.
+#[derive(Clone)]
+pub enum Sub {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Sub {
+    /// Pokes a lost single-server subscription so it reconnects (and then
+    /// resubscribes by itself).
+    pub async fn ping(&mut self) {
+        if let Sub::Single(c) = self {
+            let _: redis::RedisResult<String> = redis::cmd("PING").query_async(c).await;
+        }
+    }
+
+    /// Subscribes to a tenant's event channel (sharded on a cluster).
+    pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Sub::Single(c) => c.subscribe(channel).await,
+            Sub::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+}
+
+/// The publish command the scripts use on this deployment.
+pub fn publish_command(target: &Target) -> &'static str {
+    if target.cluster {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
+/// Opens the subscription connection (RESP3, resubscribing by itself).
+/// `overflow` is called when `tx` is full.
+pub async fn subscriber(
+    target: &Target,
+    tx: mpsc::Sender<PushInfo>,
+    overflow: impl Fn() + Send + Sync + 'static,
+) -> redis::RedisResult<Sub> {
+    let sender = move |push: PushInfo| -> Result<(), redis::aio::SendError> {
+        if tx.try_send(push).is_err() {
+            overflow();
+        }
+        Ok(())
+    };
+    if target.cluster {
+        let client = redis::cluster::ClusterClientBuilder::new(target.urls.clone())
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .push_sender(sender)
+            .build()?;
+        Ok(Sub::Cluster(client.get_async_connection().await?))
+    } else {
+        let mut info = first(target)?;
+        info.redis.protocol = ProtocolVersion::RESP3;
+        let client = redis::Client::open(info)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_max_delay(500)
+            .set_push_sender(sender)
+            .set_automatic_resubscription();
+        Ok(Sub::Single(
+            ConnectionManager::new_with_config(client, cfg).await?,
+        ))
+    }
+}

@@ -1,0 +1,75 @@
+-- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
+-- attrs, idem, kep}. Returns {o = 'granted'|'login'|'station', s, ev, h}.
+if C.ge ~= '' then
+  -- One Redis (not a cluster): refuse while the data set is being rebuilt.
+  if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
+  if redis.call('EXISTS', C.ge .. ':recovering') == 1 then return err('recovering') end
+end
+local lost = ensure_epoch()
+if lost then return lost end
+
+if R.idem ~= '' then
+  local prev = jget(P .. 'i:' .. R.idem)
+  if prev then
+    if prev.login ~= R.login then return err('idem', {login = prev.login}) end
+    if prev.o == 'granted' then
+      local cur = rec(prev.s.id)
+      if cur then prev.s = cur.s else
+        local t = tomb(prev.s.id)
+        if t then prev.s = t.s end
+      end
+    end
+    prev.login = nil
+    return cjson.encode(prev)
+  end
+end
+
+local out
+if R.station ~= '' then
+  local hid = redis.call('GET', P .. 'st:' .. R.station)
+  if hid then
+    local h = rec(hid)
+    if h and h.s.login ~= R.login then out = {o = 'station', h = h.s} end
+  end
+end
+
+if not out then
+  local evicted = {}
+  local hid = redis.call('GET', P .. 'l:' .. R.login)
+  local h = hid and rec(hid)
+  if h and R.policy == 'reject' then
+    out = {o = 'login', h = h.s}
+  else
+    if h then
+      local reason = 'superseded'
+      if R.station ~= '' and R.station ~= h.s.station then reason = 'station_changed' end
+      table.insert(evicted, finish(h, reason,
+        {client = R.client, station = R.station, sid = R.sid, at = NOW}, ''))
+    end
+    local gen = redis.call('INCR', P .. 'g:' .. R.login)
+    local s = {id = R.sid, login = R.login, station = R.station, client = R.client,
+      role = R.role, gen = gen, state = 'pending', created = NOW, seen = NOW,
+      node = C.node, attrs = R.attrs, status = '', reason = ''}
+    local notices = {}
+    local mb = jget(P .. 'm:' .. R.login)
+    if mb then
+      redis.call('DEL', P .. 'm:' .. R.login)
+      for _, n in ipairs(mb) do if n.exp > NOW then table.insert(notices, n) end end
+    end
+    local r = {s = s, k = {}, nt = notices, dl = NOW + C.ct}
+    put(r)
+    redis.call('SET', P .. 'l:' .. R.login, R.sid)
+    if R.station ~= '' then redis.call('SET', P .. 'st:' .. R.station, R.sid) end
+    redis.call('ZADD', P .. 'live', 0, R.sid)
+    redis.call('ZADD', P .. 'dl', r.dl, R.sid)
+    presence(s, 'claimed')
+    out = {o = 'granted', s = s, ev = evicted}
+  end
+end
+
+if R.idem ~= '' then
+  out.login = R.login
+  redis.call('SET', P .. 'i:' .. R.idem, cjson.encode(out), 'PX', C.it)
+  out.login = nil
+end
+return cjson.encode(out)

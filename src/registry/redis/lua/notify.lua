@@ -1,0 +1,36 @@
+-- Delivers or queues a notice. R = {to = 'sid'|'login'|'all', v, n}.
+local lost = ensure_epoch()
+if lost then return lost end
+local n = R.n
+if n.exp == 0 then n.exp = NOW + C.nt end
+local out = {d = 0, q = 0}
+if n.exp <= NOW then return cjson.encode(out) end
+local ids = {}
+if R.to == 'sid' then
+  if redis.call('EXISTS', P .. 's:' .. R.v) == 1 then ids = {R.v}
+  elseif redis.call('EXISTS', P .. 't:' .. R.v) == 1 then return err('ended')
+  else return err('notfound') end
+elseif R.to == 'login' then
+  local id = redis.call('GET', P .. 'l:' .. R.v)
+  if id then ids = {id} else
+    local key = P .. 'm:' .. R.v
+    local mb = jget(key) or {}
+    redis.call('SET', key, cjson.encode(push_notice(mb, n)), 'PX', math.max(1, n.exp - NOW))
+    out.q = 1
+    return cjson.encode(out)
+  end
+else
+  ids = redis.call('ZRANGEBYLEX', P .. 'live', '-', '+')
+end
+for _, id in ipairs(ids) do
+  local r = rec(id)
+  if r then
+    r.nt = push_notice(r.nt, n)
+    put(r)
+    if #r.k == 0 then out.q = out.q + 1 else
+      out.d = out.d + 1
+      emit({k = 'n', sid = id, n = n})
+    end
+  end
+end
+return cjson.encode(out)

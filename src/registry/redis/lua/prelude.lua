@@ -1,0 +1,103 @@
+-- Shared by every tenant script. The tenant's keys all carry one hash tag,
+-- so a script touches a single Redis Cluster slot:
+--   KEYS[1]  = P .. 'ep'   the tenant's epoch marker (routes the script)
+--   ARGV[1]  = P           key prefix, "ts:{<tenant>}:"
+--   ARGV[2]  = now (unix ms, from the calling node)
+--   ARGV[3]  = 'PUBLISH' or 'SPUBLISH' (Redis Cluster: sharded pub/sub)
+--   ARGV[4]  = config JSON {node, ct, gr, tt, ms, it, mn, nt, epoch, ge}
+--   ARGV[5]  = request JSON
+-- Records: s:<sid> = {s = session, k = sockets [{n, c}], nt = notices, dl}
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local PUB = ARGV[3]
+local C = cjson.decode(ARGV[4])
+local R = cjson.decode(ARGV[5])
+
+local function jget(k)
+  local v = redis.call('GET', k)
+  if v then return cjson.decode(v) end
+  return nil
+end
+local function rec(sid) return jget(P .. 's:' .. sid) end
+local function put(r) redis.call('SET', P .. 's:' .. r.s.id, cjson.encode(r)) end
+local function tomb(sid) return jget(P .. 't:' .. sid) end
+local function emit(ev) redis.call(PUB, P .. 'ev', cjson.encode(ev)) end
+local function presence(s, change) emit({k = 'p', s = s, c = change, at = NOW}) end
+local function fenced(node)
+  return redis.call('EXISTS', P .. 'dead:' .. node) == 1
+end
+local function err(code, extra)
+  local e = extra or {}
+  e.err = code
+  return cjson.encode(e)
+end
+local function count(t) local n = 0; for _ in pairs(t) do n = n + 1 end; return n end
+
+-- Removes the sockets of `node` (all, or only conn `conn`); keeps the
+-- per-node index right. Returns how many were removed.
+local function drop_sockets(r, node, conn)
+  local keep, removed, others = {}, 0, false
+  for _, k in ipairs(r.k) do
+    if k.n == node and (conn == nil or k.c == conn) then
+      removed = removed + 1
+    else
+      table.insert(keep, k)
+      if k.n == node then others = true end
+    end
+  end
+  r.k = keep
+  if removed > 0 and not others then redis.call('SREM', P .. 'n:' .. node, r.s.id) end
+  return removed
+end
+
+-- The last socket left: DISCONNECTED until grace runs out.
+local function disconnect(r)
+  r.s.state = 'disconnected'
+  r.dl = NOW + C.gr
+  redis.call('ZADD', P .. 'dl', r.dl, r.s.id)
+  presence(r.s, 'disconnected')
+end
+
+-- Ends a live session: frees its login and station, leaves a tombstone,
+-- tells every node (forced logout) and every watcher (presence).
+local function finish(r, reason, by, message)
+  local s = r.s
+  redis.call('DEL', P .. 's:' .. s.id)
+  if redis.call('GET', P .. 'l:' .. s.login) == s.id then redis.call('DEL', P .. 'l:' .. s.login) end
+  if s.station ~= '' and redis.call('GET', P .. 'st:' .. s.station) == s.id then
+    redis.call('DEL', P .. 'st:' .. s.station)
+  end
+  redis.call('ZREM', P .. 'live', s.id)
+  redis.call('ZREM', P .. 'dl', s.id)
+  for _, k in ipairs(r.k) do redis.call('SREM', P .. 'n:' .. k.n, s.id) end
+  s.state = 'ended'
+  s.reason = reason
+  s.seen = NOW
+  local t = {s = s, reason = reason, by = by, msg = message or ''}
+  redis.call('SET', P .. 't:' .. s.id, cjson.encode(t), 'PX', C.tt)
+  emit({k = 'e', t = t})
+  presence(s, 'ended')
+  return s
+end
+
+-- Adds or replaces (same id) a notice; drops expired ones and, past the
+-- bound, the oldest.
+local function push_notice(list, n)
+  local out = {}
+  for _, x in ipairs(list) do
+    if x.id ~= n.id and x.exp > NOW then table.insert(out, x) end
+  end
+  table.insert(out, n)
+  while #out > C.mn do table.remove(out, 1) end
+  return out
+end
+
+-- The tenant's epoch marker. A script that creates tenant state calls this
+-- first: when the calling node knew the tenant (R.kep) and the marker is
+-- gone, Redis lost data and nothing may be granted until nodes re-assert.
+local function ensure_epoch()
+  if redis.call('EXISTS', P .. 'ep') == 1 then return nil end
+  if R.kep then return err('dataloss') end
+  redis.call('SET', P .. 'ep', C.epoch)
+  return nil
+end

@@ -1,0 +1,31 @@
+-- After Redis lost its data: a node puts back a session it holds sockets
+-- for, unless the login or station was taken meanwhile (then the local
+-- sockets lose). Generations never go backwards. R = {node, s, k}.
+if fenced(R.node) then return err('fenced') end
+local s = R.s
+if redis.call('EXISTS', P .. 's:' .. s.id) == 1 then return cjson.encode({o = 'ok'}) end
+local t = tomb(s.id)
+if t then return cjson.encode({o = 'ended', t = t}) end
+local hid = redis.call('GET', P .. 'l:' .. s.login)
+if hid and hid ~= s.id then
+  local h = rec(hid)
+  if h then return cjson.encode({o = 'conflict', h = h.s}) end
+end
+if s.station ~= '' then
+  hid = redis.call('GET', P .. 'st:' .. s.station)
+  if hid and hid ~= s.id then
+    local h = rec(hid)
+    if h then return cjson.encode({o = 'conflict', h = h.s}) end
+  end
+end
+local g = tonumber(redis.call('GET', P .. 'g:' .. s.login) or '0')
+if g < s.gen then redis.call('SET', P .. 'g:' .. s.login, s.gen) end
+if redis.call('EXISTS', P .. 'ep') == 0 then redis.call('SET', P .. 'ep', C.epoch) end
+s.state = 'connected'
+s.seen = NOW
+put({s = s, k = R.k, nt = {}, dl = 0})
+redis.call('SET', P .. 'l:' .. s.login, s.id)
+if s.station ~= '' then redis.call('SET', P .. 'st:' .. s.station, s.id) end
+redis.call('ZADD', P .. 'live', 0, s.id)
+redis.call('SADD', P .. 'n:' .. R.node, s.id)
+return cjson.encode({o = 'ok'})

@@ -1,0 +1,58 @@
+-- A node's writes for its sockets, each fenced: a node that was declared
+-- dead (its lease ran out) can change nothing, and the token's generation
+-- must be the session's. R = {op = 'attach'|'detach'|'status'|'ack', sid,
+-- gen, node, conn, status, nid}.
+if fenced(R.node) then return err('fenced') end
+local r = rec(R.sid)
+if not r then
+  if R.op == 'detach' then return cjson.encode({o = 'ok'}) end
+  local t = tomb(R.sid)
+  if t and R.op == 'attach' then return cjson.encode({o = 'ended', t = t}) end
+  if t then return err('ended') end
+  return err('notfound')
+end
+if R.op ~= 'ack' and r.s.gen ~= R.gen then return err('stale', {cur = r.s.gen}) end
+
+if R.op == 'attach' then
+  local present = false
+  for _, k in ipairs(r.k) do if k.n == R.node and k.c == R.conn then present = true end end
+  if not present then
+    if #r.k >= C.ms then return err('toomany') end
+    table.insert(r.k, {n = R.node, c = R.conn})
+    redis.call('SADD', P .. 'n:' .. R.node, R.sid)
+  end
+  local change = nil
+  if r.s.state == 'pending' then change = 'connected' end
+  if r.s.state == 'disconnected' then change = 'reconnected' end
+  local resumed = r.s.state == 'disconnected'
+  r.dl = 0
+  redis.call('ZREM', P .. 'dl', R.sid)
+  r.s.state = 'connected'
+  r.s.node = R.node
+  r.s.seen = NOW
+  local keep = {}
+  for _, n in ipairs(r.nt) do if n.exp > NOW then table.insert(keep, n) end end
+  r.nt = keep
+  put(r)
+  if change then presence(r.s, change) end
+  return cjson.encode({o = 'live', s = r.s, resumed = resumed, nt = keep})
+elseif R.op == 'detach' then
+  if drop_sockets(r, R.node, R.conn) == 0 then return cjson.encode({o = 'ok'}) end
+  r.s.seen = NOW
+  if #r.k == 0 then disconnect(r) end
+  put(r)
+  return cjson.encode({o = 'ok'})
+elseif R.op == 'status' then
+  r.s.status = R.status
+  r.s.seen = NOW
+  put(r)
+  presence(r.s, 'status_changed')
+  return cjson.encode({o = 'ok'})
+else
+  local keep = {}
+  for _, n in ipairs(r.nt) do if n.id ~= R.nid then table.insert(keep, n) end end
+  r.nt = keep
+  r.s.seen = NOW
+  put(r)
+  return cjson.encode({o = 'ok'})
+end

@@ -1,0 +1,772 @@
+//! The Redis registry: the same contract as the embedded one, shared by
+//! every node of a cluster.
+//!
+//! Every transition is one Lua script (`lua/`), so both uniqueness checks,
+//! the end of a displaced session and the grant happen atomically in Redis.
+//! All keys of a tenant share the hash tag `{<tenant>}`, so each script
+//! touches one Redis Cluster slot. Scripts publish what happened on the
+//! tenant's channel in the same step (sharded pub/sub on a cluster), and
+//! each node turns the messages into [`Event`]s for its local sockets.
+//!
+//! Pub/sub is at-most-once, so this module also owns what makes delivery
+//! reliable: a node reconciles its sockets against Redis after it lost its
+//! subscription and every `reconcile_interval` ([`tasks`]). Node liveness,
+//! fencing, expiry and recovery from a Redis that lost its data are in
+//! [`tasks`] too.
+
+mod conn;
+mod tasks;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::{DashMap, DashSet};
+use redis::Script;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+pub use conn::Target;
+use conn::{Conn, Sub};
+use wire::{Reply, WNotice, WSession};
+
+use super::{
+    Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
+    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+};
+use crate::session::{
+    now_ms, ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId,
+    Station, Tenant,
+};
+
+/// Settings of the Redis registry beyond the common ones.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub target: Target,
+    /// A node whose lease is older than this is declared dead.
+    pub lease_ttl: Duration,
+    /// Periodic reconciliation of local sockets against Redis.
+    pub reconcile_interval: Duration,
+    /// Prefix of every key and channel, so several deployments can share
+    /// one Redis.
+    pub namespace: String,
+}
+
+static PRELUDE: &str = include_str!("lua/prelude.lua");
+
+fn tenant_script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+struct Scripts {
+    claim: Script,
+    release: Script,
+    evict: Script,
+    read: Script,
+    notify: Script,
+    socket: Script,
+    expire: Script,
+    reap: Script,
+    sync: Script,
+    reassert: Script,
+    nodes: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    claim: tenant_script(include_str!("lua/claim.lua")),
+    release: tenant_script(include_str!("lua/release.lua")),
+    evict: tenant_script(include_str!("lua/evict.lua")),
+    read: tenant_script(include_str!("lua/read.lua")),
+    notify: tenant_script(include_str!("lua/notify.lua")),
+    socket: tenant_script(include_str!("lua/socket.lua")),
+    expire: tenant_script(include_str!("lua/expire.lua")),
+    reap: tenant_script(include_str!("lua/reap.lua")),
+    sync: tenant_script(include_str!("lua/sync.lua")),
+    reassert: tenant_script(include_str!("lua/reassert.lua")),
+    nodes: Script::new(include_str!("lua/nodes.lua")),
+});
+
+impl RedisConfig {
+    /// A key of the node membership (all under the `{nodes}` hash tag).
+    fn nodes_key(&self, name: &str) -> String {
+        format!("{}:{{nodes}}:{name}", self.namespace)
+    }
+
+    /// The prefix of every key of a tenant: `<ns>:{<tenant>}:`.
+    fn prefix(&self, tenant: &Tenant) -> String {
+        format!("{}:{{{}}}:", self.namespace, tenant.as_str())
+    }
+
+    /// The tenant a channel `<ns>:{<tenant>}:ev` belongs to.
+    fn channel_tenant(&self, channel: &str) -> Option<Tenant> {
+        let inner = channel
+            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:ev")?;
+        Tenant::parse(inner).ok()
+    }
+}
+
+/// A session this node holds sockets for, as last seen in Redis: what it
+/// needs to reconcile, and to put back if Redis loses its data.
+#[derive(Clone, Debug)]
+struct Local {
+    session: Session,
+    conns: Vec<u64>,
+}
+
+/// The shared registry. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RegistryConfig,
+    rcfg: RedisConfig,
+    conn: Conn,
+    sub: Mutex<Sub>,
+    sink: Arc<dyn EventSink>,
+    pubcmd: &'static str,
+    /// This incarnation's name; replaced when the node finds itself fenced.
+    node: RwLock<NodeId>,
+    base_node: NodeId,
+    epoch: RwLock<String>,
+    /// Tenants whose event channel this node subscribed to.
+    subscribed: DashSet<Tenant>,
+    /// Tenants this incarnation recorded in its membership set.
+    registered: DashSet<Tenant>,
+    /// Tenants this node saw with an epoch marker in the current epoch.
+    known: DashSet<Tenant>,
+    local: DashMap<(Tenant, SessionId), Local>,
+    ready: AtomicBool,
+    subscription_ok: AtomicBool,
+    /// Milliseconds since `started` until which the lease is surely valid.
+    lease_valid_ms: AtomicU64,
+    started: Instant,
+    /// Wakes the membership task early (suspected data loss, fencing).
+    check_now: Notify,
+    /// Wakes the reconciler early (lost subscription).
+    resync: Notify,
+}
+
+/// Why the Redis registry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("redis at {urls}: {source}")]
+pub struct ConnectError {
+    urls: String,
+    source: redis::RedisError,
+}
+
+impl RedisRegistry {
+    /// Connects, registers this node's lease and starts the background
+    /// tasks (membership, expiry, bus, reconciliation) until `stop`.
+    pub async fn start(
+        cfg: RegistryConfig,
+        rcfg: RedisConfig,
+        sink: Arc<dyn EventSink>,
+        stop: CancellationToken,
+    ) -> Result<Self, ConnectError> {
+        let cerr = |source| ConnectError {
+            urls: rcfg.target.urls.join(","),
+            source,
+        };
+        let conn = conn::commands(&rcfg.target).await.map_err(cerr)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        let sub = conn::subscriber(&rcfg.target, tx, move || {
+            flag.store(true, Ordering::Relaxed)
+        })
+        .await
+        .map_err(cerr)?;
+        let base_node = cfg.node.clone();
+        let inner = Arc::new(Inner {
+            pubcmd: conn::publish_command(&rcfg.target),
+            node: RwLock::new(incarnation(&base_node)),
+            base_node,
+            cfg,
+            rcfg,
+            conn,
+            sub: Mutex::new(sub),
+            sink,
+            epoch: RwLock::new(String::new()),
+            subscribed: DashSet::new(),
+            registered: DashSet::new(),
+            known: DashSet::new(),
+            local: DashMap::new(),
+            ready: AtomicBool::new(false),
+            subscription_ok: AtomicBool::new(true),
+            lease_valid_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            check_now: Notify::new(),
+            resync: Notify::new(),
+        });
+        let registry = RedisRegistry { inner };
+        // The first lease before serving anything: the node must be a
+        // member before it writes for sockets.
+        registry.lease_once().await.map_err(|e| ConnectError {
+            urls: registry.inner.rcfg.target.urls.join(","),
+            source: redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string())),
+        })?;
+        tasks::spawn(registry.clone(), rx, overflowed, stop);
+        Ok(registry)
+    }
+
+    fn node(&self) -> NodeId {
+        self.inner
+            .node
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn epoch(&self) -> String {
+        self.inner
+            .epoch
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The script configuration (limits, this node, the epoch).
+    fn config_json(&self) -> String {
+        let c = &self.inner.cfg;
+        let ge = if self.inner.rcfg.target.cluster {
+            String::new()
+        } else {
+            self.inner.rcfg.nodes_key("epoch")
+        };
+        json!({
+            "node": self.node().as_str(),
+            "ct": c.connect_timeout.as_millis() as u64,
+            "gr": c.grace.as_millis() as u64,
+            "tt": c.tombstone_ttl.as_millis() as u64,
+            "ms": c.max_sockets_per_session,
+            "it": c.idempotency_ttl.as_millis() as u64,
+            "mn": c.max_notices_per_session,
+            "nt": c.default_notice_ttl.as_millis() as u64,
+            "epoch": self.epoch(),
+            "ge": ge,
+        })
+        .to_string()
+    }
+
+    /// Runs a tenant script and decodes its reply (errors still inside).
+    async fn run<R: Serialize>(
+        &self,
+        script: &Script,
+        tenant: &Tenant,
+        req: &R,
+    ) -> Result<Reply, RegistryError> {
+        let p = self.inner.rcfg.prefix(tenant);
+        let req = serde_json::to_string(req)
+            .map_err(|e| RegistryError::Unavailable(format!("encoding a request: {e}")))?;
+        let mut conn = self.inner.conn.clone();
+        let raw: String = script
+            .key(format!("{p}ep"))
+            .arg(&p)
+            .arg(now_ms())
+            .arg(self.inner.pubcmd)
+            .arg(self.config_json())
+            .arg(req)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let reply: Reply = serde_json::from_str(&raw)
+            .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))?;
+        Ok(reply)
+    }
+
+    /// Notes that the tenant's epoch marker exists (the reply of a script
+    /// that creates or requires it succeeded): from now on its absence
+    /// means Redis lost data.
+    fn knows(&self, tenant: &Tenant) {
+        if !self.inner.known.contains(tenant) {
+            self.inner.known.insert(tenant.clone());
+        }
+    }
+
+    /// Runs the membership script.
+    async fn nodes(&self, op: &str, args: &[String]) -> Result<wire::NodesReply, RegistryError> {
+        let mut conn = self.inner.conn.clone();
+        let mut inv = SCRIPTS.nodes.key(self.inner.rcfg.nodes_key("leases"));
+        inv.arg(op).arg(self.node().as_str()).arg(now_ms());
+        for a in args {
+            inv.arg(a);
+        }
+        let raw: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        serde_json::from_str(&raw)
+            .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))
+    }
+
+    /// Makes sure this node hears the tenant's events.
+    async fn ensure_subscribed(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        if self.inner.subscribed.contains(tenant) {
+            return Ok(());
+        }
+        let channel = format!("{}ev", self.inner.rcfg.prefix(tenant));
+        self.inner
+            .sub
+            .lock()
+            .await
+            .subscribe(&channel)
+            .await
+            .map_err(unavailable)?;
+        self.inner.subscribed.insert(tenant.clone());
+        Ok(())
+    }
+
+    /// Records the tenant in the node's membership (for reaping and expiry).
+    async fn ensure_registered(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        if self.inner.registered.contains(tenant) {
+            return Ok(());
+        }
+        let r = self.nodes("tenant", &[tenant.as_str().to_string()]).await?;
+        if r.dead {
+            self.inner.check_now.notify_one();
+            return Err(fenced());
+        }
+        self.inner.registered.insert(tenant.clone());
+        Ok(())
+    }
+
+    /// Whether this node's lease is surely still valid. A node that was
+    /// paused past its lease must not write for its sockets.
+    fn lease_valid(&self) -> bool {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        now < self.inner.lease_valid_ms.load(Ordering::Acquire)
+    }
+
+    fn check_lease(&self) -> Result<(), RegistryError> {
+        if self.lease_valid() {
+            Ok(())
+        } else {
+            self.inner.check_now.notify_one();
+            Err(RegistryError::Unavailable(
+                "this node's lease in redis is not confirmed; retry on another node".into(),
+            ))
+        }
+    }
+
+    fn session(&self, tenant: &Tenant, w: Option<&WSession>) -> Result<Session, RegistryError> {
+        match w {
+            Some(w) => w.to_session(tenant),
+            None => Err(RegistryError::Unavailable(
+                "redis reply without a session".into(),
+            )),
+        }
+    }
+
+    /// Maps a script's error code to the registry's error.
+    fn error(&self, tenant: &Tenant, reply: &Reply, target: &str) -> RegistryError {
+        let code = reply.err.as_deref().unwrap_or("");
+        let sid = || SessionId::parse(target);
+        match code {
+            "notfound" => match sid() {
+                Ok(id) => RegistryError::SessionNotFound {
+                    tenant: tenant.clone(),
+                    id,
+                },
+                Err(_) => RegistryError::Unavailable(format!("not found: {target}")),
+            },
+            "ended" => match sid() {
+                Ok(id) => RegistryError::SessionEnded { id },
+                Err(_) => RegistryError::Unavailable(format!("ended: {target}")),
+            },
+            "nologin" => match Login::parse(target) {
+                Ok(login) => RegistryError::LoginNotFound {
+                    tenant: tenant.clone(),
+                    login,
+                },
+                Err(e) => RegistryError::Unavailable(e.to_string()),
+            },
+            "nostation" => match Station::parse(target) {
+                Ok(station) => RegistryError::StationNotFound {
+                    tenant: tenant.clone(),
+                    station,
+                },
+                Err(e) => RegistryError::Unavailable(e.to_string()),
+            },
+            "stale" => match sid() {
+                Ok(id) => RegistryError::StaleGeneration {
+                    id,
+                    current: reply.cur.unwrap_or(0),
+                    presented: 0,
+                },
+                Err(e) => RegistryError::Unavailable(e.to_string()),
+            },
+            "toomany" => match sid() {
+                Ok(id) => RegistryError::TooManySockets {
+                    id,
+                    limit: self.inner.cfg.max_sockets_per_session,
+                },
+                Err(e) => RegistryError::Unavailable(e.to_string()),
+            },
+            "fenced" => {
+                self.inner.check_now.notify_one();
+                fenced()
+            }
+            "noepoch" | "dataloss" => {
+                self.inner.check_now.notify_one();
+                RegistryError::Unavailable(
+                    "redis lost its data; nodes are re-registering their sessions, retry in a few seconds"
+                        .into(),
+                )
+            }
+            "recovering" => RegistryError::Unavailable(
+                "redis is being repopulated after losing its data; claims resume in a few seconds"
+                    .into(),
+            ),
+            other => RegistryError::Unavailable(format!("redis script error {other:?}")),
+        }
+    }
+
+    fn remember(&self, tenant: &Tenant, session: &Session, conn: u64) {
+        let mut entry = self
+            .inner
+            .local
+            .entry((tenant.clone(), session.id.clone()))
+            .or_insert_with(|| Local {
+                session: session.clone(),
+                conns: Vec::new(),
+            });
+        entry.session = session.clone();
+        if !entry.conns.contains(&conn) {
+            entry.conns.push(conn);
+        }
+    }
+
+    fn forget(&self, tenant: &Tenant, id: &SessionId, conn: u64) {
+        let key = (tenant.clone(), id.clone());
+        let empty = match self.inner.local.get_mut(&key) {
+            Some(mut l) => {
+                l.conns.retain(|c| *c != conn);
+                l.conns.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.inner.local.remove_if(&key, |_, l| l.conns.is_empty());
+        }
+    }
+}
+
+fn incarnation(base: &NodeId) -> NodeId {
+    let suffix: u32 = rand::random();
+    NodeId::parse(&format!("{}:{suffix:08x}", base.as_str())).unwrap_or_else(|_| base.clone())
+}
+
+fn unavailable(e: redis::RedisError) -> RegistryError {
+    RegistryError::Unavailable(format!("redis: {e}"))
+}
+
+fn fenced() -> RegistryError {
+    RegistryError::Unavailable(
+        "this node was declared dead by the cluster (its lease ran out); it is re-joining, reconnect"
+            .into(),
+    )
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn claim(&self, req: ClaimRequest) -> Result<ClaimOutcome, RegistryError> {
+        let tenant = req.tenant.clone();
+        self.ensure_registered(&tenant).await?;
+        let sid = SessionId::random();
+        let body = json!({
+            "sid": sid.as_str(),
+            "login": req.login.as_str(),
+            "station": req.station.as_ref().map(|s| s.as_str()).unwrap_or(""),
+            "client": req.client,
+            "role": req.role,
+            "policy": match req.policy { ConflictPolicy::Reject => "reject", ConflictPolicy::Takeover => "takeover" },
+            "attrs": req.attributes,
+            "idem": req.idempotency_key.as_deref().unwrap_or(""),
+            "kep": self.inner.known.contains(&tenant),
+        });
+        let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
+        if r.err.as_deref() == Some("idem") {
+            return Err(RegistryError::IdempotencyKeyReused {
+                key: req.idempotency_key.unwrap_or_default(),
+                login: Login::parse(r.login.as_deref().unwrap_or(""))
+                    .unwrap_or_else(|_| req.login.clone()),
+            });
+        }
+        if r.err.is_some() {
+            return Err(self.error(&tenant, &r, ""));
+        }
+        self.knows(&tenant);
+        match r.o.as_deref() {
+            Some("granted") => Ok(ClaimOutcome::Granted {
+                session: self.session(&tenant, r.s.as_ref())?,
+                evicted: r
+                    .ev
+                    .iter()
+                    .map(|w| w.to_session(&tenant))
+                    .collect::<Result<_, _>>()?,
+            }),
+            Some("login") => Ok(ClaimOutcome::LoginInUse {
+                holder: self.session(&tenant, r.h.as_ref())?,
+            }),
+            Some("station") => Ok(ClaimOutcome::StationInUse {
+                holder: self.session(&tenant, r.h.as_ref())?,
+            }),
+            other => Err(RegistryError::Unavailable(format!(
+                "unexpected claim outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn release(&self, tenant: &Tenant, id: &SessionId) -> Result<Session, RegistryError> {
+        let r = self
+            .run(&SCRIPTS.release, tenant, &json!({"sid": id.as_str()}))
+            .await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, id.as_str()));
+        }
+        self.session(tenant, r.s.as_ref())
+    }
+
+    async fn evict(
+        &self,
+        tenant: &Tenant,
+        target: EvictTarget,
+        message: Option<String>,
+        by: &str,
+    ) -> Result<Vec<Session>, RegistryError> {
+        let (kind, v) = match &target {
+            EvictTarget::Session(id) => ("sid", id.as_str()),
+            EvictTarget::Login(l) => ("login", l.as_str()),
+            EvictTarget::Station(s) => ("station", s.as_str()),
+        };
+        let body = json!({"by_kind": kind, "v": v, "msg": message.unwrap_or_default(), "by": by});
+        let r = self.run(&SCRIPTS.evict, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, v));
+        }
+        r.ev.iter().map(|w| w.to_session(tenant)).collect()
+    }
+
+    async fn get(&self, tenant: &Tenant, key: SessionKey) -> Result<Session, RegistryError> {
+        let (q, v) = match &key {
+            SessionKey::Id(id) => ("sid", id.as_str()),
+            SessionKey::Login(l) => ("login", l.as_str()),
+        };
+        let r = self
+            .run(&SCRIPTS.read, tenant, &json!({"q": q, "v": v}))
+            .await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, v));
+        }
+        self.session(tenant, r.s.as_ref())
+    }
+
+    async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let body = json!({
+            "q": "list",
+            "after": after.as_ref().map(|a| a.as_str()).unwrap_or(""),
+            "limit": limit,
+        });
+        let r = self.run(&SCRIPTS.read, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        Ok(Page {
+            sessions: r
+                .ss
+                .iter()
+                .map(|w| w.to_session(tenant))
+                .collect::<Result<_, _>>()?,
+            next_after: if r.next.is_empty() {
+                None
+            } else {
+                SessionId::parse(&r.next).ok()
+            },
+        })
+    }
+
+    async fn stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<Vec<StationInfo>, RegistryError> {
+        let names: Vec<&str> = stations.iter().map(|s| s.as_str()).collect();
+        let r = self
+            .run(
+                &SCRIPTS.read,
+                tenant,
+                &json!({"q": "stations", "stations": names}),
+            )
+            .await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        Ok(stations
+            .iter()
+            .zip(r.st.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|(station, w)| StationInfo {
+                station: station.clone(),
+                holder: w
+                    .and_then(|w| Some((Login::parse(&w.l).ok()?, SessionId::parse(&w.id).ok()?))),
+            })
+            .collect())
+    }
+
+    async fn notify(
+        &self,
+        tenant: &Tenant,
+        target: NotifyTarget,
+        notice: Notice,
+    ) -> Result<NotifyCounts, RegistryError> {
+        let (to, v) = match &target {
+            NotifyTarget::Session(id) => ("sid", id.as_str().to_string()),
+            NotifyTarget::Login(l) => ("login", l.as_str().to_string()),
+            NotifyTarget::All => ("all", String::new()),
+        };
+        let body = json!({"to": to, "v": v, "n": WNotice::from_notice(&notice),
+                          "kep": self.inner.known.contains(tenant)});
+        let r = self.run(&SCRIPTS.notify, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, &v));
+        }
+        self.knows(tenant);
+        Ok(NotifyCounts {
+            delivered: r.d,
+            queued: r.q,
+        })
+    }
+
+    async fn attach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<Attached, RegistryError> {
+        self.check_lease()?;
+        self.ensure_subscribed(tenant).await?;
+        self.ensure_registered(tenant).await?;
+        let body = json!({"op": "attach", "sid": id.as_str(), "gen": generation.0,
+                          "node": self.node().as_str(), "conn": socket.conn});
+        let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        if r.err.is_some() {
+            let mut e = self.error(tenant, &r, id.as_str());
+            if let RegistryError::StaleGeneration { presented, .. } = &mut e {
+                *presented = generation.0;
+            }
+            return Err(e);
+        }
+        match r.o.as_deref() {
+            Some("ended") => match &r.t {
+                Some(t) => Ok(Attached::Ended(t.to_tombstone(tenant)?)),
+                None => Err(RegistryError::SessionEnded { id: id.clone() }),
+            },
+            _ => {
+                let session = self.session(tenant, r.s.as_ref())?;
+                self.knows(tenant);
+                self.remember(tenant, &session, socket.conn);
+                Ok(Attached::Live {
+                    session,
+                    resumed: r.resumed,
+                    pending: r.nt.iter().map(|n| n.to_notice()).collect(),
+                })
+            }
+        }
+    }
+
+    async fn detach(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        socket: SocketId,
+    ) -> Result<(), RegistryError> {
+        self.forget(tenant, id, socket.conn);
+        self.check_lease()?;
+        let body = json!({"op": "detach", "sid": id.as_str(), "gen": generation.0,
+                          "node": self.node().as_str(), "conn": socket.conn});
+        let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        match r.err.as_deref() {
+            None => Ok(()),
+            Some("stale") => Ok(()),
+            Some(_) => Err(self.error(tenant, &r, id.as_str())),
+        }
+    }
+
+    async fn set_status(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        generation: Generation,
+        status: String,
+    ) -> Result<(), RegistryError> {
+        self.check_lease()?;
+        let body = json!({"op": "status", "sid": id.as_str(), "gen": generation.0,
+                          "node": self.node().as_str(), "status": status});
+        let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        if r.err.is_some() {
+            let mut e = self.error(tenant, &r, id.as_str());
+            if let RegistryError::StaleGeneration { presented, .. } = &mut e {
+                *presented = generation.0;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn ack(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        notice_id: &str,
+    ) -> Result<(), RegistryError> {
+        self.check_lease()?;
+        let body = json!({"op": "ack", "sid": id.as_str(), "gen": 0,
+                          "node": self.node().as_str(), "nid": notice_id});
+        let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, id.as_str()));
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        self.ensure_subscribed(tenant).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+            && self.inner.subscription_ok.load(Ordering::Relaxed)
+            && self.lease_valid()
+    }
+
+    async fn close(&self) {
+        // Leave for good: stragglers of this incarnation are fenced, and
+        // sessions this node still held sockets for are detached now rather
+        // than after the lease runs out.
+        if let Ok(r) = self.nodes("bury", &[]).await {
+            for t in r.t {
+                if let Ok(tenant) = Tenant::parse(&t) {
+                    let dead = self.node();
+                    if let Err(e) = self
+                        .run(&SCRIPTS.reap, &tenant, &json!({"dead": dead.as_str()}))
+                        .await
+                    {
+                        warn!(error = %e, tenant = %tenant, "leaving: could not detach sockets");
+                    }
+                }
+            }
+        }
+    }
+}

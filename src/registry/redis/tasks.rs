@@ -1,0 +1,453 @@
+//! The Redis registry's background work, one task each:
+//!
+//! - **membership**: refreshes this node's lease every `lease_ttl / 5`,
+//!   notices when the node itself was declared dead (fenced: it drops its
+//!   sockets and re-joins as a new incarnation), when Redis lost its data
+//!   (the epoch changed: re-assert every local session), buries nodes whose
+//!   lease ran out (their sessions become DISCONNECTED), and expires due
+//!   sessions of every tenant.
+//! - **bus**: turns pub/sub messages into [`Event`]s for local sockets and
+//!   notices a lost subscription.
+//! - **reconciler**: every `reconcile_interval`, and at once after a lost
+//!   subscription, compares local sockets with Redis and delivers the
+//!   forced logouts the bus missed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{PushInfo, PushKind, Value};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::wire::{self, WEvent, WSession, WSocket};
+use super::{incarnation, RedisRegistry, SCRIPTS};
+use crate::registry::{Event, RegistryError};
+use crate::session::{
+    now_ms, EndReason, EndedBy, Ending, SessionId, SessionState, Tenant, Tombstone,
+};
+
+/// Sessions per reconciliation script call, so no call blocks Redis long.
+const SYNC_CHUNK: usize = 500;
+/// Sessions expired per script call.
+const EXPIRE_BATCH: usize = 500;
+
+pub(super) fn spawn(
+    reg: RedisRegistry,
+    rx: mpsc::Receiver<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(membership(reg.clone(), stop.clone()));
+    tokio::spawn(bus(reg.clone(), rx, overflowed, stop.clone()));
+    tokio::spawn(reconciler(reg, stop));
+}
+
+impl RedisRegistry {
+    fn tick(&self) -> Duration {
+        (self.inner.rcfg.lease_ttl / 5).max(Duration::from_millis(50))
+    }
+
+    /// Refreshes the lease; handles fencing and a changed epoch. Returns
+    /// the nodes whose lease ran out.
+    pub(super) async fn lease_once(&self) -> Result<Vec<String>, RegistryError> {
+        let sent = self.inner.started.elapsed();
+        let ttl = self.inner.rcfg.lease_ttl;
+        let window = 2 * self.tick() + Duration::from_secs(1);
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        let known = self.epoch();
+        let r = self
+            .nodes(
+                "lease",
+                &[
+                    ttl.as_millis().to_string(),
+                    fresh,
+                    window.as_millis().to_string(),
+                    known.clone(),
+                ],
+            )
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.ready.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if r.dead {
+            self.fence();
+            return Err(super::fenced());
+        }
+        // Valid until the lease ends, measured from when the refresh was
+        // sent, less a margin for clock rate differences.
+        let valid = sent + ttl - ttl / 5;
+        self.inner
+            .lease_valid_ms
+            .store(valid.as_millis() as u64, Ordering::Release);
+        if known != r.epoch {
+            if let Ok(mut e) = self.inner.epoch.write() {
+                e.clone_from(&r.epoch);
+            }
+            if !known.is_empty() {
+                warn!(old = %known, new = %r.epoch, "redis lost its data; re-asserting local sessions");
+                metrics::counter!(crate::metrics_names::REDIS_DATA_LOSS).increment(1);
+                self.inner.known.clear();
+                self.inner.registered.clear();
+                self.reassert_all().await;
+            }
+        } else if r.fresh && !known.is_empty() {
+            // Our lease was gone without a new epoch: re-record our tenants.
+            self.inner.registered.clear();
+        }
+        self.inner.ready.store(true, Ordering::Relaxed);
+        Ok(r.due)
+    }
+
+    /// This incarnation was declared dead while it was away (paused, cut
+    /// off): nothing it holds is trusted any more. Drop every local socket
+    /// (they reconnect and resume wherever the registry allows) and re-join
+    /// under a new name.
+    fn fence(&self) {
+        let old = self.node();
+        let new = incarnation(&self.inner.base_node);
+        warn!(%old, %new, "this node was declared dead by the cluster; dropping its sockets and re-joining");
+        metrics::counter!(crate::metrics_names::REDIS_FENCED).increment(1);
+        if let Ok(mut n) = self.inner.node.write() {
+            *n = new;
+        }
+        self.inner.lease_valid_ms.store(0, Ordering::Release);
+        self.inner.registered.clear();
+        self.inner.local.clear();
+        self.inner.sink.publish(Event::Drain);
+    }
+
+    /// Declares dead nodes dead and detaches their sockets everywhere.
+    async fn bury(&self, dead: &[String]) {
+        let me = self.node();
+        for node in dead.iter().filter(|n| n.as_str() != me.as_str()) {
+            let mut conn = self.inner.conn.clone();
+            let raw: Result<String, _> = SCRIPTS
+                .nodes
+                .key(self.inner.rcfg.nodes_key("leases"))
+                .arg("bury")
+                .arg(node)
+                .arg(now_ms())
+                .invoke_async(&mut conn)
+                .await;
+            let tenants = match raw
+                .ok()
+                .and_then(|r| serde_json::from_str::<wire::NodesReply>(&r).ok())
+            {
+                Some(r) => r.t,
+                None => continue,
+            };
+            info!(node = %node, tenants = tenants.len(), "node lease ran out; detaching its sockets");
+            for t in tenants {
+                let Ok(tenant) = Tenant::parse(&t) else {
+                    continue;
+                };
+                if let Err(e) = self
+                    .run(&SCRIPTS.reap, &tenant, &json!({"dead": node}))
+                    .await
+                {
+                    warn!(error = %e, %tenant, node = %node, "reaping a dead node failed; retried on its next sighting");
+                }
+            }
+        }
+    }
+
+    /// Expires due sessions of every tenant. Any node may do it: the
+    /// script is atomic, so two nodes racing end a session once.
+    async fn expire_all(&self) {
+        let mut conn = self.inner.conn.clone();
+        let tenants: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(self.inner.rcfg.nodes_key("tenants"))
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        for t in tenants {
+            let Ok(tenant) = Tenant::parse(&t) else {
+                continue;
+            };
+            for _ in 0..16 {
+                match self
+                    .run(&SCRIPTS.expire, &tenant, &json!({"max": EXPIRE_BATCH}))
+                    .await
+                {
+                    Ok(r) if r.more => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Puts every local session back after Redis lost its data.
+    async fn reassert_all(&self) {
+        let locals: Vec<_> = self
+            .inner
+            .local
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for ((tenant, id), local) in locals {
+            self.reassert(&tenant, &id, &local.session, &local.conns)
+                .await;
+        }
+    }
+
+    async fn reassert(
+        &self,
+        tenant: &Tenant,
+        id: &SessionId,
+        session: &crate::session::Session,
+        conns: &[u64],
+    ) {
+        if let Err(e) = self.ensure_registered(tenant).await {
+            warn!(error = %e, %tenant, "re-asserting: cannot record the tenant");
+            return;
+        }
+        let node = self.node();
+        let sockets: Vec<WSocket> = conns
+            .iter()
+            .map(|c| WSocket {
+                n: node.as_str().to_string(),
+                c: *c,
+            })
+            .collect();
+        let mut w = WSession::from_session(session);
+        w.node = node.as_str().to_string();
+        let body = json!({"node": node.as_str(), "s": w, "k": sockets});
+        let r = match self.run(&SCRIPTS.reassert, tenant, &body).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, %tenant, session = %id, "re-asserting a session failed");
+                return;
+            }
+        };
+        let tomb = match r.o.as_deref() {
+            Some("ended") => r.t.and_then(|t| t.to_tombstone(tenant).ok()),
+            Some("conflict") => {
+                // Someone claimed the login or station while Redis was
+                // empty: the later, registered claim wins; ours is told.
+                let holder = r.h.and_then(|h| h.to_session(tenant).ok());
+                let mut s = session.clone();
+                s.state = SessionState::Ended(EndReason::Superseded);
+                Some(Tombstone {
+                    session: s,
+                    ending: Ending {
+                        reason: EndReason::Superseded,
+                        by: EndedBy {
+                            client: holder
+                                .as_ref()
+                                .map(|h| h.client.clone())
+                                .unwrap_or_default(),
+                            station: holder.as_ref().and_then(|h| h.station.clone()),
+                            session_id: holder.map(|h| h.id),
+                            at_ms: now_ms(),
+                        },
+                        message: EndReason::Superseded.default_message().to_string(),
+                    },
+                })
+            }
+            _ => {
+                self.knows(tenant);
+                None
+            }
+        };
+        if let Some(t) = tomb {
+            self.inner.local.remove(&(tenant.clone(), id.clone()));
+            self.inner.sink.publish(Event::Ended(Arc::new(t)));
+        }
+    }
+
+    /// Compares local sockets with Redis: delivers missed forced logouts,
+    /// re-asserts sessions Redis forgot, detaches what Redis wrongly
+    /// believes this node holds.
+    async fn reconcile(&self) {
+        let mut by_tenant: HashMap<Tenant, Vec<(SessionId, crate::session::Session, Vec<u64>)>> =
+            HashMap::new();
+        for e in self.inner.local.iter() {
+            by_tenant.entry(e.key().0.clone()).or_default().push((
+                e.key().1.clone(),
+                e.value().session.clone(),
+                e.value().conns.clone(),
+            ));
+        }
+        // Tenants this node registered but holds nothing in any more still
+        // need their stale socket records cleared.
+        for t in self.inner.registered.iter() {
+            by_tenant.entry(t.clone()).or_default();
+        }
+        let node = self.node();
+        for (tenant, locals) in by_tenant {
+            let chunks: Vec<_> = if locals.is_empty() {
+                vec![&locals[..]]
+            } else {
+                locals.chunks(SYNC_CHUNK).collect()
+            };
+            for chunk in chunks {
+                let have: Vec<_> = chunk
+                    .iter()
+                    .map(|(id, s, _)| json!({"sid": id.as_str(), "gen": s.generation.0}))
+                    .collect();
+                let body = json!({"node": node.as_str(), "have": have});
+                let r = match self.run(&SCRIPTS.sync, &tenant, &body).await {
+                    Ok(r) if r.err.is_none() => r,
+                    Ok(r) => {
+                        if r.err.as_deref() == Some("fenced") {
+                            self.inner.check_now.notify_one();
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, %tenant, "reconciliation failed; retrying next round");
+                        return;
+                    }
+                };
+                for t in &r.ended {
+                    if let Ok(t) = t.to_tombstone(&tenant) {
+                        metrics::counter!(crate::metrics_names::REDIS_RECONCILED).increment(1);
+                        self.inner
+                            .local
+                            .remove(&(tenant.clone(), t.session.id.clone()));
+                        self.inner.sink.publish(Event::Ended(Arc::new(t)));
+                    }
+                }
+                for sid in &r.missing {
+                    if let Some((id, s, conns)) = chunk.iter().find(|(id, ..)| id.as_str() == sid) {
+                        self.reassert(&tenant, id, s, conns).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns one pub/sub message into an event for local delivery.
+    fn deliver(&self, channel: &str, payload: &str) {
+        let Some(tenant) = self.inner.rcfg.channel_tenant(channel) else {
+            return;
+        };
+        let ev: WEvent = match serde_json::from_str(payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(error = %e, %channel, "undecodable event on the bus");
+                return;
+            }
+        };
+        let event = match ev {
+            WEvent::Ended { t } => t.to_tombstone(&tenant).map(|t| {
+                self.inner
+                    .local
+                    .remove(&(tenant.clone(), t.session.id.clone()));
+                Event::Ended(Arc::new(t))
+            }),
+            WEvent::Notice { sid, n } => SessionId::parse(&sid)
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))
+                .map(|session_id| Event::Notice {
+                    tenant: tenant.clone(),
+                    session_id,
+                    notice: Arc::new(n.to_notice()),
+                }),
+            WEvent::Presence { s, c, at } => {
+                wire::presence_event(&tenant, &s, &c, at).map(|p| Event::Presence(Arc::new(p)))
+            }
+        };
+        match event {
+            Ok(event) => self.inner.sink.publish(event),
+            Err(e) => warn!(error = %e, %channel, "malformed event on the bus"),
+        }
+    }
+}
+
+async fn membership(reg: RedisRegistry, stop: CancellationToken) {
+    let mut last_expiry = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(reg.tick()) => {}
+            _ = reg.inner.check_now.notified() => {}
+        }
+        match reg.lease_once().await {
+            Ok(due) => {
+                if !due.is_empty() {
+                    reg.bury(&due).await;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "lease refresh failed; node not ready");
+                continue;
+            }
+        }
+        if last_expiry.elapsed() >= reg.tick() {
+            last_expiry = Instant::now();
+            reg.expire_all().await;
+        }
+    }
+}
+
+async fn bus(
+    reg: RedisRegistry,
+    mut rx: mpsc::Receiver<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut lost = false;
+    loop {
+        let push = tokio::select! {
+            _ = stop.cancelled() => return,
+            push = rx.recv() => match push { Some(p) => p, None => return },
+        };
+        if overflowed.swap(false, Ordering::Relaxed) {
+            warn!("event bus overflowed; reconciling");
+            reg.inner.resync.notify_one();
+        }
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if !reg.lease_valid() {
+                    // Possibly paused past our lease: deliver nothing
+                    // until the lease is confirmed.
+                    reg.inner.check_now.notify_one();
+                    continue;
+                }
+                if let [Value::BulkString(ch), Value::BulkString(body), ..] = push.data.as_slice() {
+                    reg.deliver(&String::from_utf8_lossy(ch), &String::from_utf8_lossy(body));
+                }
+            }
+            PushKind::Disconnection => {
+                warn!("lost the redis subscription; will reconcile when it is back");
+                lost = true;
+                reg.inner.subscription_ok.store(false, Ordering::Relaxed);
+            }
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                if lost {
+                    lost = false;
+                    info!("redis subscription is back; reconciling");
+                    reg.inner.subscription_ok.store(true, Ordering::Relaxed);
+                    reg.inner.resync.notify_one();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn reconciler(reg: RedisRegistry, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(reg.inner.rcfg.reconcile_interval) => {}
+            _ = tokio::time::sleep(reg.tick()), if !reg.inner.subscription_ok.load(Ordering::Relaxed) => {}
+            _ = reg.inner.resync.notified() => {}
+        }
+        if !reg.inner.subscription_ok.load(Ordering::Relaxed) {
+            reg.inner.sub.lock().await.ping().await;
+        }
+        reg.reconcile().await;
+    }
+}
