@@ -7,6 +7,8 @@
 //! sleeps to synchronise: each one awaits the frame or event it is about.
 #![allow(dead_code, unused_imports)]
 
+pub mod procs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -580,4 +582,40 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Status
 /// The session of a granted response.
 pub fn session_of(r: &pb::ClaimResponse) -> &pb::Session {
     r.session.as_ref().expect("granted response has a session")
+}
+
+/// WatchPresence on any node's gRPC address.
+pub async fn watch_at(grpc: SocketAddr, tenant: &str) -> Watch {
+    let mut c = grpc_client(grpc).await;
+    let stream = within(
+        "WatchPresence",
+        c.watch_presence(pb::WatchPresenceRequest {
+            tenant: tenant.into(),
+        }),
+    )
+    .await
+    .expect("WatchPresence succeeds")
+    .into_inner();
+    Watch { stream }
+}
+
+/// Claims on any client; panics on a gRPC error.
+pub async fn claim_on(c: &mut Client, req: pb::ClaimRequest) -> pb::ClaimResponse {
+    within("Claim", c.claim(req))
+        .await
+        .expect("Claim succeeds")
+        .into_inner()
+}
+
+/// GetSession by id on any client.
+pub async fn get_on(c: &mut Client, tenant: &str, id: &str) -> Result<pb::Session, tonic::Status> {
+    within(
+        "GetSession",
+        c.get_session(pb::GetSessionRequest {
+            tenant: tenant.into(),
+            key: Some(pb::get_session_request::Key::SessionId(id.into())),
+        }),
+    )
+    .await
+    .map(|r| r.into_inner())
 }

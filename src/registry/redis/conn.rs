@@ -100,9 +100,10 @@ pub enum Sub {
 impl Sub {
     /// Pokes a lost single-server subscription so it reconnects (and then
     /// resubscribes by itself).
-    pub async fn ping(&mut self) {
-        if let Sub::Single(c) = self {
-            let _: redis::RedisResult<String> = redis::cmd("PING").query_async(c).await;
+    pub async fn ping(&mut self) -> bool {
+        match self {
+            Sub::Single(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
+            Sub::Cluster(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
         }
     }
 

@@ -328,6 +328,30 @@ impl RedisRegistry {
         }
     }
 
+    /// After a lost subscription: once the connection answers again,
+    /// subscribes to every tenant channel again (harmless if the client
+    /// library already did). Returns whether the bus is back.
+    async fn resubscribe(&self) -> bool {
+        let mut sub = self.inner.sub.lock().await;
+        if !sub.ping().await {
+            return false;
+        }
+        let channels: Vec<String> = self
+            .inner
+            .subscribed
+            .iter()
+            .map(|t| format!("{}ev", self.inner.rcfg.prefix(&t)))
+            .collect();
+        for ch in channels {
+            if sub.subscribe(&ch).await.is_err() {
+                return false;
+            }
+        }
+        info!("redis subscription is back; reconciling");
+        self.inner.subscription_ok.store(true, Ordering::Relaxed);
+        true
+    }
+
     /// Turns one pub/sub message into an event for local delivery.
     fn deliver(&self, channel: &str, payload: &str) {
         let Some(tenant) = self.inner.rcfg.channel_tenant(channel) else {
@@ -367,6 +391,10 @@ impl RedisRegistry {
 
 async fn membership(reg: RedisRegistry, stop: CancellationToken) {
     let mut last_expiry = Instant::now();
+    // Since when Redis has answered without a gap. Nobody is declared dead
+    // until every live node had a whole lease to refresh after an outage,
+    // so a Redis outage alone never fences the nodes (and drops sockets).
+    let mut reachable_since = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -375,12 +403,13 @@ async fn membership(reg: RedisRegistry, stop: CancellationToken) {
         }
         match reg.lease_once().await {
             Ok(due) => {
-                if !due.is_empty() {
+                if !due.is_empty() && reachable_since.elapsed() > reg.inner.rcfg.lease_ttl {
                     reg.bury(&due).await;
                 }
             }
             Err(e) => {
                 warn!(error = %e, "lease refresh failed; node not ready");
+                reachable_since = Instant::now() + reg.tick();
                 continue;
             }
         }
@@ -397,7 +426,6 @@ async fn bus(
     overflowed: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut lost = false;
     loop {
         let push = tokio::select! {
             _ = stop.cancelled() => return,
@@ -421,16 +449,8 @@ async fn bus(
             }
             PushKind::Disconnection => {
                 warn!("lost the redis subscription; will reconcile when it is back");
-                lost = true;
                 reg.inner.subscription_ok.store(false, Ordering::Relaxed);
-            }
-            PushKind::Subscribe | PushKind::SSubscribe => {
-                if lost {
-                    lost = false;
-                    info!("redis subscription is back; reconciling");
-                    reg.inner.subscription_ok.store(true, Ordering::Relaxed);
-                    reg.inner.resync.notify_one();
-                }
+                reg.inner.resync.notify_one();
             }
             _ => {}
         }
@@ -445,8 +465,8 @@ async fn reconciler(reg: RedisRegistry, stop: CancellationToken) {
             _ = tokio::time::sleep(reg.tick()), if !reg.inner.subscription_ok.load(Ordering::Relaxed) => {}
             _ = reg.inner.resync.notified() => {}
         }
-        if !reg.inner.subscription_ok.load(Ordering::Relaxed) {
-            reg.inner.sub.lock().await.ping().await;
+        if !reg.inner.subscription_ok.load(Ordering::Relaxed) && !reg.resubscribe().await {
+            continue;
         }
         reg.reconcile().await;
     }

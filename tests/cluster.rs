@@ -1,0 +1,322 @@
+//! The cluster: real `turnstile serve` processes coordinated through real
+//! `redis-server` processes (one server, or a three-master Redis Cluster),
+//! and the faults a cluster meets: kill -9, SIGSTOP past the lease, a lost
+//! subscription, Redis restarted (with and without its data), SIGTERM drain.
+//!
+//! Nodes run with a 1 s lease and a 500 ms reconciliation interval so every
+//! fault resolves within a test; every wait is bounded.
+
+mod support;
+
+use support::procs::{eventually, NodeProc, RedisCluster, RedisServer};
+use support::*;
+use turnstile::pb;
+
+const T: &str = "acme";
+
+async fn ws_to(node: &NodeProc, token: &str) -> Ws {
+    connect(node.http, token).await
+}
+
+async fn welcome_on(node: &NodeProc, token: &str) -> (Ws, serde_json::Value) {
+    let mut ws = ws_to(node, token).await;
+    let w = ws.expect_type("welcome").await;
+    (ws, w)
+}
+
+async fn grant_on(node: &NodeProc, login: &str, station: &str) -> pb::ClaimResponse {
+    let mut c = node.client().await;
+    let r = claim_on(&mut c, claim_req(T, login, station, ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    r
+}
+
+/// The rules of the single node, across three nodes.
+async fn rules_across_nodes(redis: &str, cluster: bool) {
+    let n1 = NodeProc::start(redis, cluster, &[]).await;
+    let n2 = NodeProc::start(redis, cluster, &[]).await;
+    let n3 = NodeProc::start(redis, cluster, &[]).await;
+
+    // Claim on node 1, connect to node 2, take over from node 3.
+    let first = grant_on(&n1, "ana", "").await;
+    let (mut ws, _) = welcome_on(&n2, &first.token).await;
+    let mut c3 = n3.client().await;
+    let r = claim_on(&mut c3, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    let r = claim_on(&mut c3, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    assert!(
+        session_of(&r).generation > session_of(&first).generation,
+        "generations increase across nodes"
+    );
+    ws.expect_forced_logout("superseded", SUPERSEDED_MSG, 4001)
+        .await;
+
+    // Station race across nodes: the first wins, the others are refused.
+    let mut tasks = Vec::new();
+    for (i, node) in [&n1, &n2, &n3].into_iter().enumerate() {
+        let mut c = node.client().await;
+        tasks.push(tokio::spawn(async move {
+            claim_on(
+                &mut c,
+                claim_req(T, &format!("racer{i}"), "desk-9", ConflictPolicy::Takeover),
+            )
+            .await
+            .outcome()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(within("a racing claim", t).await.expect("task"));
+    }
+    let granted = outcomes
+        .iter()
+        .filter(|o| **o == ClaimOutcome::Granted)
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| **o == ClaimOutcome::StationInUse)
+        .count();
+    assert_eq!((granted, refused), (1, 2), "{outcomes:?}");
+
+    // Resume on another node after a disconnect.
+    let mut watch = watch_at(n3.grpc, T).await;
+    let bob = grant_on(&n1, "bob", "").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let (ws, _) = welcome_on(&n1, &bob.token).await;
+    watch.expect_for(&bob_id, PresenceChange::Connected).await;
+    ws.close().await;
+    watch
+        .expect_for(&bob_id, PresenceChange::Disconnected)
+        .await;
+    let (_ws, w) = welcome_on(&n2, &bob.token).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    watch.expect_for(&bob_id, PresenceChange::Reconnected).await;
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_redis_enforce_the_rules() {
+    let redis = RedisServer::start().await;
+    rules_across_nodes(&redis.url(), false).await;
+}
+
+#[tokio::test]
+async fn three_nodes_on_a_redis_cluster_enforce_the_rules() {
+    let cluster = RedisCluster::start().await;
+    rules_across_nodes(&cluster.urls(), true).await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_sessions_disconnect_then_resume_elsewhere_or_expire() {
+    let redis = RedisServer::start().await;
+    let mut a = NodeProc::start(&redis.url(), false, &["--grace", "3s"]).await;
+    let b = NodeProc::start(&redis.url(), false, &["--grace", "3s"]).await;
+    let mut watch = watch_at(b.grpc, T).await;
+    let s1 = grant_on(&a, "ana", "desk-1").await;
+    let s2 = grant_on(&a, "bob", "desk-2").await;
+    let id1 = session_of(&s1).session_id.clone();
+    let id2 = session_of(&s2).session_id.clone();
+    let (_w1, _) = welcome_on(&a, &s1.token).await;
+    let (_w2, _) = welcome_on(&a, &s2.token).await;
+    watch.expect_for(&id2, PresenceChange::Connected).await;
+
+    a.kill9().await;
+    watch.expect_for(&id1, PresenceChange::Disconnected).await;
+    // ana comes back through node B within grace and resumes.
+    let (_ws, w) = welcome_on(&b, &s1.token).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    // bob does not: his session expires after grace and frees the station.
+    let ended = watch.expect_for(&id2, PresenceChange::Ended).await;
+    assert_eq!(
+        ended.session.expect("session").end_reason(),
+        EndReason::Expired
+    );
+    let mut cb = b.client().await;
+    let s = get_on(&mut cb, T, &id1).await.expect("ana's session");
+    assert_eq!(s.state(), SessionState::Connected);
+    // Never live twice: the login and the station still answer with ana's.
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse);
+    assert_eq!(r.holder.expect("holder").session_id, id1);
+    let r = claim_on(
+        &mut cb,
+        claim_req(T, "carl", "desk-2", ConflictPolicy::Reject),
+    )
+    .await;
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::Granted,
+        "bob's station is free again"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_subscription_still_delivers_the_forced_logout() {
+    let redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let first = grant_on(&a, "ana", "").await;
+    let (mut ws, _) = welcome_on(&a, &first.token).await;
+    // Redis drops every subscriber (as it does a slow one).
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let mut cb = b.client().await;
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    // Through the resubscribed bus or through reconciliation: told either way.
+    ws.expect_forced_logout("superseded", SUPERSEDED_MSG, 4001)
+        .await;
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_claims_fast_and_nothing_is_granted_twice() {
+    let mut redis =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let first = grant_on(&a, "ana", "").await;
+    let (mut ws, _) = welcome_on(&a, &first.token).await;
+
+    redis.kill().await;
+    let mut cb = b.client().await;
+    let err = code_of(
+        within(
+            "a claim while redis is down",
+            cb.claim(claim_req(T, "bob", "", ConflictPolicy::Reject)),
+        )
+        .await,
+    );
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("redis"), "names the cause: {err:?}");
+    let http = b.http;
+    eventually("/readyz to report not ready", || async move {
+        http_get(http, "/readyz").await.0 == 503
+    })
+    .await;
+
+    redis.restart().await;
+    eventually("/readyz to report ready again", || async move {
+        http_get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    // ana's session survived: the login is not granted twice.
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    ws.expect_forced_logout("superseded", SUPERSEDED_MSG, 4001)
+        .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_sockets_to_other_nodes_without_a_forced_logout() {
+    let redis = RedisServer::start().await;
+    let mut a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let s = grant_on(&a, "ana", "").await;
+    let (mut ws, _) = welcome_on(&a, &s.token).await;
+    let reader = tokio::spawn(async move {
+        let f = ws.expect_type("reconnect").await;
+        assert!(f["after_ms"].as_u64().expect("after_ms") < 200, "{f}");
+        ws.expect_close(1012).await;
+    });
+    a.terminate().await;
+    within("the reconnect frame", reader)
+        .await
+        .expect("told to reconnect");
+    let (_ws, w) = welcome_on(&b, &s.token).await;
+    assert_eq!(w["resumed"], true, "a rolling restart logs nobody out: {w}");
+    assert_eq!(w["session_id"], session_of(&s).session_id.as_str());
+}
+
+#[tokio::test]
+async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
+    let redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut watch = watch_at(b.grpc, T).await;
+    let ana = grant_on(&a, "ana", "").await;
+    let carl = grant_on(&a, "carl", "").await;
+    let ana_id = session_of(&ana).session_id.clone();
+    let carl_id = session_of(&carl).session_id.clone();
+    let (mut ws_ana, _) = welcome_on(&a, &ana.token).await;
+    let (mut ws_carl, _) = welcome_on(&a, &carl.token).await;
+    watch.expect_for(&carl_id, PresenceChange::Connected).await;
+
+    a.sigstop();
+    // The cluster declares A dead: its sessions become DISCONNECTED.
+    watch
+        .expect_for(&ana_id, PresenceChange::Disconnected)
+        .await;
+    // ana is taken over on B; carl resumes on B.
+    let mut cb = b.client().await;
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    let new_ana = session_of(&r).session_id.clone();
+    let (_carl_b, w) = welcome_on(&b, &carl.token).await;
+    assert_eq!(w["resumed"], true, "{w}");
+
+    a.sigcont();
+    // A wakes, finds itself fenced and drops its stale sockets.
+    let close_ana = ws_ana.next_frame().await;
+    let close_carl = ws_carl.next_frame().await;
+    let _ = (close_ana, close_carl);
+    let http = a.http;
+    eventually("the zombie to re-join (ready)", || async move {
+        http_get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    // Nothing it did on waking took effect.
+    let s = get_on(&mut cb, T, &carl_id).await.expect("carl");
+    assert_eq!(s.state(), SessionState::Connected, "carl stays on B: {s:?}");
+    let s = get_on(&mut cb, T, &new_ana).await.expect("new ana");
+    assert!(s.state() == SessionState::Pending, "{s:?}");
+    let s = get_on(&mut cb, T, &ana_id).await.expect("old ana");
+    assert_eq!(s.end_reason(), EndReason::Superseded);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_gets_the_live_sessions_back_without_double_grants() {
+    let mut redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let ana = grant_on(&a, "ana", "desk-1").await;
+    let ana_id = session_of(&ana).session_id.clone();
+    let (_ws, _) = welcome_on(&a, &ana.token).await;
+
+    redis.restart_empty().await;
+    let grpc = b.grpc;
+    let id = ana_id.clone();
+    eventually("ana's session to be re-asserted", || {
+        let id = id.clone();
+        async move {
+            let mut c = grpc_client(grpc).await;
+            matches!(get_on(&mut c, T, &id).await, Ok(s) if s.state() == SessionState::Connected)
+        }
+    })
+    .await;
+    let mut cb = b.client().await;
+    // Claims may be refused (UNAVAILABLE) for the recovery window.
+    let mut outcome = None;
+    for _ in 0..500 {
+        match cb
+            .claim(claim_req(T, "zoe", "desk-1", ConflictPolicy::Reject))
+            .await
+        {
+            Ok(r) => {
+                outcome = Some(r.into_inner());
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = outcome.expect("a claim answered");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::StationInUse,
+        "desk-1 is still ana's: {r:?}"
+    );
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse);
+    assert_eq!(r.holder.expect("holder").session_id, ana_id);
+}

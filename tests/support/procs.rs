@@ -1,0 +1,333 @@
+//! Real processes for the cluster tests: `redis-server` (alone or as a
+//! three-master Redis Cluster) and `turnstile serve` nodes, each on
+//! ephemeral loopback ports, each stopped when its handle drops.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{grpc_client, within, Client, SECRET};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "turnstile-test-{tag}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+async fn redis_ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Polls `check` every 20 ms, at most 500 times (10 s); panics naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// One `redis-server`.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A server with extra arguments (e.g. `--appendonly yes`).
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = scratch_dir("redis");
+        let mut s = RedisServer {
+            port,
+            dir,
+            child: None,
+            args: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (the test command installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("redis-server to answer PING", || redis_ping(port)).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port (with whatever its files hold).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// Starts it again on the same port with no data at all.
+    pub async fn restart_empty(&mut self) {
+        self.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("scratch dir");
+        self.spawn().await;
+    }
+
+    /// Runs one command and returns its reply.
+    pub async fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut c = within(
+            "a redis connection",
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("redis connection");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        within("a redis command", cmd.query_async(&mut c))
+            .await
+            .expect("redis command")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-master Redis Cluster, created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = within(
+            "redis-cli --cluster create",
+            Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status(),
+        )
+        .await
+        .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for n in &nodes {
+            let port = n.port;
+            eventually("cluster_state:ok", || async move {
+                let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                    return false;
+                };
+                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map(|s| s.contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            })
+            .await;
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A `turnstile serve` process.
+pub struct NodeProc {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub name: String,
+    child: Child,
+}
+
+impl NodeProc {
+    /// Starts a node on `redis` (URLs; `cluster` for a Redis Cluster) with
+    /// short timers so faults show within a test, plus `extra` flags.
+    pub async fn start(redis: &str, cluster: bool, extra: &[&str]) -> Self {
+        let name = format!("n{:04x}", rand::random::<u16>());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
+        cmd.arg("serve")
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--signing-key", SECRET, "--node", &name, "--redis", redis])
+            .args(["--lease-ttl", "1s", "--reconcile-interval", "500ms"])
+            .args(["--drain-window", "200ms"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if cluster {
+            cmd.arg("--redis-cluster");
+        }
+        let mut child = cmd.spawn().expect("turnstile binary runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = within("the node's listening line", async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("turnstile listening") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .expect("the node printed its listening line");
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .expect("address in the listening line")
+        };
+        NodeProc {
+            http: field("http="),
+            grpc: field("grpc="),
+            name,
+            child,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        grpc_client(self.grpc).await
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// kill -9.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn sigstop(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn sigcont(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to exit.
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        let _ = within("the node to exit after SIGTERM", self.child.wait()).await;
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.start_kill();
+    }
+}
