@@ -89,8 +89,31 @@ async fn rules_across_nodes(redis: &str, cluster: bool) {
     watch
         .expect_for(&bob_id, PresenceChange::Disconnected)
         .await;
-    let (_ws, w) = welcome_on(&n2, &bob.token).await;
+    // A notice sent through node 3 while bob is away waits in Redis...
+    let mut c3 = n3.client().await;
+    let sent = within(
+        "Notify",
+        c3.notify(pb::NotifyRequest {
+            tenant: T.into(),
+            target: Some(pb::notify_request::Target::SessionId(bob_id.clone())),
+            notice: Some(pb::Notice {
+                id: "pw-1".into(),
+                kind: "password_expiry".into(),
+                severity: "warning".into(),
+                text: "Your password expires in 3 days".into(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .expect("Notify succeeds")
+    .into_inner();
+    assert_eq!((sent.delivered, sent.queued), (0, 1));
+    // ...and reaches him when he resumes on node 2.
+    let (mut ws, w) = welcome_on(&n2, &bob.token).await;
     assert_eq!(w["resumed"], true, "{w}");
+    let n = ws.expect_type("notice").await;
+    assert_eq!(n["notice"]["id"], "pw-1", "{n}");
     watch.expect_for(&bob_id, PresenceChange::Reconnected).await;
 }
 
