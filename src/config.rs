@@ -24,6 +24,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// One gRPC API key (`[[api_keys]]` in the TOML file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and the audit trail.
+    pub name: String,
+    /// The secret the caller sends as `authorization: Bearer <key>`.
+    pub key: String,
+    /// When set, the key may act only on this tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
 /// All settings of a node. Every field has a default, so `turnstile serve`
 /// runs with no configuration at all.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,6 +74,28 @@ pub struct Config {
     pub log_format: LogFormat,
     /// When set, only these tenants are served; others get NOT_FOUND.
     pub tenants: Option<Vec<String>>,
+    /// gRPC API keys. Empty: every call is allowed (loopback only).
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Browser `Origin`s allowed to open a WebSocket (e.g.
+    /// `https://agent.example.com`). Unset: any origin (development).
+    /// Requests without an `Origin` header (non-browser clients) pass.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Time for a client to send its HTTP upgrade request.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Open WebSockets allowed on this node.
+    pub max_sockets: usize,
+    /// Open WebSockets allowed from one IP address (a contact center behind
+    /// one NAT address shows as one IP: keep this high).
+    pub max_sockets_per_ip: usize,
+    /// WebSocket handshakes accepted per second on this node (burst: one
+    /// second's worth).
+    pub handshakes_per_second: u32,
+    /// WebSocket handshakes accepted per second from one IP.
+    pub handshakes_per_second_per_ip: u32,
+    /// Client messages per second on one socket (burst: twice this); over
+    /// it the socket is closed with 4429.
+    pub messages_per_second: u32,
     /// Redis URL(s), comma-separated (`redis://host:6379`). When set the node
     /// joins a cluster through Redis; when unset it runs alone with the
     /// embedded registry.
@@ -100,6 +135,14 @@ impl Default for Config {
             signing_key: None,
             log_format: LogFormat::Human,
             tenants: None,
+            api_keys: Vec::new(),
+            allowed_origins: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_sockets: 100_000,
+            max_sockets_per_ip: 20_000,
+            handshakes_per_second: 5_000,
+            handshakes_per_second_per_ip: 2_000,
+            messages_per_second: 20,
             redis: None,
             redis_cluster: false,
             redis_namespace: "turnstile".into(),
@@ -155,6 +198,38 @@ impl Config {
         };
         if self.heartbeat < Duration::from_millis(10) {
             return bad("heartbeat", "must be at least 10ms");
+        }
+        let public = !self.http_listen.ip().is_loopback() || !self.grpc_listen.ip().is_loopback();
+        if public && (self.api_keys.is_empty() || self.signing_key.is_none()) {
+            return bad(
+                "http_listen/grpc_listen",
+                "listening on a non-loopback address needs `api_keys` (gRPC callers) and \
+                 `signing_key` (connect tokens shared by every node) configured: set \
+                 TURNSTILE_SIGNING_KEY and [[api_keys]] in the config file (or \
+                 TURNSTILE_API_KEYS='[{name=\"login\",key=\"...\"}]')",
+            );
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if k.key.len() < 16 {
+                return bad(
+                    "api_keys",
+                    &format!("key #{i} ({}) must be at least 16 characters", k.name),
+                );
+            }
+            if let Some(t) = &k.tenant {
+                if let Err(e) = crate::session::Tenant::parse(t) {
+                    return bad("api_keys", &format!("key #{i} ({}): {e}", k.name));
+                }
+            }
+        }
+        if self.max_sockets == 0 || self.max_sockets_per_ip == 0 {
+            return bad("max_sockets", "limits must be at least 1");
+        }
+        if self.handshakes_per_second == 0 || self.handshakes_per_second_per_ip == 0 {
+            return bad("handshakes_per_second", "limits must be at least 1");
+        }
+        if self.messages_per_second == 0 {
+            return bad("messages_per_second", "must be at least 1");
         }
         if self.lease_ttl < Duration::from_millis(250) {
             return bad("lease_ttl", "must be at least 250ms");

@@ -25,3 +25,7 @@ pub const REDIS_DATA_LOSS: &str = "turnstile_redis_data_loss_total";
 pub const REDIS_FENCED: &str = "turnstile_redis_fenced_total";
 /// Counter: forced logouts delivered by reconciliation (the bus missed them).
 pub const REDIS_RECONCILED: &str = "turnstile_redis_reconciled_total";
+/// Counter by `event` (forced_logout, conflict, auth_failure): audit events.
+pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
+/// Counter by `limit`: connections or messages refused by a rate or count limit.
+pub const LIMITED: &str = "turnstile_limited_total";

@@ -113,6 +113,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             grace: config.grace,
             max_message_bytes: config.max_message_bytes,
             outbound_queue: config.outbound_queue,
+            handshake_timeout: config.handshake_timeout,
+            allowed_origins: config.allowed_origins.clone(),
+            limits: crate::gateway::limits::LimitsConfig {
+                max_sockets: config.max_sockets,
+                max_sockets_per_ip: config.max_sockets_per_ip,
+                handshakes_per_second: config.handshakes_per_second,
+                handshakes_per_second_per_ip: config.handshakes_per_second_per_ip,
+            },
+            messages_per_second: config.messages_per_second,
         },
         registry.clone(),
         hub.clone(),
@@ -121,7 +130,24 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
 
-    let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone()).into_service();
+    let api_keys = config
+        .api_keys
+        .iter()
+        .map(|k| {
+            Ok(crate::api::keys::ApiKey {
+                name: k.name.clone(),
+                secret: k.key.clone(),
+                tenant: match &k.tenant {
+                    Some(t) => {
+                        Some(Tenant::parse(t).map_err(|e| ServerError::Tenant(e.to_string()))?)
+                    }
+                    None => None,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone())
+        .into_authenticated(crate::api::keys::ApiKeys::new(api_keys));
     let grpc_stop = stop.clone();
     tracker.spawn(async move {
         let result = tonic::transport::Server::builder()

@@ -4,6 +4,7 @@
 //! errors.
 
 pub mod convert;
+pub mod keys;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::metrics_names as m;
 use crate::pb;
 use crate::registry::{ClaimOutcome, EvictTarget, NotifyTarget, Registry, SessionKey};
 use crate::session::{Login, SessionId, Station, Tenant};
+use keys::Caller;
 
 /// Capacity of one WatchPresence stream before it counts as fallen behind.
 const WATCH_CAPACITY: usize = 1024;
@@ -52,14 +54,29 @@ impl Api {
         }
     }
 
+    /// Into a tonic service with the request-size limit set, behind the
+    /// API-key check.
+    pub fn into_authenticated(
+        self,
+        keys: keys::ApiKeys,
+    ) -> tonic::service::interceptor::InterceptedService<
+        pb::session_broker_server::SessionBrokerServer<Self>,
+        keys::ApiKeys,
+    > {
+        tonic::service::interceptor::InterceptedService::new(self.into_service(), keys)
+    }
+
     /// Into a tonic service with the request-size limit set.
     pub fn into_service(self) -> pb::session_broker_server::SessionBrokerServer<Self> {
         pb::session_broker_server::SessionBrokerServer::new(self)
             .max_decoding_message_size(64 * 1024)
     }
 
-    fn tenant(&self, raw: &str) -> Result<Tenant, Status> {
+    fn tenant(&self, caller: Option<&Caller>, raw: &str) -> Result<Tenant, Status> {
         let tenant = Tenant::parse(raw).map_err(convert::invalid)?;
+        if let Some(c) = caller {
+            c.check(&tenant)?;
+        }
         if let Some(allowed) = &self.tenants {
             if !allowed.contains(&tenant) {
                 return Err(Status::not_found(format!(
@@ -70,15 +87,26 @@ impl Api {
         Ok(tenant)
     }
 
-    async fn claim_inner(&self, r: pb::ClaimRequest) -> Result<pb::ClaimResponse, Status> {
-        self.tenant(&r.tenant)?;
+    async fn claim_inner(
+        &self,
+        caller: Option<&Caller>,
+        from: &str,
+        r: pb::ClaimRequest,
+    ) -> Result<pb::ClaimResponse, Status> {
+        self.tenant(caller, &r.tenant)?;
+        let (login, station) = (r.login.clone(), r.station.clone());
         let req = convert::claim_request(r)?;
         let outcome = self.registry.claim(req).await.map_err(convert::status)?;
         Ok(match outcome {
             ClaimOutcome::Granted { session, evicted } => {
                 for e in &evicted {
-                    info!(tenant = %e.tenant, login = %e.login, session = %e.id,
-                          by_session = %session.id, reason = ?e.state, "session displaced by claim");
+                    let by = format!(
+                        "claim of session {} (client {:?}, station {:?})",
+                        session.id,
+                        session.client,
+                        session.station.as_ref().map(|s| s.as_str()).unwrap_or("")
+                    );
+                    crate::audit::forced_logout(e, &by, from);
                 }
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::Granted as i32,
@@ -88,16 +116,22 @@ impl Api {
                     evicted: evicted.iter().map(convert::session).collect(),
                 }
             }
-            ClaimOutcome::LoginInUse { holder } => pb::ClaimResponse {
-                outcome: pb::ClaimOutcome::LoginInUse as i32,
-                holder: Some(convert::session(&holder)),
-                ..Default::default()
-            },
-            ClaimOutcome::StationInUse { holder } => pb::ClaimResponse {
-                outcome: pb::ClaimOutcome::StationInUse as i32,
-                holder: Some(convert::session(&holder)),
-                ..Default::default()
-            },
+            ClaimOutcome::LoginInUse { holder } => {
+                crate::audit::conflict("login_in_use", &login, &station, &holder, from);
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::LoginInUse as i32,
+                    holder: Some(convert::session(&holder)),
+                    ..Default::default()
+                }
+            }
+            ClaimOutcome::StationInUse { holder } => {
+                crate::audit::conflict("station_in_use", &login, &station, &holder, from);
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::StationInUse as i32,
+                    holder: Some(convert::session(&holder)),
+                    ..Default::default()
+                }
+            }
         })
     }
 }
@@ -123,7 +157,11 @@ impl pb::session_broker_server::SessionBroker for Api {
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::ClaimResponse>, Status> {
         let started = Instant::now();
-        let result = self.claim_inner(request.into_inner()).await;
+        let caller = caller_of(&request);
+        let from = peer_of(&request);
+        let result = self
+            .claim_inner(caller.as_ref(), &from, request.into_inner())
+            .await;
         metrics::histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::CLAIMS, "outcome" => outcome_label(&result)).increment(1);
         result.map(Response::new)
@@ -133,8 +171,9 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = caller_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         let id = SessionId::parse(&r.session_id).map_err(convert::invalid)?;
         let session = self
             .registry
@@ -150,8 +189,10 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::EvictRequest>,
     ) -> Result<Response<pb::EvictResponse>, Status> {
+        let caller = caller_of(&request);
+        let from = peer_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         use pb::evict_request::Target;
         let target = match r.target {
             Some(Target::SessionId(id)) => {
@@ -171,11 +212,19 @@ impl pb::session_broker_server::SessionBroker for Api {
         };
         convert::short_text("message", &r.message, convert::MAX_MESSAGE_LEN)?;
         let message = (!r.message.is_empty()).then_some(r.message);
+        let by = caller
+            .as_ref()
+            .map(|c| c.name.as_str())
+            .filter(|n| *n != "anonymous")
+            .unwrap_or("admin");
         let evicted = self
             .registry
-            .evict(&tenant, target, message, "admin")
+            .evict(&tenant, target, message, by)
             .await
             .map_err(convert::status)?;
+        for e in &evicted {
+            crate::audit::forced_logout(e, &format!("evict by {by}"), &from);
+        }
         for e in &evicted {
             info!(tenant = %e.tenant, login = %e.login, session = %e.id, "session evicted by admin");
         }
@@ -188,8 +237,9 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        let caller = caller_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         use pb::get_session_request::Key;
         let key = match r.key {
             Some(Key::SessionId(id)) => {
@@ -210,8 +260,9 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = caller_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         let limit = convert::page_size(r.page_size)?;
         let after = if r.page_token.is_empty() {
             None
@@ -233,8 +284,9 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::StationStatusRequest>,
     ) -> Result<Response<pb::StationStatusResponse>, Status> {
+        let caller = caller_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         let stations = convert::stations(&r.stations)?;
         let infos = self
             .registry
@@ -250,8 +302,9 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::NotifyResponse>, Status> {
+        let caller = caller_of(&request);
         let r = request.into_inner();
-        let tenant = self.tenant(&r.tenant)?;
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
         use pb::notify_request::Target;
         let target = match r.target {
             Some(Target::SessionId(id)) => {
@@ -285,7 +338,8 @@ impl pb::session_broker_server::SessionBroker for Api {
         &self,
         request: Request<pb::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
-        let tenant = self.tenant(&request.into_inner().tenant)?;
+        let caller = caller_of(&request);
+        let tenant = self.tenant(caller.as_ref(), &request.into_inner().tenant)?;
         let mut watch = self.hub.watch(&tenant, WATCH_CAPACITY);
         // Only after the hub holds the watcher: no event in between is lost.
         self.registry
@@ -330,4 +384,21 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The caller the API-key interceptor recorded, if any.
+fn caller_of<T>(request: &Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().cloned()
+}
+
+/// The caller's address and key name, for the audit trail.
+fn peer_of<T>(request: &Request<T>) -> String {
+    let addr = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    match request.extensions().get::<Caller>() {
+        Some(c) => format!("{addr} key={}", c.name),
+        None => addr,
+    }
 }

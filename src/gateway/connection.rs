@@ -158,6 +158,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut bad_frames = 0u32;
+    let rate = shared.cfg.messages_per_second;
+    let mut bucket = super::limits::Bucket::new(rate, rate.saturating_mul(2));
     loop {
         tokio::select! {
             biased;
@@ -183,10 +185,27 @@ where
                     Some(Outbound::Ping) => Message::Ping(Default::default()),
                     None => return true,
                 };
-                if !write(ws, msg).await { return true; }
+                // A client that stopped reading blocks this write; when the
+                // hub gives up on it (queue full) the terminal wakes us and
+                // the socket is dropped instead of waiting out the timeout.
+                let written = tokio::select! {
+                    ok = write(ws, msg) => ok,
+                    _ = socket.wake.notified() => false,
+                };
+                if !written { return true; }
             }
             incoming = ws.next() => {
                 socket.last_seen.store(now_ms(), Ordering::Relaxed);
+                if matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !bucket.take() {
+                    metrics::counter!(m::LIMITED, "limit" => "messages_per_second").increment(1);
+                    warn!("client exceeded its message rate");
+                    let frame = protocol::error(
+                        "rate_limited",
+                        &format!("more than {rate} messages per second; slow down"),
+                    );
+                    finish(ws, Some(frame), 4429, "rate limited").await;
+                    return true;
+                }
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {

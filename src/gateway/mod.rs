@@ -6,6 +6,7 @@
 
 pub mod connection;
 pub mod heartbeat;
+pub mod limits;
 pub mod protocol;
 
 use std::convert::Infallible;
@@ -40,6 +41,11 @@ pub struct GatewayConfig {
     pub grace: Duration,
     pub max_message_bytes: usize,
     pub outbound_queue: usize,
+    pub handshake_timeout: Duration,
+    /// Browser origins allowed; `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    pub limits: limits::LimitsConfig,
+    pub messages_per_second: u32,
 }
 
 /// State shared by every connection of the gateway.
@@ -52,6 +58,7 @@ pub struct Shared {
     pub next_conn: AtomicU64,
     /// Set when the node drains: `/readyz` answers 503.
     pub draining: AtomicBool,
+    pub limits: Arc<limits::Limits>,
 }
 
 /// The HTTP/WebSocket side of a node.
@@ -70,6 +77,7 @@ impl Gateway {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                limits: limits::Limits::new(cfg.limits),
                 cfg,
                 registry,
                 hub,
@@ -108,6 +116,7 @@ impl Gateway {
                 },
             };
             let _ = stream.set_nodelay(true);
+            let handshake_timeout = self.shared.cfg.handshake_timeout;
             let shared = self.shared.clone();
             let tracker2 = tracker.clone();
             let stop2 = stop.clone();
@@ -116,11 +125,11 @@ impl Gateway {
                     let shared = shared.clone();
                     let tracker = tracker2.clone();
                     let stop = stop2.clone();
-                    async move { Ok::<_, Infallible>(route(req, shared, tracker, stop)) }
+                    async move { Ok::<_, Infallible>(route(req, peer.ip(), shared, tracker, stop)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(handshake_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
                 if let Err(e) = conn.await {
@@ -141,12 +150,13 @@ fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 fn route(
     req: Request<Incoming>,
+    ip: std::net::IpAddr,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) -> Response<Body> {
     match req.uri().path() {
-        "/v1/ws" => upgrade(req, shared, tracker, stop),
+        "/v1/ws" => upgrade(req, ip, shared, tracker, stop),
         "/healthz" => respond(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
@@ -194,12 +204,53 @@ fn token_of(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
+/// Whether the request's `Origin` (if any) is allowed.
+fn origin_allowed(req: &Request<Incoming>, allowed: Option<&[String]>) -> Result<(), String> {
+    let (Some(allowed), Some(origin)) = (allowed, req.headers().get(header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(origin.to_string())
+    }
+}
+
 fn upgrade(
     mut req: Request<Incoming>,
+    ip: std::net::IpAddr,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) -> Response<Body> {
+    if let Err(origin) = origin_allowed(&req, shared.cfg.allowed_origins.as_deref()) {
+        crate::audit::auth_failure(
+            "websocket",
+            &ip.to_string(),
+            &format!("origin {origin:?} not allowed"),
+        );
+        metrics::counter!(crate::metrics_names::WS_ERRORS, "code" => "origin_forbidden")
+            .increment(1);
+        return respond(
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed to open a WebSocket here\n"),
+        );
+    }
+    let permit = match shared.limits.admit(ip) {
+        Ok(p) => p,
+        Err(refusal) => {
+            metrics::counter!(crate::metrics_names::LIMITED, "limit" => refusal.as_str())
+                .increment(1);
+            let mut r = respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("refused by limit {}; retry later\n", refusal.as_str()),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+    };
     let is_ws = req
         .headers()
         .get(header::UPGRADE)
@@ -215,6 +266,9 @@ fn upgrade(
         Some(t) => shared.keys.verify(&t),
         None => Err(TokenError::Missing),
     };
+    if let Err(e) = &token {
+        crate::audit::auth_failure("websocket", &ip.to_string(), &e.to_string());
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -234,6 +288,7 @@ fn upgrade(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         connection::run(ws, shared, token).await;
+        drop(permit);
     });
     let mut r = respond(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let h = r.headers_mut();

@@ -1,0 +1,63 @@
+//! The audit trail: who displaced whom, who was refused, who failed to
+//! authenticate. Contact centers are asked by auditors; every such event is
+//! one structured log line on the `turnstile::audit` target (JSON with
+//! `--log-format json`) and a count in `turnstile_audit_events_total{event}`.
+
+use tracing::info;
+
+use crate::metrics_names as m;
+use crate::session::{Session, SessionState};
+
+const TARGET: &str = "turnstile::audit";
+
+fn count(event: &'static str) {
+    metrics::counter!(m::AUDIT_EVENTS, "event" => event).increment(1);
+}
+
+/// A session ended by someone else: takeover, station change, eviction.
+pub fn forced_logout(ended: &Session, by: &str, from: &str) {
+    count("forced_logout");
+    let reason = match ended.state {
+        SessionState::Ended(r) => r.as_str(),
+        _ => "unknown",
+    };
+    info!(
+        target: TARGET,
+        event = "forced_logout",
+        tenant = %ended.tenant,
+        login = %ended.login,
+        session = %ended.id,
+        station = ended.station.as_ref().map(|x| x.as_str()).unwrap_or(""),
+        reason,
+        by,
+        from,
+    );
+}
+
+/// A claim refused because the login or station is held.
+pub fn conflict(
+    outcome: &'static str,
+    claim_login: &str,
+    claim_station: &str,
+    holder: &Session,
+    from: &str,
+) {
+    count("conflict");
+    info!(
+        target: TARGET,
+        event = "conflict",
+        outcome,
+        tenant = %holder.tenant,
+        login = claim_login,
+        station = claim_station,
+        holder_login = %holder.login,
+        holder_session = %holder.id,
+        from,
+    );
+}
+
+/// A connect token, API key or origin refused.
+pub fn auth_failure(channel: &'static str, who: &str, detail: &str) {
+    count("auth_failure");
+    info!(target: TARGET, event = "auth_failure", channel, who, detail);
+}

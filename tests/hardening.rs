@@ -1,0 +1,211 @@
+//! Hostile input and authentication at the edge: API keys and their tenant
+//! scope, secure-by-default listening, Origin allow-list, admission limits,
+//! per-socket message rate, and a client that stops reading.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use turnstile::config::{ApiKeyConfig, Config};
+use turnstile::pb;
+
+const T: &str = "acme";
+const ALL_KEY: &str = "key-for-every-tenant-0001";
+const ACME_KEY: &str = "key-for-acme-only-000002";
+
+fn with_keys(c: &mut Config) {
+    c.api_keys = vec![
+        ApiKeyConfig {
+            name: "login-service".into(),
+            key: ALL_KEY.into(),
+            tenant: None,
+        },
+        ApiKeyConfig {
+            name: "acme-portal".into(),
+            key: ACME_KEY.into(),
+            tenant: Some(T.into()),
+        },
+    ];
+}
+
+async fn claim_with_key(
+    node: &Node,
+    key: Option<&str>,
+    tenant: &str,
+) -> Result<pb::ClaimResponse, tonic::Status> {
+    let mut c = node.new_client().await;
+    let mut req = tonic::Request::new(claim_req(tenant, "ana", "", ConflictPolicy::Reject));
+    if let Some(k) = key {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {k}").parse().expect("metadata"),
+        );
+    }
+    within("Claim", c.claim(req)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn grpc_calls_need_a_known_api_key() {
+    let node = start_with(with_keys).await;
+    let e = claim_with_key(&node, None, T).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("authorization"),
+        "says what to send: {e:?}"
+    );
+    let e = claim_with_key(&node, Some("not-a-key-at-all-123"), T)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let r = claim_with_key(&node, Some(ALL_KEY), T)
+        .await
+        .expect("a valid key");
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+}
+
+#[tokio::test]
+async fn a_tenant_scoped_key_cannot_touch_another_tenant() {
+    let node = start_with(with_keys).await;
+    let r = claim_with_key(&node, Some(ACME_KEY), T)
+        .await
+        .expect("own tenant");
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    let e = claim_with_key(&node, Some(ACME_KEY), "globex")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("acme"), "{e:?}");
+    let r = claim_with_key(&node, Some(ALL_KEY), "globex")
+        .await
+        .expect("unscoped key");
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+}
+
+#[test]
+fn listening_publicly_without_keys_is_refused_naming_what_to_set() {
+    let mut c = config();
+    c.http_listen = "0.0.0.0:0".parse().unwrap();
+    c.api_keys.clear();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("api_keys") && e.contains("signing_key"), "{e}");
+    with_keys(&mut c);
+    c.validate()
+        .expect("keys and a signing key make it acceptable");
+}
+
+async fn handshake_status(http: SocketAddr, token: &str, origin: Option<&str>) -> Result<(), u16> {
+    let mut req = format!("ws://{http}/v1/ws?token={token}")
+        .into_client_request()
+        .expect("url");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(o).expect("header"));
+    }
+    match within("handshake", tokio_tungstenite::connect_async(req)).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("unexpected handshake error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_open_a_socket() {
+    let node =
+        start_with(|c| c.allowed_origins = Some(vec!["https://agent.example.com".into()])).await;
+    let r = node.grant(T, "ana", "").await;
+    assert_eq!(
+        handshake_status(node.http, &r.token, Some("https://evil.example.net")).await,
+        Err(403)
+    );
+    assert_eq!(
+        handshake_status(node.http, &r.token, Some("https://agent.example.com")).await,
+        Ok(())
+    );
+    assert_eq!(
+        handshake_status(node.http, &r.token, None).await,
+        Ok(()),
+        "non-browser clients"
+    );
+}
+
+#[tokio::test]
+async fn sockets_per_ip_are_limited_with_429() {
+    let node = start_with(|c| c.max_sockets_per_ip = 2).await;
+    let r = node.grant(T, "ana", "").await;
+    let (_a, _) = node.connect_welcome(&r.token).await;
+    let (_b, _) = node.connect_welcome(&r.token).await;
+    assert_eq!(handshake_status(node.http, &r.token, None).await, Err(429));
+}
+
+#[tokio::test]
+async fn a_socket_over_its_message_rate_is_closed_with_4429() {
+    let node = start_with(|c| c.messages_per_second = 5).await;
+    let r = node.grant(T, "ana", "").await;
+    let (mut ws, _) = node.connect_welcome(&r.token).await;
+    for i in 0..30 {
+        ws.send_json(serde_json::json!({"type": "ping", "id": format!("p{i}")}))
+            .await;
+    }
+    let err = ws.wait_type("error").await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    ws.expect_close(4429).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_freed() {
+    let node = start().await;
+    let mut watch = node.watch(T).await;
+    let r = node.grant(T, "ana", "").await;
+    let id = session_of(&r).session_id.clone();
+    // A socket that completes the handshake and then never reads again.
+    let (ws, _) = node.connect_welcome(&r.token).await;
+    watch.expect_for(&id, PresenceChange::Connected).await;
+    let text = "x".repeat(2000);
+    let mut c = node.new_client().await;
+    let mut disconnected = false;
+    for i in 0..8000 {
+        let sent = c
+            .notify(pb::NotifyRequest {
+                tenant: T.into(),
+                target: Some(pb::notify_request::Target::SessionId(id.clone())),
+                notice: Some(pb::Notice {
+                    id: format!("n{i}"),
+                    kind: "license_expiry".into(),
+                    severity: "info".into(),
+                    text: text.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("Notify")
+            .into_inner();
+        if sent.delivered == 0 {
+            disconnected = true;
+            break;
+        }
+    }
+    assert!(
+        disconnected,
+        "the node stopped queueing for the stalled socket"
+    );
+    watch.expect_for(&id, PresenceChange::Disconnected).await;
+    let (_, metrics) = http_get(node.http, "/metrics").await;
+    assert!(
+        metrics.contains("turnstile_slow_consumers_total 1"),
+        "counted as a slow consumer:\n{metrics}"
+    );
+    // The node dropped the connection: reading what was buffered ends in
+    // the end of the stream, not in more frames forever.
+    let mut ws = ws;
+    let mut frames = 0usize;
+    loop {
+        match ws.next_frame().await {
+            Frame::Json(_) => frames += 1,
+            Frame::Close(..) | Frame::Gone(_) => break,
+        }
+        assert!(frames <= 8000, "no more than was sent");
+    }
+}
