@@ -1,7 +1,7 @@
 //! Connect tokens: the JWT a login service receives from `Claim` and hands to
 //! the agent's client, which presents it when it opens its WebSocket.
 //!
-//! The algorithm is pinned (HS256 here); `exp`, `iss`, `aud` and `sub` are
+//! The algorithm is pinned per key id (HS256 or EdDSA); `exp`, `iss`, `aud` and `sub` are
 //! required claims and `nbf` is checked. jsonwebtoken's defaults require only
 //! `exp`, so every requirement is spelled out in [`TokenKeys::new`].
 
@@ -59,43 +59,147 @@ pub enum TokenError {
     Malformed(String),
     #[error("token claim {0} is missing or wrong")]
     BadClaim(&'static str),
+    #[error("token is signed with a key id this broker does not know (rotated out?)")]
+    UnknownKey,
 }
 
-/// The signing key and the rules tokens are checked against.
+/// Key material of one signing key.
 #[derive(Clone)]
-pub struct TokenKeys {
-    encoding: EncodingKey,
+pub enum KeyMaterial {
+    /// A shared HS256 secret (every node signs and verifies with it).
+    Hs256(Vec<u8>),
+    /// An Ed25519 key pair in PEM. A node without the private part only
+    /// verifies tokens of this key id.
+    EdDsa {
+        private_pem: Option<Vec<u8>>,
+        public_pem: Vec<u8>,
+    },
+}
+
+/// One key, named by the `kid` its tokens carry.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub material: KeyMaterial,
+}
+
+/// Why keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key {kid:?}: {problem}")]
+    Bad { kid: String, problem: String },
+    #[error("no signing key can sign: the first key needs a secret or a private key")]
+    NoSigner,
+}
+
+#[derive(Clone)]
+struct Key {
+    kid: String,
+    alg: Algorithm,
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
+}
+
+/// The signing keys and the rules tokens are checked against. The first
+/// key signs; every key verifies the tokens carrying its `kid`, with its
+/// own algorithm pinned — so a token cannot pick its algorithm (no
+/// `alg: none`, no HS256 signed with an EdDSA public key).
+#[derive(Clone)]
+pub struct TokenKeys {
+    keys: std::sync::Arc<Vec<Key>>,
     ttl: Duration,
 }
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKeys")
-            .field("alg", &"HS256")
+            .field(
+                "kids",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| (&k.kid, k.alg))
+                    .collect::<Vec<_>>(),
+            )
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
 
+/// The default key id of a single `signing_key`.
+pub const DEFAULT_KID: &str = "default";
+
+fn validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_audience(&[AUDIENCE]);
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = 5;
+    validation
+}
+
 impl TokenKeys {
-    /// Keys from an HS256 secret; tokens live for `ttl`.
+    /// One HS256 secret (key id `default`); tokens live for `ttl`.
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = 5;
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+        Self::from_keys(
+            vec![SigningKey {
+                kid: DEFAULT_KID.into(),
+                material: KeyMaterial::Hs256(secret.to_vec()),
+            }],
             ttl,
+        )
+        .expect("an HS256 secret always makes a valid key")
+    }
+
+    /// Several keys for rotation: the first signs, all verify. Rotate by
+    /// putting a new key first and keeping the old ones until `ttl` has
+    /// passed, so nobody is logged out.
+    pub fn from_keys(keys: Vec<SigningKey>, ttl: Duration) -> Result<Self, KeyError> {
+        let mut out = Vec::new();
+        for k in keys {
+            let bad = |problem: String| KeyError::Bad {
+                kid: k.kid.clone(),
+                problem,
+            };
+            let key = match &k.material {
+                KeyMaterial::Hs256(secret) => Key {
+                    kid: k.kid.clone(),
+                    alg: Algorithm::HS256,
+                    encoding: Some(EncodingKey::from_secret(secret)),
+                    decoding: DecodingKey::from_secret(secret),
+                    validation: validation(Algorithm::HS256),
+                },
+                KeyMaterial::EdDsa {
+                    private_pem,
+                    public_pem,
+                } => Key {
+                    kid: k.kid.clone(),
+                    alg: Algorithm::EdDSA,
+                    encoding: match private_pem {
+                        Some(pem) => Some(
+                            EncodingKey::from_ed_pem(pem)
+                                .map_err(|e| bad(format!("private key: {e}")))?,
+                        ),
+                        None => None,
+                    },
+                    decoding: DecodingKey::from_ed_pem(public_pem)
+                        .map_err(|e| bad(format!("public key: {e}")))?,
+                    validation: validation(Algorithm::EdDSA),
+                },
+            };
+            out.push(key);
         }
+        if out.first().and_then(|k| k.encoding.as_ref()).is_none() {
+            return Err(KeyError::NoSigner);
+        }
+        Ok(Self {
+            keys: std::sync::Arc::new(out),
+            ttl,
+        })
     }
 
     /// A random 256-bit secret: for development only (tokens die with the process).
@@ -128,29 +232,47 @@ impl TokenKeys {
 
     /// Signs arbitrary claims with this key (tests use it to forge variants).
     pub fn sign(&self, claims: &ConnectClaims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .expect("HS256 signing of serialisable claims cannot fail")
+        let key = &self.keys[0];
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        let encoding = key
+            .encoding
+            .as_ref()
+            .expect("the first key signs (checked at load)");
+        jsonwebtoken::encode(&header, claims, encoding)
+            .expect("signing serialisable claims with a loaded key cannot fail")
     }
 
     /// Verifies signature, algorithm, time and audience, then the claims' shapes.
     pub fn verify(&self, token: &str) -> Result<ConnectToken, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<ConnectClaims>(token, &self.decoding, &self.validation)
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Malformed(format!("header: {e}")))?;
+        // Tokens without a kid predate rotation: they belong to the default key.
+        let kid = header.kid.as_deref().unwrap_or(DEFAULT_KID);
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<ConnectClaims>(token, &key.decoding, &key.validation)
             .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::BadSignature,
-            ErrorKind::InvalidIssuer => TokenError::BadClaim("iss"),
-            ErrorKind::InvalidAudience => TokenError::BadClaim("aud"),
-            ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
-                "exp" => TokenError::BadClaim("exp"),
-                "nbf" => TokenError::BadClaim("nbf"),
-                "iss" => TokenError::BadClaim("iss"),
-                "aud" => TokenError::BadClaim("aud"),
-                _ => TokenError::BadClaim("sub"),
-            },
-            other => TokenError::Malformed(format!("{other:?}")),
-        })?;
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenError::BadSignature
+                }
+                ErrorKind::InvalidIssuer => TokenError::BadClaim("iss"),
+                ErrorKind::InvalidAudience => TokenError::BadClaim("aud"),
+                ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+                    "exp" => TokenError::BadClaim("exp"),
+                    "nbf" => TokenError::BadClaim("nbf"),
+                    "iss" => TokenError::BadClaim("iss"),
+                    "aud" => TokenError::BadClaim("aud"),
+                    _ => TokenError::BadClaim("sub"),
+                },
+                other => TokenError::Malformed(format!("{other:?}")),
+            })?;
         let c = data.claims;
         Ok(ConnectToken {
             tenant: Tenant::parse(&c.tid).map_err(|_| TokenError::BadClaim("tid"))?,

@@ -37,6 +37,25 @@ pub struct ApiKeyConfig {
     pub tenant: Option<String>,
 }
 
+/// One connect-token signing key (`[[signing_keys]]` in the TOML file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// The key id tokens carry in their header.
+    pub kid: String,
+    /// `HS256` or `EdDSA`.
+    pub alg: String,
+    /// HS256: the shared secret (32+ bytes).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// EdDSA: PEM file of the Ed25519 private key (only nodes that sign).
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// EdDSA: PEM file of the public key.
+    #[serde(default)]
+    pub public_key_file: Option<std::path::PathBuf>,
+}
+
 /// All settings of a node. Every field has a default, so `turnstile serve`
 /// runs with no configuration at all.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +89,9 @@ pub struct Config {
     /// HS256 secret for connect tokens. When unset a random one is generated
     /// at start (development only: tokens die with the process).
     pub signing_key: Option<String>,
+    /// Several keys, for rotation and for EdDSA: the first signs, all
+    /// verify (by `kid`). Takes the place of `signing_key`.
+    pub signing_keys: Vec<SigningKeyConfig>,
     /// `human` or `json`.
     pub log_format: LogFormat,
     /// When set, only these tenants are served; others get NOT_FOUND.
@@ -133,6 +155,7 @@ impl Default for Config {
             max_message_bytes: 16 * 1024,
             outbound_queue: 64,
             signing_key: None,
+            signing_keys: Vec::new(),
             log_format: LogFormat::Human,
             tenants: None,
             api_keys: Vec::new(),
@@ -200,7 +223,10 @@ impl Config {
             return bad("heartbeat", "must be at least 10ms");
         }
         let public = !self.http_listen.ip().is_loopback() || !self.grpc_listen.ip().is_loopback();
-        if public && (self.api_keys.is_empty() || self.signing_key.is_none()) {
+        if public
+            && (self.api_keys.is_empty()
+                || (self.signing_key.is_none() && self.signing_keys.is_empty()))
+        {
             return bad(
                 "http_listen/grpc_listen",
                 "listening on a non-loopback address needs `api_keys` (gRPC callers) and \
@@ -298,6 +324,65 @@ impl Config {
         let host = if host.is_empty() { "node".into() } else { host };
         NodeId::parse(&format!("{host}-{}", std::process::id()))
             .unwrap_or_else(|_| NodeId::parse("node").expect("static node id is valid"))
+    }
+
+    /// The connect-token keys: `signing_keys`, else `signing_key`, else
+    /// `None` (the caller generates a development key).
+    pub fn token_keys(&self) -> Result<Option<crate::auth::TokenKeys>, ConfigError> {
+        use crate::auth::{KeyMaterial, SigningKey, TokenKeys};
+        if self.signing_keys.is_empty() {
+            return Ok(self
+                .signing_key
+                .as_ref()
+                .map(|s| TokenKeys::new(s.as_bytes(), self.token_ttl)));
+        }
+        let invalid = |problem: String| ConfigError::Invalid {
+            field: "signing_keys",
+            problem,
+        };
+        let read = |kid: &str, p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| invalid(format!("{kid}: cannot read {}: {e}", p.display())))
+        };
+        let mut keys = Vec::new();
+        for k in &self.signing_keys {
+            let material = match k.alg.as_str() {
+                "HS256" => match &k.secret {
+                    Some(s) if s.len() >= 32 => KeyMaterial::Hs256(s.as_bytes().to_vec()),
+                    _ => {
+                        return Err(invalid(format!(
+                            "{}: HS256 needs a secret of 32+ bytes",
+                            k.kid
+                        )))
+                    }
+                },
+                "EdDSA" => KeyMaterial::EdDsa {
+                    private_pem: match &k.private_key_file {
+                        Some(p) => Some(read(&k.kid, p)?),
+                        None => None,
+                    },
+                    public_pem: match &k.public_key_file {
+                        Some(p) => read(&k.kid, p)?,
+                        None => {
+                            return Err(invalid(format!("{}: EdDSA needs public_key_file", k.kid)))
+                        }
+                    },
+                },
+                other => {
+                    return Err(invalid(format!(
+                        "{}: alg {other:?} is not supported; use HS256 or EdDSA",
+                        k.kid
+                    )))
+                }
+            };
+            keys.push(SigningKey {
+                kid: k.kid.clone(),
+                material,
+            });
+        }
+        TokenKeys::from_keys(keys, self.token_ttl)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// The Redis registry's settings, when `redis` is set.

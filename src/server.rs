@@ -36,6 +36,8 @@ pub enum ServerError {
     },
     #[error("configuration: tenants: {0}")]
     Tenant(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot join the cluster: {0}")]
     Redis(#[from] crate::registry::redis::ConnectError),
 }
@@ -73,8 +75,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let http_addr = http.local_addr().unwrap_or(config.http_listen);
     let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
 
-    let keys = match &config.signing_key {
-        Some(secret) => TokenKeys::new(secret.as_bytes(), config.token_ttl),
+    let keys = match config.token_keys()? {
+        Some(keys) => keys,
         None => {
             warn!(
                 "DEV SIGNING KEY: no signing_key configured, a random one was generated; \

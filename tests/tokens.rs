@@ -151,3 +151,107 @@ async fn a_stale_generation_does_not_open_the_session() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_token_not_yet_valid_is_refused() {
+    let node = start().await;
+    let r = node.grant(T, "ana", "").await;
+    let mut c = claims_of(&r.token);
+    c.nbf = now_ms() / 1000 + 3600;
+    refused(&node, &keys().sign(&c), "nbf in the future").await;
+    node.shutdown().await;
+}
+
+// A throwaway Ed25519 key pair for these tests only.
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIDhN0v0Df/eCxx0yWxzsI5TWdfka2XB6HKPSt2YGApPr
+-----END PRIVATE KEY-----
+";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAjqTq8M4rEgdwG3FWwyhmABhzlujICnm9M6Dut7jTXOA=
+-----END PUBLIC KEY-----
+";
+
+fn hs(kid: &str, secret: &str) -> turnstile::config::SigningKeyConfig {
+    turnstile::config::SigningKeyConfig {
+        kid: kid.into(),
+        alg: "HS256".into(),
+        secret: Some(secret.into()),
+        private_key_file: None,
+        public_key_file: None,
+    }
+}
+
+const OLD_SECRET: &str = "the-old-secret-of-rotation-0123456789";
+const NEW_SECRET: &str = "the-new-secret-of-rotation-9876543210";
+
+#[tokio::test]
+async fn rotated_keys_keep_old_tokens_valid_and_sign_with_the_new_one() {
+    let node =
+        start_with(|c| c.signing_keys = vec![hs("k2", NEW_SECRET), hs("k1", OLD_SECRET)]).await;
+    let r = node.grant(T, "ana", "").await;
+    let header = jsonwebtoken::decode_header(&r.token).expect("header");
+    assert_eq!(
+        header.kid.as_deref(),
+        Some("k2"),
+        "new tokens use the first key"
+    );
+    // A token minted before the rotation (by the old key) still opens the session.
+    let old = TokenKeys::from_keys(
+        vec![turnstile::auth::SigningKey {
+            kid: "k1".into(),
+            material: turnstile::auth::KeyMaterial::Hs256(OLD_SECRET.as_bytes().to_vec()),
+        }],
+        Duration::from_secs(3600),
+    )
+    .expect("keys");
+    let (_ws, w) = node.connect_welcome(&old.sign(&claims_of(&r.token))).await;
+    assert_eq!(w["type"], "welcome");
+    // A key id the broker does not know is refused.
+    let gone = TokenKeys::from_keys(
+        vec![turnstile::auth::SigningKey {
+            kid: "k0".into(),
+            material: turnstile::auth::KeyMaterial::Hs256(OLD_SECRET.as_bytes().to_vec()),
+        }],
+        Duration::from_secs(3600),
+    )
+    .expect("keys");
+    refused(&node, &gone.sign(&claims_of(&r.token)), "unknown kid").await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn eddsa_keys_sign_and_an_hs256_token_made_with_the_public_key_is_refused() {
+    let dir = std::env::temp_dir().join(format!("turnstile-ed-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (private, public) = (dir.join("ed.pem"), dir.join("ed.pub.pem"));
+    std::fs::write(&private, ED_PRIVATE).expect("write");
+    std::fs::write(&public, ED_PUBLIC).expect("write");
+    let (p1, p2) = (private.clone(), public.clone());
+    let node = start_with(move |c| {
+        c.signing_keys = vec![turnstile::config::SigningKeyConfig {
+            kid: "ed1".into(),
+            alg: "EdDSA".into(),
+            secret: None,
+            private_key_file: Some(p1),
+            public_key_file: Some(p2),
+        }]
+    })
+    .await;
+    let r = node.grant(T, "ana", "").await;
+    let header = jsonwebtoken::decode_header(&r.token).expect("header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let (_ws, _) = node.connect_welcome(&r.token).await;
+    // Algorithm confusion: HS256 "signed" with the public key as the secret.
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("ed1".into());
+    let forged = jsonwebtoken::encode(
+        &h,
+        &claims_of(&r.token),
+        &jsonwebtoken::EncodingKey::from_secret(ED_PUBLIC.as_bytes()),
+    )
+    .expect("encode");
+    refused(&node, &forged, "HS256 with the EdDSA public key").await;
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
