@@ -118,6 +118,13 @@ pub struct Config {
     /// Client messages per second on one socket (burst: twice this); over
     /// it the socket is closed with 4429.
     pub messages_per_second: u32,
+    /// PEM certificate chain: when set with `tls_key_file`, both listeners
+    /// speak TLS (`wss://` and gRPC over TLS).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA: gRPC callers must present a client certificate it signed (mTLS).
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
     /// Redis URL(s), comma-separated (`redis://host:6379`). When set the node
     /// joins a cluster through Redis; when unset it runs alone with the
     /// embedded registry.
@@ -166,6 +173,9 @@ impl Default for Config {
             handshakes_per_second: 5_000,
             handshakes_per_second_per_ip: 2_000,
             messages_per_second: 20,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             redis: None,
             redis_cluster: false,
             redis_namespace: "turnstile".into(),
@@ -247,6 +257,18 @@ impl Config {
                     return bad("api_keys", &format!("key #{i} ({}): {e}", k.name));
                 }
             }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad(
+                "tls_cert_file",
+                "set both tls_cert_file and tls_key_file, or neither",
+            );
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return bad(
+                "tls_client_ca_file",
+                "mTLS needs tls_cert_file and tls_key_file too",
+            );
         }
         if self.max_sockets == 0 || self.max_sockets_per_ip == 0 {
             return bad("max_sockets", "limits must be at least 1");
@@ -383,6 +405,28 @@ impl Config {
         TokenKeys::from_keys(keys, self.token_ttl)
             .map(Some)
             .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// The PEM files of the listeners' TLS: (cert chain, key, client CA).
+    pub fn tls_files(&self) -> Result<Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Ok(None);
+        };
+        let read = |field: &'static str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ConfigError::Invalid {
+                field,
+                problem: format!("cannot read {}: {e}", p.display()),
+            })
+        };
+        let ca = match &self.tls_client_ca_file {
+            Some(p) => Some(read("tls_client_ca_file", p)?),
+            None => None,
+        };
+        Ok(Some((
+            read("tls_cert_file", cert)?,
+            read("tls_key_file", key)?,
+            ca,
+        )))
     }
 
     /// The Redis registry's settings, when `redis` is set.

@@ -38,6 +38,8 @@ pub enum ServerError {
     Tenant(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot join the cluster: {0}")]
     Redis(#[from] crate::registry::redis::ConnectError),
 }
@@ -95,6 +97,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         None => None,
     };
 
+    let tls = config.tls_files()?;
+    let ws_tls = match &tls {
+        Some((cert, key, _)) => Some(ws_tls_config(cert, key)?),
+        None => None,
+    };
+
     let hub = Hub::new();
     let stop = CancellationToken::new();
     let registry: Arc<dyn Registry> = match config.redis() {
@@ -124,6 +132,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 handshakes_per_second_per_ip: config.handshakes_per_second_per_ip,
             },
             messages_per_second: config.messages_per_second,
+            tls: ws_tls,
         },
         registry.clone(),
         hub.clone(),
@@ -152,7 +161,22 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .into_authenticated(crate::api::keys::ApiKeys::new(api_keys));
     let grpc_stop = stop.clone();
     tracker.spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key, ca)) = &tls {
+            let mut t = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = ca {
+                t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = match builder.tls_config(t) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "grpc TLS configuration refused");
+                    return;
+                }
+            };
+        }
+        let result = builder
             .max_concurrent_streams(Some(256))
             .tcp_nodelay(true)
             .add_service(api)
@@ -196,8 +220,38 @@ impl RunningServer {
         self.registry.close().await;
     }
 
+    /// Open WebSockets on this node (tests check it returns to baseline).
+    pub fn socket_count(&self) -> usize {
+        self.hub.socket_count()
+    }
+
     /// A token that, once cancelled, means the node is stopping.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()
     }
+}
+
+/// The WebSocket listener's rustls configuration (HTTP/1.1 only).
+fn ws_tls_config(
+    cert: &[u8],
+    key: &[u8],
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, ServerError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("tls_cert_file: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| ServerError::Tls(format!("tls_key_file: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServerError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| ServerError::Tls(format!("certificate and key: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }

@@ -209,3 +209,85 @@ async fn a_client_that_stops_reading_is_disconnected_and_freed() {
         assert!(frames <= 8000, "no more than was sent");
     }
 }
+
+/// Polls the node's socket count until it is `n` (bounded).
+async fn sockets_back_to(node: &Node, n: usize) {
+    for _ in 0..500 {
+        if node.socket_count() == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("sockets stayed at {} (expected {n})", node.socket_count());
+}
+
+#[tokio::test]
+async fn a_slowloris_handshake_is_cut_off_and_leaves_nothing_behind() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start_with(|c| c.handshake_timeout = std::time::Duration::from_millis(200)).await;
+    // Baseline once the node is fully up (its accept loop has spawned the
+    // heartbeat sweeper and served one request, whose task has ended).
+    assert_eq!(http_get(node.http, "/healthz").await.0, 200);
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let mut tasks_before = alive();
+    for _ in 0..25 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tasks_before = tasks_before.min(alive());
+    }
+    let mut tcp = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("tcp");
+    // Half a request line, then nothing.
+    tcp.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let n = within("the node to give up on the handshake", async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => {
+                    // A 408 response before the close is fine too.
+                    if n > 0 && !buf.starts_with(b"HTTP/1.1 408") {
+                        return n;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        n,
+        0,
+        "closed, not answered: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(node.socket_count(), 0);
+    for _ in 0..500 {
+        if alive() <= tasks_before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the connection task outlived it: {} alive, {tasks_before} before",
+        alive()
+    );
+}
+
+#[tokio::test]
+async fn a_half_open_socket_is_found_by_the_heartbeat_and_freed() {
+    let node = start_with(|c| c.heartbeat = std::time::Duration::from_millis(100)).await;
+    let mut watch = node.watch(T).await;
+    let r = node.grant(T, "ana", "").await;
+    let id = session_of(&r).session_id.clone();
+    // The peer vanishes without a FIN: it simply never reads or answers again.
+    let (_vanished, _) = node.connect_welcome(&r.token).await;
+    assert_eq!(node.socket_count(), 1);
+    watch.expect_for(&id, PresenceChange::Disconnected).await;
+    sockets_back_to(&node, 0).await;
+}

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub allowed_origins: Option<Vec<String>>,
     pub limits: limits::LimitsConfig,
     pub messages_per_second: u32,
+    /// When set, the listener speaks TLS (`wss://`, `https://`).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// State shared by every connection of the gateway.
@@ -116,27 +118,53 @@ impl Gateway {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let handshake_timeout = self.shared.cfg.handshake_timeout;
             let shared = self.shared.clone();
             let tracker2 = tracker.clone();
             let stop2 = stop.clone();
+            let tls = self.shared.cfg.tls.clone();
             tracker.spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    let tracker = tracker2.clone();
-                    let stop = stop2.clone();
-                    async move { Ok::<_, Infallible>(route(req, peer.ip(), shared, tracker, stop)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(handshake_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    debug!(%peer, error = %e, "http connection ended");
+                let handshake_timeout = shared.cfg.handshake_timeout;
+                match tls {
+                    None => serve_http(stream, peer, shared, tracker2, stop2).await,
+                    Some(cfg) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => serve_http(tls, peer, shared, tracker2, stop2).await,
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
             });
         }
+    }
+}
+
+/// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection.
+async fn serve_http<IO>(
+    io: IO,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake_timeout = shared.cfg.handshake_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let tracker = tracker.clone();
+        let stop = stop.clone();
+        async move { Ok::<_, Infallible>(route(req, peer.ip(), shared, tracker, stop)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "http connection ended");
     }
 }
 

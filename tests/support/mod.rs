@@ -150,6 +150,11 @@ impl Node {
     }
 
     /// A second, independent gRPC client.
+    /// Open WebSockets on the node.
+    pub fn socket_count(&self) -> usize {
+        self.server.socket_count()
+    }
+
     pub async fn new_client(&self) -> Client {
         grpc_client(self.grpc).await
     }
