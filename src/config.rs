@@ -37,6 +37,14 @@ pub struct ApiKeyConfig {
     pub tenant: Option<String>,
 }
 
+/// PEM contents of the TLS settings.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
 /// One connect-token signing key (`[[signing_keys]]` in the TOML file).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -407,8 +415,8 @@ impl Config {
             .map_err(|e| invalid(e.to_string()))
     }
 
-    /// The PEM files of the listeners' TLS: (cert chain, key, client CA).
-    pub fn tls_files(&self) -> Result<Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, ConfigError> {
+    /// The PEM contents of the listeners' TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
         let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
             return Ok(None);
         };
@@ -422,11 +430,11 @@ impl Config {
             Some(p) => Some(read("tls_client_ca_file", p)?),
             None => None,
         };
-        Ok(Some((
-            read("tls_cert_file", cert)?,
-            read("tls_key_file", key)?,
-            ca,
-        )))
+        Ok(Some(TlsFiles {
+            cert: read("tls_cert_file", cert)?,
+            key: read("tls_key_file", key)?,
+            client_ca: ca,
+        }))
     }
 
     /// The Redis registry's settings, when `redis` is set.

@@ -99,7 +99,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
 
     let tls = config.tls_files()?;
     let ws_tls = match &tls {
-        Some((cert, key, _)) => Some(ws_tls_config(cert, key)?),
+        Some(t) => Some(ws_tls_config(&t.cert, &t.key)?),
         None => None,
     };
 
@@ -162,10 +162,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let grpc_stop = stop.clone();
     tracker.spawn(async move {
         let mut builder = tonic::transport::Server::builder();
-        if let Some((cert, key, ca)) = &tls {
+        if let Some(files) = &tls {
             let mut t = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key));
-            if let Some(ca) = ca {
+                .identity(tonic::transport::Identity::from_pem(&files.cert, &files.key));
+            if let Some(ca) = &files.client_ca {
                 t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
             }
             builder = match builder.tls_config(t) {
