@@ -16,6 +16,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod fuzzing;
 pub mod ctl;
 pub mod gateway;
 pub mod hub;
