@@ -41,7 +41,11 @@ pub fn check_client_message(data: &[u8]) {
         }
         Ok(ClientMessage::Logout | ClientMessage::WatchPresence) => {}
         Err(e) => {
-            assert!(ERROR_CODES.contains(&e.code), "unknown error code {}", e.code);
+            assert!(
+                ERROR_CODES.contains(&e.code),
+                "unknown error code {}",
+                e.code
+            );
             assert!(!e.message.is_empty());
             assert!(e.message.len() < 512, "error messages stay short");
         }
@@ -56,7 +60,8 @@ pub fn check_connect_token(keys: &TokenKeys, data: &[u8]) {
     };
     match keys.verify(token) {
         Ok(t) => {
-            let header = jsonwebtoken::decode_header(token).expect("an accepted token has a header");
+            let header =
+                jsonwebtoken::decode_header(token).expect("an accepted token has a header");
             assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256);
             assert!(!t.tenant.as_str().is_empty() && !t.session_id.as_str().is_empty());
         }

@@ -163,8 +163,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     tracker.spawn(async move {
         let mut builder = tonic::transport::Server::builder();
         if let Some(files) = &tls {
-            let mut t = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&files.cert, &files.key));
+            let mut t = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&files.cert, &files.key),
+            );
             if let Some(ca) = &files.client_ca {
                 t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
             }

@@ -28,7 +28,10 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 fn client_message_corpus_holds_its_properties() {
     for (name, data) in inputs("client_message") {
         let r = std::panic::catch_unwind(|| fuzzing::check_client_message(&data));
-        assert!(r.is_ok(), "client_message corpus input {name} broke a property");
+        assert!(
+            r.is_ok(),
+            "client_message corpus input {name} broke a property"
+        );
     }
 }
 
@@ -38,8 +41,14 @@ fn connect_token_corpus_holds_its_properties() {
     let mut accepted = 0;
     for (name, data) in inputs("connect_token") {
         let r = std::panic::catch_unwind(|| fuzzing::check_connect_token(&keys, &data));
-        assert!(r.is_ok(), "connect_token corpus input {name} broke a property");
-        if keys.verify(std::str::from_utf8(&data).unwrap_or("")).is_ok() {
+        assert!(
+            r.is_ok(),
+            "connect_token corpus input {name} broke a property"
+        );
+        if keys
+            .verify(std::str::from_utf8(&data).unwrap_or(""))
+            .is_ok()
+        {
             accepted += 1;
         }
     }
