@@ -1,9 +1,188 @@
-//! turnstile-loadtest: drives real agents against a turnstile deployment.
-//!
-//! The scenarios (idle, storm, takeover, stations, churn) land with the
-//! load-test issue; until then this binary only explains itself.
+//! The `turnstile-loadtest` command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use turnstile_loadtest::report::Report;
+use turnstile_loadtest::scenarios::{self, Target};
+use turnstile_loadtest::sys;
+
+#[derive(Parser)]
+#[command(
+    name = "turnstile-loadtest",
+    version,
+    about = "Drive real agents against turnstile and measure"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args)]
+struct Common {
+    /// gRPC address of a node (repeat for several nodes).
+    #[arg(long, global = true, default_value = "127.0.0.1:7701")]
+    grpc: Vec<String>,
+    /// WebSocket address of a node (repeat for several nodes).
+    #[arg(long, global = true, default_value = "127.0.0.1:7700")]
+    ws: Vec<SocketAddr>,
+    #[arg(long, global = true, default_value = "load")]
+    tenant: String,
+    /// Source addresses for client sockets, e.g. 127.0.0.2,127.0.0.3.
+    #[arg(long, global = true, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// API key for the gRPC API.
+    #[arg(long, global = true, env = "TURNSTILE_LOADTEST_API_KEY")]
+    api_key: Option<String>,
+    /// gRPC connections per node.
+    #[arg(long, global = true, default_value_t = 4)]
+    channels: usize,
+    /// Write the JSON report here.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Write the latency plot (SVG) here.
+    #[arg(long, global = true)]
+    svg: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Worker threads of the generator.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Claims of distinct logins, N in flight: latency and claims/s.
+    Claim {
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+    },
+    /// N agents sign in (claim + connect + welcome) at concurrency C.
+    Storm {
+        #[arg(long, default_value_t = 1_000)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// N connected sessions held for T: broker KiB per session and CPU.
+    Idle {
+        #[arg(long, default_value_t = 1_000)]
+        n: usize,
+        /// How long to hold, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = humantime_secs)]
+        hold: Duration,
+        /// The broker's pid (default: the one local `turnstile serve`).
+        #[arg(long)]
+        broker_pid: Option<u32>,
+    },
+    /// K logins taken over by a second claim: claim sent → forced_logout.
+    Takeover {
+        #[arg(long, default_value_t = 1_000)]
+        k: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+    /// M agents race for S < M stations: one holder per station.
+    Stations {
+        #[arg(long, default_value_t = 200)]
+        m: usize,
+        #[arg(long, default_value_t = 50)]
+        s: usize,
+    },
+    /// Random connect / drop / resume / logout / takeover for T.
+    Churn {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value = "30s", value_parser = humantime_secs)]
+        duration: Duration,
+    },
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s} (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s}: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
 
 fn main() -> anyhow::Result<()> {
-    eprintln!("turnstile-loadtest: scenarios are not implemented yet (see docs/benchmarks.md)");
-    std::process::exit(2)
+    let cli = Cli::parse();
+    let nofile = sys::raise_nofile();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.common.threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let c = &cli.common;
+    let target = Target {
+        grpc: c.grpc.clone(),
+        ws: c.ws.clone(),
+        tenant: c.tenant.clone(),
+        source_ips: c.source_ips.clone(),
+        api_key: c.api_key.clone(),
+        channels_per_node: c.channels,
+        progress: !c.quiet,
+        run: format!("r{:08x}", rand::random::<u32>()),
+    };
+    let sockets_needed = match &cli.scenario {
+        Scenario::Storm { n, .. } | Scenario::Idle { n, .. } => *n as u64,
+        _ => 0,
+    };
+    if sockets_needed + 64 > nofile {
+        eprintln!(
+            "warning: {sockets_needed} sockets need more than this process's open-file limit ({nofile}); \
+             run several generator processes (each with its own --source-ips)"
+        );
+    }
+    let mut report: Report = rt.block_on(async {
+        match cli.scenario {
+            Scenario::Claim { n, in_flight } => scenarios::claim(&target, n, in_flight).await,
+            Scenario::Storm { n, concurrency } => scenarios::storm(&target, n, concurrency).await,
+            Scenario::Idle {
+                n,
+                hold,
+                broker_pid,
+            } => scenarios::idle(&target, n, hold, broker_pid).await,
+            Scenario::Takeover { k, concurrency } => {
+                scenarios::takeover(&target, k, concurrency).await
+            }
+            Scenario::Stations { m, s } => scenarios::stations(&target, m, s).await,
+            Scenario::Churn { agents, duration } => {
+                scenarios::churn(&target, agents, duration).await
+            }
+        }
+    });
+    report
+        .machine
+        .insert("generator_nofile_limit".into(), nofile as f64);
+    println!("{}", report.table());
+    if let Some(p) = &c.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &c.svg {
+        std::fs::write(p, report.svg()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -1,0 +1,163 @@
+//! A Rust client for turnstile: [`Broker`] speaks the gRPC API a login
+//! service uses; [`AgentSocket`] is an agent's WebSocket, speaking the JSON
+//! protocol of `docs/protocol.md` with typed frames.
+//!
+//! The load-test tool drives thousands of these; the shapes mirror the
+//! browser SDK so both are used the same way.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod socket;
+
+pub use socket::{AgentSocket, ConnectOptions, ServerFrame};
+/// The WebSocket library, for matching on its errors.
+pub use tokio_tungstenite::tungstenite;
+
+/// Code generated from `proto/turnstile/v1/broker.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("turnstile.v1");
+}
+
+use pb::session_broker_client::SessionBrokerClient;
+use tonic::transport::Channel;
+
+/// What went wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server sent something that is not protocol JSON: {0}")]
+    Protocol(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+/// The gRPC API of one broker node.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    client: SessionBrokerClient<Channel>,
+    api_key: Option<String>,
+}
+
+impl Broker {
+    /// Connects to `addr` (`host:port` or `http://host:port`).
+    pub async fn connect(addr: &str) -> Result<Self, Error> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = Channel::from_shared(uri.clone())
+            .map_err(|_| Error::Protocol(format!("not a URI: {uri}")))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|source| Error::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            client: SessionBrokerClient::new(channel),
+            api_key: None,
+        })
+    }
+
+    /// Sends `authorization: Bearer <key>` with every call.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(k) = &self.api_key {
+            if let Ok(v) = format!("Bearer {k}").parse() {
+                req.metadata_mut().insert("authorization", v);
+            }
+        }
+        req
+    }
+
+    pub async fn claim(&mut self, req: pb::ClaimRequest) -> Result<pb::ClaimResponse, Error> {
+        let r = self.request(req);
+        Ok(self.client.claim(r).await?.into_inner())
+    }
+
+    pub async fn release(&mut self, tenant: &str, session_id: &str) -> Result<pb::Session, Error> {
+        let r = self.request(pb::ReleaseRequest {
+            tenant: tenant.into(),
+            session_id: session_id.into(),
+        });
+        Ok(self
+            .client
+            .release(r)
+            .await?
+            .into_inner()
+            .session
+            .unwrap_or_default())
+    }
+
+    pub async fn evict(&mut self, req: pb::EvictRequest) -> Result<Vec<pb::Session>, Error> {
+        let r = self.request(req);
+        Ok(self.client.evict(r).await?.into_inner().evicted)
+    }
+
+    pub async fn get(&mut self, tenant: &str, session_id: &str) -> Result<pb::Session, Error> {
+        let r = self.request(pb::GetSessionRequest {
+            tenant: tenant.into(),
+            key: Some(pb::get_session_request::Key::SessionId(session_id.into())),
+        });
+        Ok(self.client.get_session(r).await?.into_inner())
+    }
+
+    pub async fn list(
+        &mut self,
+        tenant: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListSessionsResponse, Error> {
+        let r = self.request(pb::ListSessionsRequest {
+            tenant: tenant.into(),
+            page_size,
+            page_token: page_token.into(),
+        });
+        Ok(self.client.list_sessions(r).await?.into_inner())
+    }
+
+    pub async fn stations(
+        &mut self,
+        tenant: &str,
+        stations: Vec<String>,
+    ) -> Result<Vec<pb::StationInfo>, Error> {
+        let r = self.request(pb::StationStatusRequest {
+            tenant: tenant.into(),
+            stations,
+        });
+        Ok(self.client.station_status(r).await?.into_inner().stations)
+    }
+
+    pub async fn notify(&mut self, req: pb::NotifyRequest) -> Result<pb::NotifyResponse, Error> {
+        let r = self.request(req);
+        Ok(self.client.notify(r).await?.into_inner())
+    }
+
+    /// A stream of presence events of `tenant`.
+    pub async fn watch_presence(
+        &mut self,
+        tenant: &str,
+    ) -> Result<tonic::Streaming<pb::PresenceEvent>, Error> {
+        let r = self.request(pb::WatchPresenceRequest {
+            tenant: tenant.into(),
+        });
+        Ok(self.client.watch_presence(r).await?.into_inner())
+    }
+}

@@ -1,0 +1,10 @@
+//! turnstile-loadtest: drives real agents (gRPC claims, WebSockets) against
+//! one node or a cluster and measures what they see.
+//!
+//! - [`scenarios`]: idle, storm, takeover, stations, churn, claim.
+//! - [`report`]: HDR latency histograms, the JSON report, table and SVG.
+//! - [`sys`]: /proc figures (broker RSS and CPU, the generator's own CPU).
+
+pub mod report;
+pub mod scenarios;
+pub mod sys;
