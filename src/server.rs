@@ -160,6 +160,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone())
         .into_authenticated(crate::api::keys::ApiKeys::new(api_keys));
     let grpc_stop = stop.clone();
+    // The builder's tcp_nodelay applies only to listeners it binds itself;
+    // on our own listener, Nagle would hold every small reply for the
+    // peer's delayed ACK (~40 ms per claim).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(grpc), |s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     tracker.spawn(async move {
         let mut builder = tonic::transport::Server::builder();
         if let Some(files) = &tls {
@@ -181,7 +190,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .max_concurrent_streams(Some(256))
             .tcp_nodelay(true)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop.cancelled())
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
             .await;
         if let Err(e) = result {
             warn!(error = %e, "grpc server ended");

@@ -299,7 +299,7 @@ fn upgrade(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(shared.cfg.max_message_bytes * 4)
         .max_message_size(Some(shared.cfg.max_message_bytes))
