@@ -105,7 +105,7 @@ pub fn classify(e: &Error) -> String {
         Error::WebSocket(_) => "ws_protocol".into(),
         Error::Status(s) => format!("grpc_{:?}", s.code()).to_lowercase(),
         Error::Connect { .. } => "grpc_connect".into(),
-        Error::Protocol(_) => "protocol".into(),
+        Error::Protocol(m) => format!("protocol: {}", m.chars().take(60).collect::<String>()),
         Error::Timeout(what) => format!("timeout_{}", what.replace(' ', "_")),
     }
 }

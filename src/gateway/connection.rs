@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::protocol::{self, ClientMessage};
 use super::Shared;
@@ -134,14 +134,19 @@ where
         login = %session.login,
         session = %session.id,
     );
-    let _enter = span.enter();
-    debug!("socket attached");
-    let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id, rx).await;
-    shared.hub.unregister(&socket);
-    if detach_needed {
-        detach(&shared, &session, socket_id).await;
+    // `instrument`, not `span.enter()`: a guard held across `.await` would
+    // leak this span into whatever else runs on the thread meanwhile.
+    async move {
+        debug!("socket attached");
+        let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id, rx).await;
+        shared.hub.unregister(&socket);
+        if detach_needed {
+            detach(&shared, &session, socket_id).await;
+        }
+        debug!(detach_needed, "socket finished");
     }
-    debug!(detach_needed, "socket finished");
+    .instrument(span)
+    .await
 }
 
 /// Relays frames until the socket ends; returns whether the session lives on

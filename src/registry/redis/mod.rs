@@ -102,12 +102,15 @@ impl RedisConfig {
         format!("{}:{{{}}}:", self.namespace, tenant.as_str())
     }
 
-    /// The tenant a channel `<ns>:{<tenant>}:ev` belongs to.
+    /// The tenant a channel `<ns>:{<tenant>}:ev` (endings, notices) or
+    /// `<ns>:{<tenant>}:pr` (presence) belongs to.
     fn channel_tenant(&self, channel: &str) -> Option<Tenant> {
         let inner = channel
             .strip_prefix(self.namespace.as_str())?
-            .strip_prefix(":{")?
-            .strip_suffix("}:ev")?;
+            .strip_prefix(":{")?;
+        let inner = inner
+            .strip_suffix("}:ev")
+            .or_else(|| inner.strip_suffix("}:pr"))?;
         Tenant::parse(inner).ok()
     }
 }
@@ -139,6 +142,9 @@ struct Inner {
     epoch: RwLock<String>,
     /// Tenants whose event channel this node subscribed to.
     subscribed: DashSet<Tenant>,
+    /// Tenants whose presence channel this node subscribed to (it has
+    /// presence watchers).
+    watching: DashSet<Tenant>,
     /// Tenants this incarnation recorded in its membership set.
     registered: DashSet<Tenant>,
     /// Tenants this node saw with an epoch marker in the current epoch.
@@ -197,6 +203,7 @@ impl RedisRegistry {
             sink,
             epoch: RwLock::new(String::new()),
             subscribed: DashSet::new(),
+            watching: DashSet::new(),
             registered: DashSet::new(),
             known: DashSet::new(),
             local: DashMap::new(),
@@ -742,7 +749,20 @@ impl Registry for RedisRegistry {
     }
 
     async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {
-        self.ensure_subscribed(tenant).await
+        self.ensure_subscribed(tenant).await?;
+        if self.inner.watching.contains(tenant) {
+            return Ok(());
+        }
+        let channel = format!("{}pr", self.inner.rcfg.prefix(tenant));
+        self.inner
+            .sub
+            .lock()
+            .await
+            .subscribe(&channel)
+            .await
+            .map_err(unavailable)?;
+        self.inner.watching.insert(tenant.clone());
+        Ok(())
     }
 
     fn is_ready(&self) -> bool {

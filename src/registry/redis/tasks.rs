@@ -341,6 +341,12 @@ impl RedisRegistry {
             .subscribed
             .iter()
             .map(|t| format!("{}ev", self.inner.rcfg.prefix(&t)))
+            .chain(
+                self.inner
+                    .watching
+                    .iter()
+                    .map(|t| format!("{}pr", self.inner.rcfg.prefix(&t))),
+            )
             .collect();
         for ch in channels {
             if sub.subscribe(&ch).await.is_err() {

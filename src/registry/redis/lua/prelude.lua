@@ -22,7 +22,11 @@ local function rec(sid) return jget(P .. 's:' .. sid) end
 local function put(r) redis.call('SET', P .. 's:' .. r.s.id, cjson.encode(r)) end
 local function tomb(sid) return jget(P .. 't:' .. sid) end
 local function emit(ev) redis.call(PUB, P .. 'ev', cjson.encode(ev)) end
-local function presence(s, change) emit({k = 'p', s = s, c = change, at = NOW}) end
+-- Presence goes to its own channel: only nodes with presence watchers
+-- subscribe to it, so a sign-in storm does not flood every node.
+local function presence(s, change)
+  redis.call(PUB, P .. 'pr', cjson.encode({k = 'p', s = s, c = change, at = NOW}))
+end
 local function fenced(node)
   return redis.call('EXISTS', P .. 'dead:' .. node) == 1
 end
