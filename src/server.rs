@@ -60,15 +60,13 @@ pub struct RunningServer {
 /// Starts a node with `config`.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let node = config.node_id();
-    let http = TcpListener::bind(config.http_listen)
-        .await
+    let http = listen(config.http_listen)
         .map_err(|source| ServerError::Bind {
             what: "http/websocket",
             addr: config.http_listen,
             source,
         })?;
-    let grpc = TcpListener::bind(config.grpc_listen)
-        .await
+    let grpc = listen(config.grpc_listen)
         .map_err(|source| ServerError::Bind {
             what: "grpc",
             addr: config.grpc_listen,
@@ -264,4 +262,18 @@ fn ws_tls_config(
     .map_err(|e| ServerError::Tls(format!("certificate and key: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Binds a listener with a deep accept backlog: a shift-start storm of
+/// thousands of connects must queue, not have SYNs dropped and retried a
+/// second later. (The kernel caps it at `net.core.somaxconn`.)
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
