@@ -1,0 +1,167 @@
+// Types of the turnstile browser SDK (turnstile.js). See docs/clients.md.
+
+/** online: welcomed socket; degraded: connection lost, reconnecting; offline: not connected and not trying (before the first welcome, or stopped). */
+export type Connectivity = "online" | "degraded" | "offline";
+
+/** The first frame of every live socket. */
+export interface Welcome {
+  type: "welcome";
+  session_id: string;
+  tenant: string;
+  login: string;
+  station: string | null;
+  generation: number;
+  /** True when this socket brought a DISCONNECTED session back within grace. */
+  resumed: boolean;
+  heartbeat_ms: number;
+  grace_ms: number;
+}
+
+export interface Notice {
+  id: string;
+  kind: string;
+  severity: "info" | "warning" | "critical" | string;
+  text: string;
+  data: Record<string, unknown> | null;
+  expires_at_ms: number;
+}
+
+export interface ForcedLogout {
+  reason: "superseded" | "station_changed" | "evicted" | "expired" | string;
+  /** The text to show the person, as the broker words it. */
+  message: string;
+  by: { client: string; station: string | null; at_ms: number } | null;
+}
+
+export interface PresenceSession {
+  session_id: string;
+  login: string;
+  station: string | null;
+  client: string;
+  role: string;
+  state: "pending" | "connected" | "disconnected" | "ended";
+  status: string;
+  generation: number;
+  end_reason: string | null;
+}
+
+export interface Presence {
+  type: "presence";
+  change: "claimed" | "connected" | "disconnected" | "reconnected" | "status_changed" | "ended";
+  session: PresenceSession;
+  status: string;
+  at_ms: number;
+}
+
+export interface TurnstileError {
+  /** A broker error code (invalid_token, forbidden, rejected, ...) or an SDK one (bad_frame, connect_failed, reconnect_exhausted). */
+  code: string;
+  message: string;
+}
+
+export interface Reconnecting {
+  /** Failed attempts in a row so far (0 for a planned reconnect after a `reconnect` frame). */
+  attempt: number;
+  delayMs: number;
+  reason: string;
+}
+
+export interface Stopped {
+  reason:
+    | "forced_logout"
+    | "logged_out"
+    | "logout_unconfirmed"
+    | "closed"
+    | "rejected"
+    | "gave_up"
+    | "connect_failed";
+  /** The close code that stopped the client, when one did. */
+  code: number | null;
+}
+
+export interface Events {
+  welcome: Welcome;
+  notice: Notice;
+  forcedLogout: ForcedLogout;
+  connectivity: Connectivity;
+  presence: Presence;
+  loggedOut: Record<string, never>;
+  error: TurnstileError;
+  reconnecting: Reconnecting;
+  stopped: Stopped;
+}
+
+/** The subset of the browser WebSocket the SDK uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  onclose: ((ev: { code: number; reason?: string }) => void) | null;
+}
+
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+  /** Milliseconds; must advance with setTimeout. */
+  now(): number;
+}
+
+export interface Options {
+  /** Ceiling of the first reconnect delay (ms), doubled per failed attempt. Default 500. */
+  initialDelayMs?: number;
+  /** Cap of the reconnect delay ceiling (ms). Default 30000. */
+  maxDelayMs?: number;
+  /** Reconnect attempts in a row without a welcome before giving up. Default Infinity. */
+  maxAttempts?: number;
+  /** How long a new socket may take to be welcomed (ms). Default 10000. */
+  connectTimeoutMs?: number;
+  /** Heartbeat until the first welcome gives the broker's (ms). Default 15000. */
+  heartbeatMs?: number;
+  /** How long logout() waits for the broker's confirmation (ms). Default 5000. */
+  logoutTimeoutMs?: number;
+  /** WebSocket constructor; default globalThis.WebSocket. */
+  WebSocket?: new (url: string) => WebSocketLike;
+  /** Timer functions; default the global ones and Date.now. */
+  timers?: Partial<Timers>;
+  /** Random source in [0, 1) for the jitter; default Math.random. */
+  random?: () => number;
+  /** Target of "online" events that skip the backoff wait; default window (when present). */
+  network?: { addEventListener(type: "online", fn: () => void): void; removeEventListener?(type: "online", fn: () => void): void } | null;
+  /** Called when a listener throws; default console.error. */
+  onListenerError?: (err: unknown) => void;
+}
+
+export declare const FINAL_CLOSE_CODES: readonly number[];
+export declare const DEFAULTS: Readonly<Required<Pick<Options,
+  "initialDelayMs" | "maxDelayMs" | "maxAttempts" | "connectTimeoutMs" | "heartbeatMs" | "logoutTimeoutMs">>>;
+
+/** Full-jitter delay before reconnect attempt `attempt` (0-based): uniform in [0, min(maxDelayMs, initialDelayMs * 2^attempt)). */
+export declare function backoffDelay(attempt: number, initialDelayMs?: number, maxDelayMs?: number, random?: () => number): number;
+
+export declare class TurnstileClient {
+  constructor(url: string, token: string, options?: Options);
+  on<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): () => void;
+  off<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): void;
+  readonly connectivity: Connectivity;
+  readonly session: Welcome | null;
+  readonly stopped: boolean;
+  readonly rttMs: number | null;
+  /** Sent now when online, else after the next welcome; true if sent now. */
+  setStatus(status: string): boolean;
+  /** Sent now when online, else after the next welcome; true if sent now. */
+  ack(noticeId: string): boolean;
+  /** Presence events for this socket and every later one (supervisor/admin only). */
+  watchPresence(): void;
+  /** Resolves true when the broker confirmed the logout; the client stops either way. */
+  logout(): Promise<boolean>;
+  /** Closes and stops reconnecting; the session stays live for its grace period. */
+  close(): void;
+  /** Skips the current backoff wait. */
+  reconnectNow(): void;
+}
+
+/** Opens an agent connection to `url` (ws://host:7700/v1/ws) with the connect token from Claim. */
+export declare function connect(url: string, token: string, options?: Options): TurnstileClient;
