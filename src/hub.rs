@@ -8,6 +8,7 @@
 //! for the frame that ends it (forced logout, slow consumer, drain), which a
 //! full queue can never hold back.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -28,6 +29,17 @@ pub enum Outbound {
     Ping,
 }
 
+/// A socket's bounded outbound queue. It allocates nothing while empty —
+/// most sockets are idle most of the time — and the heartbeat's ping is a
+/// flag, not a queued frame, so an idle socket never allocates at all.
+#[derive(Debug)]
+struct Outbox {
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    ping_due: AtomicBool,
+    ready: Notify,
+}
+
 /// The last thing a socket is sent before it closes.
 #[derive(Debug, Clone)]
 pub struct Terminal {
@@ -46,7 +58,7 @@ pub struct SocketShared {
     pub conn: u64,
     pub tenant: Tenant,
     pub session: SessionId,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     terminal: Mutex<Option<Terminal>>,
     /// Wakes the connection task when `terminal` is set.
     pub wake: Notify,
@@ -57,12 +69,18 @@ pub struct SocketShared {
 }
 
 impl SocketShared {
-    pub fn new(conn: u64, tenant: Tenant, session: SessionId, tx: mpsc::Sender<Outbound>) -> Self {
+    /// A socket whose queue holds at most `capacity` frames.
+    pub fn new(conn: u64, tenant: Tenant, session: SessionId, capacity: usize) -> Self {
         Self {
             conn,
             tenant,
             session,
-            tx,
+            outbox: Outbox {
+                queue: Mutex::new(VecDeque::new()),
+                capacity,
+                ping_due: AtomicBool::new(false),
+                ready: Notify::new(),
+            },
             terminal: Mutex::new(None),
             wake: Notify::new(),
             last_seen: AtomicI64::new(now_ms()),
@@ -72,7 +90,24 @@ impl SocketShared {
 
     /// Queues a frame; a full queue makes the socket a slow consumer.
     pub fn send(&self, frame: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+        let text = match frame {
+            Outbound::Ping => {
+                self.outbox.ping_due.store(true, Ordering::Release);
+                self.outbox.ready.notify_one();
+                return;
+            }
+            Outbound::Text(t) => t,
+        };
+        let full = {
+            let mut q = self.outbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= self.outbox.capacity {
+                true
+            } else {
+                q.push_back(text);
+                false
+            }
+        };
+        if full {
             metrics::counter!(m::SLOW_CONSUMERS).increment(1);
             self.terminate(Terminal {
                 frame: None,
@@ -80,6 +115,34 @@ impl SocketShared {
                 reason: "slow consumer: outbound queue full",
                 detach: true,
             });
+        } else {
+            self.outbox.ready.notify_one();
+        }
+    }
+
+    /// A queued frame, without waiting; the queue's memory is released
+    /// once it runs empty.
+    pub fn try_next(&self) -> Option<Outbound> {
+        if self.outbox.ping_due.swap(false, Ordering::AcqRel) {
+            return Some(Outbound::Ping);
+        }
+        let mut q = self.outbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let frame = q.pop_front();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+        frame.map(Outbound::Text)
+    }
+
+    /// The next frame to write, waiting for one.
+    pub async fn next(&self) -> Outbound {
+        loop {
+            if let Some(f) = self.try_next() {
+                return f;
+            }
+            // notify_one stores a permit, so a frame queued between the
+            // check above and this wait is not missed.
+            self.outbox.ready.notified().await;
         }
     }
 
@@ -339,10 +402,9 @@ mod tests {
     fn an_ended_session_terminates_its_sockets_even_with_a_full_queue() {
         let hub = Hub::new();
         let s = session();
-        let (tx, _rx) = mpsc::channel(1);
-        let sock = Arc::new(SocketShared::new(1, s.tenant.clone(), s.id.clone(), tx));
+        let sock = Arc::new(SocketShared::new(1, s.tenant.clone(), s.id.clone(), 1));
         hub.register(sock.clone());
-        sock.send(Outbound::Ping); // fills the queue
+        sock.send(Outbound::Text("fills the queue".into()));
         hub.publish(Event::Ended(Arc::new(Tombstone {
             session: s,
             ending: Ending {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -52,12 +51,11 @@ where
         }
     };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(shared.cfg.outbound_queue);
     let socket = Arc::new(SocketShared::new(
         conn,
         token.tenant.clone(),
         token.session_id.clone(),
-        tx,
+        shared.cfg.outbound_queue,
     ));
     // Register before attaching so no event after the attach is missed.
     shared.hub.register(socket.clone());
@@ -138,7 +136,7 @@ where
     // leak this span into whatever else runs on the thread meanwhile.
     async move {
         debug!("socket attached");
-        let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id, rx).await;
+        let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id).await;
         shared.hub.unregister(&socket);
         if detach_needed {
             detach(&shared, &session, socket_id).await;
@@ -157,7 +155,6 @@ async fn serve<S>(
     socket: &Arc<SocketShared>,
     session: &Session,
     socket_id: &SocketId,
-    mut rx: mpsc::Receiver<Outbound>,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -171,7 +168,8 @@ where
             _ = socket.wake.notified() => {
                 let Some(t) = socket.take_terminal() else { continue };
                 // Flush what is already queued, then the terminal frame.
-                while let Ok(Outbound::Text(frame)) = rx.try_recv() {
+                while let Some(out) = socket.try_next() {
+                    let Outbound::Text(frame) = out else { continue };
                     if !write(ws, Message::Text(frame)).await { return t.detach; }
                 }
                 if t.detach {
@@ -184,11 +182,10 @@ where
                 finish(ws, t.frame, t.code, t.reason).await;
                 return false;
             }
-            out = rx.recv() => {
+            out = socket.next() => {
                 let msg = match out {
-                    Some(Outbound::Text(frame)) => Message::Text(frame),
-                    Some(Outbound::Ping) => Message::Ping(Default::default()),
-                    None => return true,
+                    Outbound::Text(frame) => Message::Text(frame),
+                    Outbound::Ping => Message::Ping(Default::default()),
                 };
                 // A client that stopped reading blocks this write; when the
                 // hub gives up on it (queue full) the terminal wakes us and
