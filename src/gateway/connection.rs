@@ -177,9 +177,9 @@ where
                     // told to reconnect (drain) must find its session
                     // DISCONNECTED wherever it lands, so it resumes.
                     shared.hub.unregister(socket);
-                    detach(shared, session, socket_id.clone()).await;
+                    Box::pin(detach(shared, session, socket_id.clone())).await;
                 }
-                finish(ws, t.frame, t.code, t.reason).await;
+                Box::pin(finish(ws, t.frame, t.code, t.reason)).await;
                 return false;
             }
             out = socket.next() => {
@@ -205,7 +205,7 @@ where
                         "rate_limited",
                         &format!("more than {rate} messages per second; slow down"),
                     );
-                    finish(ws, Some(frame), 4429, "rate limited").await;
+                    Box::pin(finish(ws, Some(frame), 4429, "rate limited")).await;
                     return true;
                 }
                 let text = match incoming {
@@ -221,7 +221,7 @@ where
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         metrics::counter!(m::WS_ERRORS, "code" => "too_big").increment(1);
                         warn!(size, max_size, "message too big");
-                        finish(ws, None, 1009, "message too big").await;
+                        Box::pin(finish(ws, None, 1009, "message too big")).await;
                         return true;
                     }
                     Some(Err(e)) => { debug!(error = %e, "socket error"); return true; }
@@ -229,7 +229,9 @@ where
                 match protocol::parse(text.as_str()) {
                     Ok(msg) => {
                         bad_frames = 0;
-                        if let Some(done) = handle(ws, shared, socket, session, msg).await {
+                        // Boxed: the rare paths' state must not be part of
+                        // every idle socket's resident future.
+                        if let Some(done) = Box::pin(handle(ws, shared, socket, session, msg)).await {
                             return done;
                         }
                     }
