@@ -590,6 +590,220 @@ mod tests {
         );
     }
 
+    use futures_util::StreamExt;
+    use std::time::Duration;
+    use turnstile::config::Config;
+
+    const T: Duration = Duration::from_secs(10);
+
+    async fn service() -> (LoginService, turnstile::server::RunningServer) {
+        let config = Config {
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            signing_key: Some("demo-login-service-test-key-0123456789".into()),
+            ..Config::default()
+        };
+        let server = turnstile::server::start(config).await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+                .unwrap()
+                .connect_lazy();
+        let svc =
+            LoginService::new("acme", SessionBrokerClient::new(channel), server.http_addr).unwrap();
+        (svc, server)
+    }
+
+    fn req(login: &str, station: &str, confirm: bool) -> LoginRequest {
+        LoginRequest {
+            login: login.into(),
+            password: PASSWORD.into(),
+            station: station.into(),
+            confirm,
+        }
+    }
+
+    async fn sign_in(svc: &LoginService, login: &str, station: &str, confirm: bool) -> Reply {
+        tokio::time::timeout(T, svc.login(req(login, station, confirm), None))
+            .await
+            .expect("login answers in time")
+            .expect("login succeeds")
+    }
+
+    #[tokio::test]
+    async fn sign_in_refuses_then_takes_over_on_confirmation() {
+        let (svc, _server) = service().await;
+        let first = sign_in(&svc, "ana", "desk-101", false).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(first.body["outcome"], "granted");
+        assert!(!first.body["token"].as_str().unwrap().is_empty());
+        assert!(first.body["ws_url"].as_str().unwrap().ends_with("/v1/ws"));
+
+        let again = sign_in(&svc, "ana", "desk-102", false).await;
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert_eq!(again.body["outcome"], "login_in_use");
+        assert_eq!(again.body["message"], LOGIN_IN_USE_MSG);
+        assert_eq!(again.body["holder"]["station"], "desk-101");
+
+        let confirmed = sign_in(&svc, "ana", "desk-102", true).await;
+        assert_eq!(confirmed.body["outcome"], "granted");
+        assert_eq!(confirmed.body["evicted"][0]["station"], "desk-101");
+        assert_eq!(confirmed.body["evicted"][0]["state"], "ended");
+    }
+
+    #[tokio::test]
+    async fn a_held_station_is_refused_even_when_confirmed_and_shows_in_the_picker() {
+        let (svc, _server) = service().await;
+        sign_in(&svc, "ana", "desk-101", false).await;
+        for confirm in [false, true] {
+            let r = sign_in(&svc, "bob", "desk-101", confirm).await;
+            assert_eq!(r.status, StatusCode::CONFLICT);
+            assert_eq!(r.body["outcome"], "station_in_use");
+            assert_eq!(
+                r.body["message"],
+                "Station desk-101 is in use by ana. Please pick another station."
+            );
+        }
+        let stations = svc.stations().await.unwrap().body;
+        assert_eq!(stations["stations"][0]["station"], "desk-101");
+        assert_eq!(stations["stations"][0]["free"], false);
+        assert_eq!(stations["stations"][0]["login"], "ana");
+        assert_eq!(stations["stations"][1]["free"], true);
+    }
+
+    #[tokio::test]
+    async fn bad_sign_ins_say_what_is_wrong() {
+        let (svc, _server) = service().await;
+        let mut wrong = req("ana", "desk-101", false);
+        wrong.password = "guess".into();
+        assert!(matches!(
+            svc.login(wrong, None).await,
+            Err(DemoError::BadCredentials)
+        ));
+        assert!(matches!(
+            svc.login(req("mallory", "desk-101", false), None).await,
+            Err(DemoError::BadCredentials)
+        ));
+        assert!(matches!(
+            svc.login(req("ana", "desk-999", false), None).await,
+            Err(DemoError::UnknownStation(s)) if s == "desk-999"
+        ));
+        assert!(matches!(
+            svc.login(req("ana", "", false), None).await,
+            Err(DemoError::BadRequest(m)) if m.starts_with("station:")
+        ));
+        // supervisors may sign in without a station
+        assert_eq!(sign_in(&svc, "sup", "", false).await.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn supervisor_endpoints_need_a_supervisor_key() {
+        let (svc, _server) = service().await;
+        let ana = sign_in(&svc, "ana", "desk-101", false).await;
+        let ana_key = ana.body["api_key"].as_str().unwrap().to_string();
+        let sup = sign_in(&svc, "sup", "", false).await;
+        let sup_key = sup.body["api_key"].as_str().unwrap().to_string();
+
+        assert!(matches!(
+            svc.agents(None).await,
+            Err(DemoError::Unauthorized)
+        ));
+        assert!(matches!(
+            svc.agents(Some("nope")).await,
+            Err(DemoError::Unauthorized)
+        ));
+        assert!(matches!(
+            svc.agents(Some(&ana_key)).await,
+            Err(DemoError::Forbidden(_))
+        ));
+        let agents = svc.agents(Some(&sup_key)).await.unwrap().body;
+        let ana_row = agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["login"] == "ana")
+            .unwrap();
+        assert_eq!(ana_row["session"]["state"], "pending");
+        assert_eq!(ana_row["session"]["station"], "desk-101");
+
+        let notify = |login: &str| NotifyRequest {
+            login: Some(login.into()),
+            kind: NoticeKind::LicenseExpiry,
+            days: 5,
+        };
+        assert!(matches!(
+            svc.notify(Some(&ana_key), notify("ana")).await,
+            Err(DemoError::Forbidden(_))
+        ));
+        assert!(matches!(
+            svc.notify(Some(&sup_key), notify("zed")).await,
+            Err(DemoError::NotFound(_))
+        ));
+        let r = svc
+            .notify(Some(&sup_key), notify("ana"))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(
+            (r["delivered"].as_u64(), r["queued"].as_u64()),
+            (Some(0), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn carl_is_told_his_password_expires_right_after_the_welcome() {
+        use tokio_tungstenite::tungstenite::Message;
+        let (svc, server) = service().await;
+        let carl = sign_in(&svc, "carl", "desk-103", false).await;
+        let url = format!(
+            "ws://{}/v1/ws?token={}",
+            server.http_addr,
+            carl.body["token"].as_str().unwrap()
+        );
+        let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap()
+            .unwrap();
+        async fn next<S>(ws: &mut S) -> Value
+        where
+            S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+                + Unpin,
+        {
+            loop {
+                let msg = tokio::time::timeout(T, ws.next())
+                    .await
+                    .expect("a frame in time")
+                    .expect("socket open")
+                    .expect("no socket error");
+                if let Message::Text(t) = msg {
+                    return serde_json::from_str(&t).expect("JSON frame");
+                }
+            }
+        }
+        assert_eq!(next(&mut ws).await["type"], "welcome");
+        let notice = next(&mut ws).await;
+        assert_eq!(notice["type"], "notice");
+        assert_eq!(notice["notice"]["text"], "Your password expires in 3 days");
+        assert_eq!(notice["notice"]["data"]["days"], 3);
+    }
+
+    #[tokio::test]
+    async fn logout_releases_the_callers_session() {
+        let (svc, _server) = service().await;
+        let ana = sign_in(&svc, "ana", "desk-101", false).await;
+        let key = ana.body["api_key"].as_str().unwrap().to_string();
+        let r = svc.logout(Some(&key)).await.unwrap().body;
+        assert_eq!(r["session"]["state"], "ended");
+        assert!(matches!(
+            svc.logout(Some(&key)).await,
+            Err(DemoError::Unauthorized)
+        ));
+        // the login is free again
+        assert_eq!(
+            sign_in(&svc, "ana", "desk-101", false).await.status,
+            StatusCode::OK
+        );
+    }
+
     #[test]
     fn directory_is_consistent() {
         assert_eq!(registered_stations().len(), 10);
