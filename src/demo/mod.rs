@@ -62,6 +62,9 @@ pub struct DemoArgs {
     /// How long a dropped session waits for its client to come back.
     #[arg(long, default_value = "60s")]
     grace: humantime::Duration,
+    /// Also stop when stdin closes, so a test harness that dies takes the demo with it.
+    #[arg(long)]
+    exit_with_stdin: bool,
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
@@ -129,8 +132,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    crate::wait_for_signal().await?;
-    tracing::info!("signal received, stopping the demo");
+    if args.exit_with_stdin {
+        tokio::select! {
+            r = crate::wait_for_signal() => r?,
+            _ = stdin_closed() => tracing::info!("stdin closed"),
+        }
+    } else {
+        crate::wait_for_signal().await?;
+    }
+    tracing::info!("stopping the demo");
     // The demo first: its tasks hold the gRPC channel, which would keep the
     // broker's graceful shutdown waiting.
     stop.cancel();
@@ -162,4 +172,19 @@ fn random_hex(bytes: usize) -> String {
         let _ = write!(s, "{:02x}", rand::random::<u8>());
         s
     })
+}
+
+/// Resolves when stdin reaches end of file (or fails). The read blocks, so
+/// it runs on a plain thread: one in tokio's blocking pool would hold up
+/// the runtime's shutdown when the demo stops for another reason.
+fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    rx
 }

@@ -25,7 +25,10 @@ export async function startDemo({ heartbeat = "1s", grace = "60s" } = {}) {
   const child = spawn(bin, [
     "demo", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--demo-listen", "127.0.0.1:0",
     "--netsim-listen", "127.0.0.1:0", "--heartbeat", heartbeat, "--grace", grace,
-  ], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
+    // stdin is a pipe from this process: if it dies without stopping the
+    // demo (killed by a timeout, say), the pipe closes and the demo stops.
+    "--exit-with-stdin",
+  ], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
 
   let stderr = "";
   child.stderr.setEncoding("utf8");
