@@ -1,4 +1,7 @@
-//! The `turnstile` binary: `serve` runs a node, `ctl` drives one over gRPC.
+//! The `turnstile` binary: `serve` runs a node, `ctl` drives one over gRPC,
+//! `demo` runs a node with a demo login service and agent page.
+
+mod demo;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -27,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Operator CLI over the gRPC API.
     Ctl(turnstile::ctl::CtlArgs),
+    /// Run a node plus a demo login service and agent page (see docs/clients.md).
+    Demo(demo::DemoArgs),
 }
 
 /// Flags of `serve`; each overrides `TURNSTILE_*` env and the TOML file.
@@ -96,6 +101,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Ctl(args) => runtime.block_on(turnstile::ctl::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     }
 }
 

@@ -1,0 +1,303 @@
+// The demo agent desktop: signs in through the demo login service
+// (/api/login → the broker's Claim), then holds the agent's WebSocket with
+// the turnstile SDK. Plain ES module, no build step.
+
+import { connect } from "/turnstile.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** The sign-in answer (token, ws_url, api_key, role, ...) while signed in. */
+let me = null;
+/** The SDK client while signed in. */
+let client = null;
+/** Supervisor view: login -> row state. */
+const agents = new Map();
+
+// --- HTTP -------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (me && me.api_key) headers.Authorization = `Bearer ${me.api_key}`;
+  try {
+    const res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(10_000),
+    });
+    let data = {};
+    try {
+      data = await res.json();
+    } catch {
+      // not JSON
+    }
+    return { status: res.status, data };
+  } catch (e) {
+    return { status: 0, data: { message: `The login service cannot be reached (${e.message}).` } };
+  }
+}
+
+// --- views ------------------------------------------------------------------
+
+function show(view) {
+  for (const id of ["signin", "agent", "supervisor", "ended"]) $(id).hidden = true;
+  for (const id of view) $(id).hidden = false;
+}
+
+function signinError(text) {
+  $("signin-error").textContent = text;
+  $("signin-error").hidden = !text;
+}
+
+async function loadStations() {
+  const r = await api("GET", "/api/stations");
+  const select = $("station");
+  const keep = select.value;
+  select.replaceChildren();
+  const none = new Option("(no station — supervisors)", "");
+  select.add(none);
+  for (const s of r.data.stations ?? []) {
+    const label = s.free ? s.station : `${s.station} — in use (${s.login})`;
+    const opt = new Option(label, s.station);
+    opt.disabled = !s.free;
+    select.add(opt);
+  }
+  const firstFree = (r.data.stations ?? []).find((s) => s.free);
+  select.value = keep && [...select.options].some((o) => o.value === keep && !o.disabled)
+    ? keep
+    : firstFree ? firstFree.station : "";
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleTimeString() : "?";
+}
+
+async function signIn(confirm) {
+  signinError("");
+  $("confirm").hidden = true;
+  const body = {
+    login: $("login").value.trim(),
+    password: $("password").value,
+    station: $("station").value,
+    confirm,
+  };
+  $("signin-btn").disabled = true;
+  const r = await api("POST", "/api/login", body);
+  $("signin-btn").disabled = false;
+  if (r.status === 200) {
+    start(r.data);
+    return;
+  }
+  if (r.data.outcome === "login_in_use") {
+    const h = r.data.holder ?? {};
+    $("confirm-text").textContent = r.data.message;
+    $("confirm-detail").textContent =
+      `${h.login} is signed in${h.station ? ` at ${h.station}` : ""} (${h.client}, ${h.state}) since ${when(h.created_at_ms)}. ` +
+      "Continuing signs that session out.";
+    $("confirm").hidden = false;
+    $("confirm-yes").focus();
+    return;
+  }
+  if (r.data.outcome === "station_in_use") {
+    signinError(r.data.message);
+    loadStations();
+    return;
+  }
+  signinError(r.data.message ?? `Sign-in failed (HTTP ${r.status}).`);
+}
+
+// --- signed in ----------------------------------------------------------------
+
+function start(login) {
+  me = login;
+  $("who").textContent = `${login.name} (${login.login})`;
+  $("agent-name").textContent = login.name;
+  $("agent-station").textContent = login.station || "no station";
+  $("agent-status").textContent = "—";
+  $("session-info").textContent = "";
+  $("notices").replaceChildren();
+  markStatus(null);
+  const supervisor = login.role === "supervisor";
+  show(supervisor ? ["agent", "supervisor"] : ["agent"]);
+
+  client = connect(login.ws_url, login.token);
+  client.on("connectivity", setConnectivity);
+  client.on("welcome", (w) => {
+    $("session-info").textContent =
+      `Session ${w.session_id.slice(0, 8)}…, generation ${w.generation}` + (w.resumed ? " — resumed after a reconnect" : "");
+    if (supervisor) loadAgents();
+  });
+  client.on("notice", addNotice);
+  client.on("forcedLogout", (f) => ended(f.message));
+  client.on("presence", onPresence);
+  client.on("error", (e) => console.warn("turnstile:", e.code, e.message));
+  client.on("stopped", (s) => {
+    if (s.reason === "rejected" || s.reason === "gave_up" || s.reason === "connect_failed") {
+      ended("Your session has ended. Please sign in again.");
+    }
+  });
+  if (supervisor) client.watchPresence();
+}
+
+function setConnectivity(state) {
+  $("net-banner").hidden = state !== "degraded";
+  $("conn").textContent = state;
+  $("conn").className = `conn ${state}`;
+}
+
+function ended(message) {
+  client = null;
+  me = null;
+  $("who").textContent = "";
+  $("net-banner").hidden = true;
+  $("ended-message").textContent = message;
+  show(["ended"]);
+}
+
+function markStatus(status) {
+  for (const b of $("status-buttons").querySelectorAll("button")) {
+    b.classList.toggle("active", b.dataset.status === status);
+  }
+}
+
+function addNotice(n) {
+  const box = $("notices");
+  let el = [...box.children].find((c) => c.dataset.id === n.id);
+  if (!el) {
+    el = document.createElement("div");
+    el.dataset.id = n.id;
+    const text = document.createElement("span");
+    text.className = "text";
+    const ack = document.createElement("button");
+    ack.type = "button";
+    ack.className = "ack";
+    ack.textContent = "OK";
+    ack.addEventListener("click", () => {
+      client?.ack(n.id);
+      el.remove();
+    });
+    el.append(text, ack);
+    box.append(el);
+  }
+  el.className = `notice ${["info", "warning", "critical"].includes(n.severity) ? n.severity : "info"}`;
+  el.querySelector(".text").textContent = n.text;
+}
+
+async function signOut() {
+  const c = client;
+  client = null;
+  const confirmed = c ? await c.logout() : false;
+  if (!confirmed && me) await api("POST", "/api/logout", {}); // tell the broker through the login service
+  me = null;
+  $("who").textContent = "";
+  setConnectivity("offline");
+  $("notices").replaceChildren();
+  show(["signin"]);
+  loadStations();
+}
+
+// --- supervisor ---------------------------------------------------------------
+
+async function loadAgents() {
+  const r = await api("GET", "/api/agents");
+  if (r.status !== 200) {
+    $("notify-result").textContent = r.data.message ?? `Cannot list agents (HTTP ${r.status}).`;
+    return;
+  }
+  for (const a of r.data.agents) {
+    agents.set(a.login, { ...a, updatedAt: a.session ? a.session.last_seen_ms : 0 });
+  }
+  renderAgents();
+}
+
+function onPresence(p) {
+  const row = agents.get(p.session.login) ?? { login: p.session.login, name: p.session.login, updatedAt: 0 };
+  if (p.at_ms < row.updatedAt) return; // older than the snapshot
+  row.updatedAt = p.at_ms;
+  row.session = p.change === "ended" ? null : p.session;
+  agents.set(row.login, row);
+  renderAgents();
+}
+
+function renderAgents() {
+  const body = $("agents").querySelector("tbody");
+  body.replaceChildren();
+  for (const a of [...agents.values()].sort((x, y) => x.login.localeCompare(y.login))) {
+    const tr = document.createElement("tr");
+    tr.dataset.login = a.login;
+    const s = a.session;
+    const cells = [
+      `${a.name} (${a.login})`,
+      s?.station ?? "—",
+      s ? s.state : "signed out",
+      s?.status || "—",
+    ];
+    for (const [i, text] of cells.entries()) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (i === 2) td.className = `state state-${s ? s.state : "signed-out"}`;
+      if (i === 3) td.className = "status";
+      tr.append(td);
+    }
+    const actions = document.createElement("td");
+    for (const [kind, label] of [["password_expiry", "Password"], ["license_expiry", "License"]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `notify-${kind}`;
+      b.textContent = label;
+      b.addEventListener("click", () => notify(a.login, kind));
+      actions.append(b);
+    }
+    tr.append(actions);
+    body.append(tr);
+  }
+}
+
+async function notify(login, kind) {
+  const days = Number($("notice-days").value);
+  const r = await api("POST", "/api/notify", { login, kind, days });
+  $("notify-result").textContent = r.status === 200
+    ? `Notice ${r.data.notice_id}: delivered to ${r.data.delivered}, queued for ${r.data.queued}.`
+    : r.data.message ?? `Notify failed (HTTP ${r.status}).`;
+}
+
+// --- demo network ---------------------------------------------------------------
+
+async function setNetwork(mode) {
+  const r = await api("POST", "/api/netsim", { mode });
+  $("netsim-mode").textContent = r.data.mode ?? "?";
+}
+
+// --- wiring ---------------------------------------------------------------------
+
+$("signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  signIn(false);
+});
+$("confirm-yes").addEventListener("click", () => signIn(true));
+$("confirm-no").addEventListener("click", () => {
+  $("confirm").hidden = true;
+});
+$("refresh-stations").addEventListener("click", loadStations);
+$("status-buttons").addEventListener("click", (e) => {
+  const status = e.target?.dataset?.status;
+  if (!status || !client) return;
+  client.setStatus(status);
+  $("agent-status").textContent = status;
+  markStatus(status);
+});
+$("logout").addEventListener("click", signOut);
+$("signin-again").addEventListener("click", () => {
+  show(["signin"]);
+  signinError("");
+  loadStations();
+});
+$("reconnect-now").addEventListener("click", () => client?.reconnectNow());
+$("net-stall").addEventListener("click", () => setNetwork("stall"));
+$("net-cut").addEventListener("click", () => setNetwork("cut"));
+$("net-up").addEventListener("click", () => setNetwork("up"));
+$("notify-all-license").addEventListener("click", () => notify("", "license_expiry"));
+
+api("GET", "/api/netsim").then((r) => ($("netsim-mode").textContent = r.data.mode ?? "?"));
+loadStations();
