@@ -60,18 +60,16 @@ pub struct RunningServer {
 /// Starts a node with `config`.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let node = config.node_id();
-    let http = listen(config.http_listen)
-        .map_err(|source| ServerError::Bind {
-            what: "http/websocket",
-            addr: config.http_listen,
-            source,
-        })?;
-    let grpc = listen(config.grpc_listen)
-        .map_err(|source| ServerError::Bind {
-            what: "grpc",
-            addr: config.grpc_listen,
-            source,
-        })?;
+    let http = listen(config.http_listen).map_err(|source| ServerError::Bind {
+        what: "http/websocket",
+        addr: config.http_listen,
+        source,
+    })?;
+    let grpc = listen(config.grpc_listen).map_err(|source| ServerError::Bind {
+        what: "grpc",
+        addr: config.grpc_listen,
+        source,
+    })?;
     let http_addr = http.local_addr().unwrap_or(config.http_listen);
     let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
 

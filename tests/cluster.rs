@@ -11,17 +11,74 @@ mod support;
 use support::procs::{eventually, NodeProc, RedisCluster, RedisServer};
 use support::*;
 use turnstile::pb;
+use turnstile_client::{AgentSocket, ConnectOptions, ServerFrame};
 
 const T: &str = "acme";
 
-async fn ws_to(node: &NodeProc, token: &str) -> Ws {
-    connect(node.http, token).await
+/// An agent's socket, through the `turnstile-client` crate as a real agent
+/// application would use it.
+struct Agent(AgentSocket);
+
+/// What a welcome said.
+struct Welcome {
+    session_id: String,
+    resumed: bool,
 }
 
-async fn welcome_on(node: &NodeProc, token: &str) -> (Ws, serde_json::Value) {
-    let mut ws = ws_to(node, token).await;
-    let w = ws.expect_type("welcome").await;
-    (ws, w)
+impl Agent {
+    async fn next(&mut self) -> ServerFrame {
+        within("a frame", self.0.next_frame())
+            .await
+            .expect("a protocol frame")
+    }
+
+    async fn expect_forced_logout(&mut self, reason: &str, message: &str, code: u16) {
+        match self.next().await {
+            ServerFrame::ForcedLogout {
+                reason: r,
+                message: m,
+            } => {
+                assert_eq!((r.as_str(), m.as_str()), (reason, message));
+            }
+            other => panic!("expected forced_logout {reason}, got {other:?}"),
+        }
+        self.expect_close(code).await;
+    }
+
+    async fn expect_close(&mut self, code: u16) {
+        match self.next().await {
+            ServerFrame::Closed { code: c, .. } => assert_eq!(c, Some(code)),
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+    }
+
+    async fn close(self) {
+        self.0.close().await;
+    }
+}
+
+async fn welcome_on(node: &NodeProc, token: &str) -> (Agent, Welcome) {
+    let socket = within(
+        "connect",
+        AgentSocket::connect(node.http, token, &ConnectOptions::default()),
+    )
+    .await
+    .expect("the socket opens");
+    let mut agent = Agent(socket);
+    match agent.next().await {
+        ServerFrame::Welcome {
+            session_id,
+            resumed,
+            ..
+        } => (
+            agent,
+            Welcome {
+                session_id,
+                resumed,
+            },
+        ),
+        other => panic!("expected welcome, got {other:?}"),
+    }
 }
 
 async fn grant_on(node: &NodeProc, login: &str, station: &str) -> pb::ClaimResponse {
@@ -111,9 +168,11 @@ async fn rules_across_nodes(redis: &str, cluster: bool) {
     assert_eq!((sent.delivered, sent.queued), (0, 1));
     // ...and reaches him when he resumes on node 2.
     let (mut ws, w) = welcome_on(&n2, &bob.token).await;
-    assert_eq!(w["resumed"], true, "{w}");
-    let n = ws.expect_type("notice").await;
-    assert_eq!(n["notice"]["id"], "pw-1", "{n}");
+    assert!(w.resumed, "resumed on another node");
+    match ws.next().await {
+        ServerFrame::Notice(n) => assert_eq!(n["id"], "pw-1", "{n}"),
+        other => panic!("expected the queued notice, got {other:?}"),
+    }
     watch.expect_for(&bob_id, PresenceChange::Reconnected).await;
 }
 
@@ -147,7 +206,7 @@ async fn a_killed_nodes_sessions_disconnect_then_resume_elsewhere_or_expire() {
     watch.expect_for(&id1, PresenceChange::Disconnected).await;
     // ana comes back through node B within grace and resumes.
     let (_ws, w) = welcome_on(&b, &s1.token).await;
-    assert_eq!(w["resumed"], true, "{w}");
+    assert!(w.resumed);
     // bob does not: his session expires after grace and frees the station.
     let ended = watch.expect_for(&id2, PresenceChange::Ended).await;
     assert_eq!(
@@ -238,8 +297,10 @@ async fn sigterm_drains_sockets_to_other_nodes_without_a_forced_logout() {
     let s = grant_on(&a, "ana", "").await;
     let (mut ws, _) = welcome_on(&a, &s.token).await;
     let reader = tokio::spawn(async move {
-        let f = ws.expect_type("reconnect").await;
-        assert!(f["after_ms"].as_u64().expect("after_ms") < 200, "{f}");
+        match ws.next().await {
+            ServerFrame::Reconnect { after_ms } => assert!(after_ms < 200, "{after_ms}"),
+            other => panic!("expected reconnect, got {other:?}"),
+        }
         ws.expect_close(1012).await;
     });
     a.terminate().await;
@@ -247,8 +308,8 @@ async fn sigterm_drains_sockets_to_other_nodes_without_a_forced_logout() {
         .await
         .expect("told to reconnect");
     let (_ws, w) = welcome_on(&b, &s.token).await;
-    assert_eq!(w["resumed"], true, "a rolling restart logs nobody out: {w}");
-    assert_eq!(w["session_id"], session_of(&s).session_id.as_str());
+    assert!(w.resumed, "a rolling restart logs nobody out");
+    assert_eq!(w.session_id, session_of(&s).session_id);
 }
 
 #[tokio::test]
@@ -276,13 +337,19 @@ async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
     assert_eq!(r.outcome(), ClaimOutcome::Granted);
     let new_ana = session_of(&r).session_id.clone();
     let (_carl_b, w) = welcome_on(&b, &carl.token).await;
-    assert_eq!(w["resumed"], true, "{w}");
+    assert!(w.resumed);
 
     a.sigcont();
     // A wakes, finds itself fenced and drops its stale sockets.
-    let close_ana = ws_ana.next_frame().await;
-    let close_carl = ws_carl.next_frame().await;
-    let _ = (close_ana, close_carl);
+    // A wakes, finds itself fenced and drops its stale sockets: whatever
+    // it sends them last, they end.
+    for ws in [&mut ws_ana, &mut ws_carl] {
+        for _ in 0..3 {
+            if let ServerFrame::Closed { .. } = ws.next().await {
+                break;
+            }
+        }
+    }
     let http = a.http;
     eventually("the zombie to re-join (ready)", || async move {
         http_get(http, "/readyz").await.0 == 200
