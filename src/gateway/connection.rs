@@ -35,8 +35,68 @@ const MAX_BAD_FRAMES: u32 = 10;
 
 type Ws<S> = WebSocketStream<S>;
 
+/// A socket past its handshake: attached, welcomed, ready to serve.
+struct Opened<S> {
+    ws: Ws<S>,
+    socket: Arc<SocketShared>,
+    session: Session,
+    socket_id: SocketId,
+    conn: u64,
+}
+
 /// Serves one upgraded socket to its end.
-pub async fn run<S>(mut ws: Ws<S>, shared: Arc<Shared>, token: Result<ConnectToken, TokenError>)
+///
+/// Shaped for 100k idle sockets: opening (token, attach, welcome, queued
+/// notices) runs in its own boxed future, whose state is needed once; the
+/// opened socket lives in one heap box, not copied into every state of the
+/// long-lived future. An idle socket's task is ~1 KiB instead of ~3 KiB.
+pub fn run<S>(
+    ws: Ws<S>,
+    shared: Arc<Shared>,
+    token: Result<ConnectToken, TokenError>,
+) -> impl std::future::Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let opening = Box::pin(open(ws, shared.clone(), token));
+    async move {
+        let Some(opened) = opening.await else {
+            return;
+        };
+        let span = tracing::info_span!(
+            "socket",
+            conn = opened.conn,
+            tenant = %opened.session.tenant,
+            login = %opened.session.login,
+            session = %opened.session.id,
+        );
+        // `instrument`, not `span.enter()`: a guard held across `.await`
+        // would leak this span into whatever else runs on the thread.
+        serve_opened(opened, shared).instrument(span).await
+    }
+}
+
+/// Serves an opened socket, then detaches it when its session lives on.
+async fn serve_opened<S>(mut o: Box<Opened<S>>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    debug!("socket attached");
+    let detach_needed = serve(&mut o.ws, &shared, &o.socket, &o.session, &o.socket_id).await;
+    shared.hub.unregister(&o.socket);
+    if detach_needed {
+        Box::pin(detach(&shared, &o.session, o.socket_id)).await;
+    }
+    debug!(detach_needed, "socket finished");
+}
+
+/// Verifies, attaches and welcomes; `None` when the socket was refused or
+/// told why its session ended (it is closed then).
+async fn open<S>(
+    mut ws: Ws<S>,
+    shared: Arc<Shared>,
+    token: Result<ConnectToken, TokenError>,
+) -> Option<Box<Opened<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,7 +107,7 @@ where
             metrics::counter!(m::WS_ERRORS, "code" => "invalid_token").increment(1);
             let frame = protocol::error("invalid_token", &e.to_string());
             finish(&mut ws, Some(frame), 4401, "invalid token").await;
-            return;
+            return None;
         }
     };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +151,7 @@ where
             if !ok {
                 shared.hub.unregister(&socket);
                 detach(&shared, &session, socket_id).await;
-                return;
+                return None;
             }
             session
         }
@@ -105,7 +165,7 @@ where
                 reason.as_str(),
             )
             .await;
-            return;
+            return None;
         }
         Err(e) => {
             shared.hub.unregister(&socket);
@@ -122,29 +182,16 @@ where
                 code,
             )
             .await;
-            return;
+            return None;
         }
     };
-    let span = tracing::info_span!(
-        "socket",
+    Some(Box::new(Opened {
+        ws,
+        socket,
+        session,
+        socket_id,
         conn,
-        tenant = %session.tenant,
-        login = %session.login,
-        session = %session.id,
-    );
-    // `instrument`, not `span.enter()`: a guard held across `.await` would
-    // leak this span into whatever else runs on the thread meanwhile.
-    async move {
-        debug!("socket attached");
-        let detach_needed = serve(&mut ws, &shared, &socket, &session, &socket_id).await;
-        shared.hub.unregister(&socket);
-        if detach_needed {
-            detach(&shared, &session, socket_id).await;
-        }
-        debug!(detach_needed, "socket finished");
-    }
-    .instrument(span)
-    .await
+    }))
 }
 
 /// Relays frames until the socket ends; returns whether the session lives on
@@ -170,7 +217,7 @@ where
                 // Flush what is already queued, then the terminal frame.
                 while let Some(out) = socket.try_next() {
                     let Outbound::Text(frame) = out else { continue };
-                    if !write(ws, Message::Text(frame)).await { return t.detach; }
+                    if !Box::pin(write(ws, Message::Text(frame))).await { return t.detach; }
                 }
                 if t.detach {
                     // Detach before the close reaches the client: a client
@@ -191,7 +238,7 @@ where
                 // hub gives up on it (queue full) the terminal wakes us and
                 // the socket is dropped instead of waiting out the timeout.
                 let written = tokio::select! {
-                    ok = write(ws, msg) => ok,
+                    ok = Box::pin(write(ws, msg)) => ok,
                     _ = socket.wake.notified() => false,
                 };
                 if !written { return true; }
@@ -212,8 +259,8 @@ where
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         bad_frames += 1;
-                        reply_error(ws, "binary_not_supported", "send JSON text frames").await;
-                        if bad_frames >= MAX_BAD_FRAMES { return close_bad(ws).await; }
+                        Box::pin(reply_error(ws, "binary_not_supported", "send JSON text frames")).await;
+                        if bad_frames >= MAX_BAD_FRAMES { return Box::pin(close_bad(ws)).await; }
                         continue;
                     }
                     Some(Ok(Message::Close(_))) | None => return true,
@@ -238,8 +285,8 @@ where
                     Err(e) => {
                         bad_frames += 1;
                         metrics::counter!(m::WS_ERRORS, "code" => e.code).increment(1);
-                        reply_error(ws, e.code, &e.message).await;
-                        if bad_frames >= MAX_BAD_FRAMES { return close_bad(ws).await; }
+                        Box::pin(reply_error(ws, e.code, &e.message)).await;
+                        if bad_frames >= MAX_BAD_FRAMES { return Box::pin(close_bad(ws)).await; }
                     }
                 }
             }
