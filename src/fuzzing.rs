@@ -33,11 +33,14 @@ pub fn check_client_message(data: &[u8]) {
             assert!(!notice_id.is_empty() && notice_id.len() <= MAX_NOTICE_ID_LEN);
         }
         Ok(ClientMessage::Ping { id }) => {
-            // The pong echoes the id and must itself be valid JSON.
+            // The pong must be valid JSON and echo the id exactly: a client
+            // matches pongs to pings by id (serde_json's `float_roundtrip`
+            // keeps long decimals from drifting by one ULP).
             let pong = protocol::pong(&id);
             let v: serde_json::Value =
                 serde_json::from_str(pong.as_str()).expect("pong is valid JSON");
             assert_eq!(v["type"], "pong");
+            assert_eq!(v["id"], id, "the pong echoes the id the client sent");
         }
         Ok(ClientMessage::Logout | ClientMessage::WatchPresence) => {}
         Err(e) => {

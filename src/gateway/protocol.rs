@@ -247,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_id_is_echoed_as_the_number_the_client_sent() {
+        // Found by fuzzing (fuzz/corpus/client_message/crash-4dd1ff6c...):
+        // serde_json's default float parser may be one ULP off for long
+        // decimals, so this id came back in the pong as
+        // 1.0000000000000001e253 and a client matching pongs to pings by id
+        // never saw its own. Cargo.toml enables `float_roundtrip`.
+        let digits = format!("{}.{}", "9".repeat(253), "9".repeat(44));
+        let Ok(ClientMessage::Ping { id }) = parse(&format!(r#"{{"type":"ping","id":{digits}}}"#))
+        else {
+            panic!("not a ping");
+        };
+        // std's parser rounds correctly.
+        assert_eq!(id.as_f64(), Some(digits.parse::<f64>().unwrap()));
+        let echoed: Value = serde_json::from_str(pong(&id).as_str()).unwrap();
+        assert_eq!(echoed["id"], id);
+    }
+
+    #[test]
     fn bad_frames_get_a_code_naming_what_was_wrong() {
         assert_eq!(parse("{nope").unwrap_err().code, "malformed_json");
         assert_eq!(parse("[1]").unwrap_err().code, "malformed_json");
