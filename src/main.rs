@@ -3,6 +3,12 @@
 
 mod demo;
 
+/// jemalloc rather than the system allocator: under a claim storm glibc's
+/// malloc/free were ~18 % of the broker's CPU (docs/benchmarks.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

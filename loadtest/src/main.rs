@@ -10,6 +10,12 @@ use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
 use turnstile_loadtest::sys;
 
+/// jemalloc, as in the broker: the generator shares the machine's cores with
+/// what it measures, so its own allocator time is taken from the broker.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "turnstile-loadtest",
@@ -51,7 +57,10 @@ struct Common {
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
-    /// Worker threads of the generator.
+    /// Worker threads of the generator. Default: 1 for the one-in-flight
+    /// latency probes (`claim --in-flight 1`, `takeover --concurrency 1`),
+    /// where a multi-threaded client would add its own cross-thread
+    /// wake-ups to every measured round trip; else one per core.
     #[arg(long, global = true)]
     threads: Option<usize>,
 }
@@ -127,9 +136,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let nofile = sys::raise_nofile();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.common.threads {
-        rt.worker_threads(n);
-    }
+    let probe = matches!(
+        cli.scenario,
+        Scenario::Claim { in_flight: 1, .. } | Scenario::Takeover { concurrency: 1, .. }
+    );
+    match cli.common.threads {
+        Some(n) => rt.worker_threads(n.max(1)),
+        None if probe => rt.worker_threads(1),
+        None => &mut rt,
+    };
     let rt = rt.enable_all().build().context("starting the runtime")?;
     let c = &cli.common;
     let target = Target {

@@ -116,6 +116,9 @@ fn finish(report: &mut Report, started: Instant, cpu0: Option<Duration>, threads
     if let (Some(c0), Some(c1)) = (cpu0, sys::cpu_time("self")) {
         let cores = (c1 - c0).as_secs_f64() / wall.max(1e-9);
         report.machine.insert("generator_cpu_cores".into(), cores);
+        report
+            .machine
+            .insert("generator_threads".into(), threads as f64);
         if cores > 0.9 * threads as f64 {
             report.notes.push(format!(
                 "the load generator used {cores:.2} of its {threads} threads' cores: it, not the broker, may be the bottleneck"
@@ -124,10 +127,9 @@ fn finish(report: &mut Report, started: Instant, cpu0: Option<Duration>, threads
     }
 }
 
+/// The generator's worker threads (`--threads`, or its default).
 fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    tokio::runtime::Handle::current().metrics().num_workers()
 }
 
 /// `claim`: claims of distinct logins, `in_flight` at a time.
