@@ -98,6 +98,10 @@ enum Scenario {
         k: usize,
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        /// A storm: sign in all K first, then take them over at this many
+        /// per second (open loop, at most --concurrency in flight).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// M agents race for S < M stations: one holder per station.
     Stations {
@@ -138,7 +142,12 @@ fn main() -> anyhow::Result<()> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     let probe = matches!(
         cli.scenario,
-        Scenario::Claim { in_flight: 1, .. } | Scenario::Takeover { concurrency: 1, .. }
+        Scenario::Claim { in_flight: 1, .. }
+            | Scenario::Takeover {
+                concurrency: 1,
+                rate: None,
+                ..
+            }
     );
     match cli.common.threads {
         Some(n) => rt.worker_threads(n.max(1)),
@@ -159,6 +168,9 @@ fn main() -> anyhow::Result<()> {
     };
     let sockets_needed = match &cli.scenario {
         Scenario::Storm { n, .. } | Scenario::Idle { n, .. } => *n as u64,
+        Scenario::Takeover {
+            k, rate: Some(_), ..
+        } => *k as u64,
         _ => 0,
     };
     if sockets_needed + 64 > nofile {
@@ -176,9 +188,16 @@ fn main() -> anyhow::Result<()> {
                 hold,
                 broker_pid,
             } => scenarios::idle(&target, n, hold, broker_pid).await,
-            Scenario::Takeover { k, concurrency } => {
-                scenarios::takeover(&target, k, concurrency).await
-            }
+            Scenario::Takeover {
+                k,
+                concurrency,
+                rate: Some(rate),
+            } => scenarios::takeover_storm(&target, k, concurrency, rate).await,
+            Scenario::Takeover {
+                k,
+                concurrency,
+                rate: None,
+            } => scenarios::takeover(&target, k, concurrency).await,
             Scenario::Stations { m, s } => scenarios::stations(&target, m, s).await,
             Scenario::Churn { agents, duration } => {
                 scenarios::churn(&target, agents, duration).await

@@ -203,6 +203,9 @@ pub async fn claim(t: &Target, n: usize, in_flight: usize) -> Report {
 /// One signed-in agent: its socket and what the sign-in took.
 struct SignedIn {
     socket: AgentSocket,
+    login: String,
+    /// Index of the node its socket is on (`--ws`).
+    node: usize,
     session_id: String,
     token: String,
 }
@@ -234,6 +237,8 @@ async fn sign_in(
     lat[2].record(start.elapsed());
     Ok(SignedIn {
         socket,
+        login: login.to_string(),
+        node: i % t.ws.len(),
         session_id,
         token: r.token,
     })
@@ -317,12 +322,16 @@ pub async fn storm(t: &Target, n: usize, concurrency: usize) -> Report {
         "claims".into(),
         report.latencies.get("claim").map(|p| p.count).unwrap_or(0) as f64 / secs,
     );
-    release_all(t, held).await;
+    release_all(
+        t,
+        held.into_iter().map(|s| (s.session_id, s.socket)).collect(),
+    )
+    .await;
     report
 }
 
 /// Logs the agents out (so a run leaves nothing behind) and closes sockets.
-async fn release_all(t: &Target, held: Vec<SignedIn>) {
+async fn release_all(t: &Target, held: Vec<(String, AgentSocket)>) {
     let Ok(brokers) = t.brokers().await else {
         return;
     };
@@ -333,11 +342,11 @@ async fn release_all(t: &Target, held: Vec<SignedIn>) {
         let (held, tenant) = (held.clone(), t.tenant.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(s) = held.lock().await.pop() else {
+                let Some((session_id, socket)) = held.lock().await.pop() else {
                     break;
                 };
-                let _ = b.release(&tenant, &s.session_id).await;
-                drop(s.socket);
+                let _ = b.release(&tenant, &session_id).await;
+                drop(socket);
             }
         }));
     }
@@ -425,16 +434,7 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
         );
     }
     finish(&mut report, started, cpu0, threads());
-    let held: Vec<SignedIn> = sockets
-        .into_iter()
-        .zip(ids)
-        .map(|(socket, session_id)| SignedIn {
-            socket,
-            session_id,
-            token: String::new(),
-        })
-        .collect();
-    release_all(t, held).await;
+    release_all(t, ids.into_iter().zip(sockets).collect()).await;
     report
 }
 
@@ -528,6 +528,95 @@ pub async fn takeover(t: &Target, k: usize, concurrency: usize) -> Report {
         "takeovers".into(),
         take.count() as f64 / report.wall_seconds.max(1e-9),
     );
+    report
+}
+
+/// `takeover --rate R`: a takeover storm. Signs in `k` agents first (not
+/// measured as takeovers), then takes every one over on the next node at
+/// `rate` per second (open loop: each takeover starts at its scheduled
+/// time, at most `concurrency` in flight), measuring claim sent → the old
+/// socket's `forced_logout`.
+pub async fn takeover_storm(t: &Target, k: usize, concurrency: usize, rate: f64) -> Report {
+    let mut report = Report::new("takeover");
+    report.param("k", k);
+    report.param("concurrency", concurrency);
+    report.param("nodes", t.grpc.len());
+    report.param("offered_rate", rate);
+    let held = sign_in_many(t, k, concurrency, &mut report, "sign-ins").await;
+    let Ok(brokers) = t.brokers().await else {
+        report.error("grpc_connect");
+        return report;
+    };
+    let (nodes, per_node) = (t.grpc.len(), t.channels_per_node.max(1));
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let bar = t.bar(held.len() as u64, "takeovers");
+    let cpu0 = sys::cpu_time("self");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(held.len());
+    for (i, old) in held.into_iter().enumerate() {
+        // The claim goes to the node after the one holding the socket.
+        let mut second = brokers[((old.node + 1) % nodes) * per_node + i % per_node].clone();
+        let at = started + Duration::from_secs_f64(i as f64 / rate.max(1e-9));
+        let (gate, t, bar) = (gate.clone(), t.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let Ok(_permit) = gate.acquire().await else {
+                return Err("gate".to_string());
+            };
+            let SignedIn {
+                mut socket, login, ..
+            } = old;
+            let sent = Instant::now();
+            let reader = async {
+                let f = socket.next_frame_within(Duration::from_secs(10)).await;
+                (f, Instant::now())
+            };
+            let claim = second.claim(t.claim_req(&login, "", ConflictPolicy::Takeover));
+            let ((frame, seen), reply) = tokio::join!(reader, claim);
+            bar.inc(1);
+            let new_id = match reply {
+                Ok(r) if r.outcome() == ClaimOutcome::Granted => {
+                    r.session.map(|s| s.session_id).unwrap_or_default()
+                }
+                Ok(r) => return Ok(Err(format!("{login}: takeover answered {:?}", r.outcome()))),
+                Err(e) => return Err(classify(&e)),
+            };
+            let claimed = sent.elapsed();
+            let _ = second.release(&t.tenant, &new_id).await;
+            match frame {
+                Ok(ServerFrame::ForcedLogout { reason, .. }) if reason == "superseded" => {
+                    Ok(Ok((seen.duration_since(sent), claimed)))
+                }
+                other => Ok(Err(format!(
+                    "{login}: displaced socket got {other:?} instead of forced_logout superseded"
+                ))),
+            }
+        }));
+    }
+    let (mut take, mut claim2) = (Latency::default(), Latency::default());
+    for task in tasks {
+        match task.await {
+            Ok(Ok(Ok((a, b)))) => {
+                take.record(a);
+                claim2.record(b);
+            }
+            Ok(Ok(Err(violation))) => report.violations.push(violation),
+            Ok(Err(e)) => report.error(&e),
+            Err(_) => report.error("task"),
+        }
+    }
+    bar.finish_and_clear();
+    finish(&mut report, started, cpu0, threads());
+    report.latency("takeover_claim", &claim2);
+    report.latency("claim_to_forced_logout", &take);
+    report.count("takeovers", take.count());
+    let achieved = take.count() as f64 / report.wall_seconds.max(1e-9);
+    report.rates.insert("takeovers".into(), achieved);
+    if achieved < 0.95 * rate {
+        report.notes.push(format!(
+            "offered {rate:.0} takeovers/s, achieved {achieved:.0}/s: the broker(s) and generator on this machine could not keep up, so the latencies include queueing"
+        ));
+    }
     report
 }
 
@@ -688,7 +777,7 @@ pub async fn churn(t: &Target, agents: usize, duration: Duration) -> Report {
                         match AgentSocket::connect(t.ws_addr(i), &token, &t.opts(i)).await {
                             Ok(mut s) => match s.next_frame_within(Duration::from_secs(10)).await {
                                 Ok(ServerFrame::Welcome { session_id, .. }) if session_id == id => {
-                                    active = Some(SignedIn { socket: s, session_id: id, token });
+                                    active = Some(SignedIn { socket: s, session_id: id, token, ..cur });
                                 }
                                 other => violations.push(format!(
                                     "{login}: resume within grace got {other:?}"
