@@ -83,6 +83,18 @@ async fn takeover_sees_every_forced_logout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_storm_signs_in_first_then_takes_every_login_over() {
+    let (server, t) = node().await;
+    let r = scenarios::takeover_storm(&t, 50, 8, 500.0).await;
+    clean(&r);
+    assert_eq!(r.latencies["sign_in"].count, 50);
+    assert_eq!(r.latencies["claim_to_forced_logout"].count, 50);
+    assert_eq!(r.counts["takeovers"], 50);
+    assert!(r.rates.contains_key("takeovers"), "{:?}", r.rates);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stations_finds_exactly_one_holder_per_station() {
     let (server, t) = node().await;
     let r = scenarios::stations(&t, 50, 10).await;
