@@ -123,8 +123,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Expirations between yields of the expiry task.
+const EXPIRE_BATCH: usize = 256;
+
 /// The one expiry task: sleeps until the earliest deadline, expires what is
-/// due, and goes back to sleep.
+/// due (yielding every `EXPIRE_BATCH`), and goes back to sleep.
 async fn expire_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let now = now_ms();
@@ -139,7 +142,12 @@ async fn expire_loop(shared: Arc<Shared>, stop: CancellationToken) {
             }
             deadlines.first().map(|d| d.0)
         };
-        for (_, tenant, id) in due {
+        for (n, (_, tenant, id)) in due.into_iter().enumerate() {
+            // A mass expiry (thousands of sign-ins that never connected)
+            // must not hold a worker for tens of milliseconds.
+            if n > 0 && n % EXPIRE_BATCH == 0 {
+                tokio::task::yield_now().await;
+            }
             let Some(state) = shared.tenants.get(&tenant).map(|s| s.clone()) else {
                 continue;
             };
@@ -369,6 +377,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.state, SessionState::Ended(EndReason::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_mass_expiry_spanning_several_batches_ends_every_session() {
+        let (reg, mut rx) = start(RegistryConfig {
+            connect_timeout: Duration::from_millis(50),
+            ..RegistryConfig::default()
+        });
+        let n = EXPIRE_BATCH * 2 + 10;
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..n {
+            ids.insert(granted(&reg, &format!("agent{i}")).await.id);
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !ids.is_empty() {
+                match rx.recv().await {
+                    Some(Event::Ended(t)) => {
+                        assert_eq!(t.ending.reason, EndReason::Expired);
+                        ids.remove(&t.session.id);
+                    }
+                    Some(_) => continue,
+                    None => panic!("sink closed"),
+                }
+            }
+        })
+        .await
+        .expect("every pending session expires");
     }
 
     #[tokio::test]
