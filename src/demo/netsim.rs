@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,18 +59,7 @@ impl NetSim {
 
     /// Accepts and relays connections until `stop`.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
-        loop {
-            let stream = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "netsim: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, _)) = turnstile::gateway::accept(&listener, &stop, "netsim").await {
             tracker.spawn(relay(
                 stream,
                 self.upstream,
@@ -169,6 +157,7 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// An echo server standing in for the broker.
     async fn echo() -> SocketAddr {

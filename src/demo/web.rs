@@ -55,18 +55,7 @@ impl App {
 /// current request.
 pub async fn serve(listener: TcpListener, app: App, stop: CancellationToken, tracker: TaskTracker) {
     let app = Arc::new(app);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "demo: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = turnstile::gateway::accept(&listener, &stop, "demo").await {
         let app = app.clone();
         let stop = stop.clone();
         tracker.spawn(async move {

@@ -105,19 +105,7 @@ impl Gateway {
             self.shared.cfg.heartbeat,
             stop.clone(),
         ));
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, peer)) = accept(&listener, &stop, "gateway").await {
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
             let tracker2 = tracker.clone();
@@ -138,6 +126,28 @@ impl Gateway {
                     }
                 }
             });
+        }
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled.
+/// A failed accept (EMFILE and friends) is logged and retried after a short
+/// back-off instead of spinning; `what` names the listener in the log.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
     }
 }
