@@ -314,10 +314,22 @@ impl RedisRegistry {
 
     /// Makes sure this node hears the tenant's events.
     async fn ensure_subscribed(&self, tenant: &Tenant) -> Result<(), RegistryError> {
-        if self.inner.subscribed.contains(tenant) {
+        self.subscribe_once(&self.inner.subscribed, tenant, "ev")
+            .await
+    }
+
+    /// Subscribes to the tenant's `channel` unless `done` says it already
+    /// did, and records it there.
+    async fn subscribe_once(
+        &self,
+        done: &DashSet<Tenant>,
+        tenant: &Tenant,
+        channel: &str,
+    ) -> Result<(), RegistryError> {
+        if done.contains(tenant) {
             return Ok(());
         }
-        let channel = format!("{}ev", self.inner.rcfg.prefix(tenant));
+        let channel = format!("{}{channel}", self.inner.rcfg.prefix(tenant));
         self.inner
             .sub
             .lock()
@@ -325,7 +337,7 @@ impl RedisRegistry {
             .subscribe(&channel)
             .await
             .map_err(unavailable)?;
-        self.inner.subscribed.insert(tenant.clone());
+        done.insert(tenant.clone());
         Ok(())
     }
 
@@ -750,19 +762,8 @@ impl Registry for RedisRegistry {
 
     async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {
         self.ensure_subscribed(tenant).await?;
-        if self.inner.watching.contains(tenant) {
-            return Ok(());
-        }
-        let channel = format!("{}pr", self.inner.rcfg.prefix(tenant));
-        self.inner
-            .sub
-            .lock()
+        self.subscribe_once(&self.inner.watching, tenant, "pr")
             .await
-            .subscribe(&channel)
-            .await
-            .map_err(unavailable)?;
-        self.inner.watching.insert(tenant.clone());
-        Ok(())
     }
 
     fn is_ready(&self) -> bool {
