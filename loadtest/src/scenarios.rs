@@ -521,14 +521,18 @@ pub async fn takeover(t: &Target, k: usize, concurrency: usize) -> Report {
     }
     bar.finish_and_clear();
     finish(&mut report, started, cpu0, threads());
-    report.latency("takeover_claim", &claim2);
-    report.latency("claim_to_forced_logout", &take);
-    report.count("takeovers", take.count());
-    report.rates.insert(
-        "takeovers".into(),
-        take.count() as f64 / report.wall_seconds.max(1e-9),
-    );
+    record_takeovers(&mut report, &take, &claim2);
     report
+}
+
+/// Records what both takeover scenarios measure; returns takeovers/s.
+fn record_takeovers(report: &mut Report, take: &Latency, claim2: &Latency) -> f64 {
+    report.latency("takeover_claim", claim2);
+    report.latency("claim_to_forced_logout", take);
+    report.count("takeovers", take.count());
+    let rate = take.count() as f64 / report.wall_seconds.max(1e-9);
+    report.rates.insert("takeovers".into(), rate);
+    rate
 }
 
 /// `takeover --rate R`: a takeover storm. Signs in `k` agents first (not
@@ -607,11 +611,7 @@ pub async fn takeover_storm(t: &Target, k: usize, concurrency: usize, rate: f64)
     }
     bar.finish_and_clear();
     finish(&mut report, started, cpu0, threads());
-    report.latency("takeover_claim", &claim2);
-    report.latency("claim_to_forced_logout", &take);
-    report.count("takeovers", take.count());
-    let achieved = take.count() as f64 / report.wall_seconds.max(1e-9);
-    report.rates.insert("takeovers".into(), achieved);
+    let achieved = record_takeovers(&mut report, &take, &claim2);
     if achieved < 0.95 * rate {
         report.notes.push(format!(
             "offered {rate:.0} takeovers/s, achieved {achieved:.0}/s: the broker(s) and generator on this machine could not keep up, so the latencies include queueing"

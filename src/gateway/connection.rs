@@ -185,12 +185,13 @@ where
             for notice in &pending {
                 ok = ok && write(&mut ws, Message::Text(protocol::notice_frame(notice))).await;
             }
+            let holder = Holder::from(&session);
             if !ok {
                 shared.hub.unregister(&socket);
-                detach(&shared, &Holder::from(&session), socket_id).await;
+                detach(&shared, &holder, socket_id).await;
                 return None;
             }
-            Holder::from(&session)
+            holder
         }
         Ok(Attached::Ended(tombstone)) => {
             shared.hub.unregister(&socket);
