@@ -115,6 +115,37 @@ impl RedisConfig {
     }
 }
 
+/// socket.lua's request with only the fields every op has.
+fn socket_req<'a>(
+    op: &'static str,
+    id: &'a SessionId,
+    generation: Generation,
+    node: &'a NodeId,
+) -> wire::SocketReq<'a> {
+    wire::SocketReq {
+        op,
+        sid: id.as_str(),
+        gen: generation.0,
+        node: node.as_str(),
+        conn: None,
+        status: None,
+        nid: None,
+    }
+}
+
+fn script_limits(c: &RegistryConfig) -> [u64; 7] {
+    let ms = |d: Duration| d.as_millis() as u64;
+    [
+        ms(c.connect_timeout),
+        ms(c.grace),
+        ms(c.tombstone_ttl),
+        c.max_sockets_per_session as u64,
+        ms(c.idempotency_ttl),
+        c.max_notices_per_session as u64,
+        ms(c.default_notice_ttl),
+    ]
+}
+
 /// A session this node holds sockets for, as last seen in Redis: what it
 /// needs to reconcile, and to put back if Redis loses its data.
 #[derive(Clone, Debug)]
@@ -140,6 +171,13 @@ struct Inner {
     node: RwLock<NodeId>,
     base_node: NodeId,
     epoch: RwLock<String>,
+    /// The scripts' fixed limits, in `prelude.lua`'s argument order: connect
+    /// timeout, grace, tombstone ttl (ms), max sockets, idempotency ttl
+    /// (ms), max notices, default notice ttl (ms).
+    limits: [u64; 7],
+    /// The global epoch key on one Redis; empty on a cluster (tenants'
+    /// markers stand alone there).
+    epoch_key: String,
     /// Tenants whose event channel this node subscribed to.
     subscribed: DashSet<Tenant>,
     /// Tenants whose presence channel this node subscribed to (it has
@@ -194,6 +232,12 @@ impl RedisRegistry {
         let base_node = cfg.node.clone();
         let inner = Arc::new(Inner {
             pubcmd: conn::publish_command(&rcfg.target),
+            limits: script_limits(&cfg),
+            epoch_key: if rcfg.target.cluster {
+                String::new()
+            } else {
+                rcfg.nodes_key("epoch")
+            },
             node: RwLock::new(incarnation(&base_node)),
             base_node,
             cfg,
@@ -241,29 +285,6 @@ impl RedisRegistry {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// The script configuration (limits, this node, the epoch).
-    fn config_json(&self) -> String {
-        let c = &self.inner.cfg;
-        let ge = if self.inner.rcfg.target.cluster {
-            String::new()
-        } else {
-            self.inner.rcfg.nodes_key("epoch")
-        };
-        json!({
-            "node": self.node().as_str(),
-            "ct": c.connect_timeout.as_millis() as u64,
-            "gr": c.grace.as_millis() as u64,
-            "tt": c.tombstone_ttl.as_millis() as u64,
-            "ms": c.max_sockets_per_session,
-            "it": c.idempotency_ttl.as_millis() as u64,
-            "mn": c.max_notices_per_session,
-            "nt": c.default_notice_ttl.as_millis() as u64,
-            "epoch": self.epoch(),
-            "ge": ge,
-        })
-        .to_string()
-    }
-
     /// Runs a tenant script and decodes its reply (errors still inside).
     async fn run<R: Serialize>(
         &self,
@@ -280,7 +301,10 @@ impl RedisRegistry {
             .arg(&p)
             .arg(now_ms())
             .arg(self.inner.pubcmd)
-            .arg(self.config_json())
+            .arg(self.node().as_str())
+            .arg(&self.inner.limits[..])
+            .arg(self.epoch())
+            .arg(&self.inner.epoch_key)
             .arg(req)
             .invoke_async(&mut conn)
             .await
@@ -498,17 +522,20 @@ impl Registry for RedisRegistry {
         let tenant = req.tenant.clone();
         self.ensure_registered(&tenant).await?;
         let sid = SessionId::random();
-        let body = json!({
-            "sid": sid.as_str(),
-            "login": req.login.as_str(),
-            "station": req.station.as_ref().map(|s| s.as_str()).unwrap_or(""),
-            "client": req.client,
-            "role": req.role,
-            "policy": match req.policy { ConflictPolicy::Reject => "reject", ConflictPolicy::Takeover => "takeover" },
-            "attrs": req.attributes,
-            "idem": req.idempotency_key.as_deref().unwrap_or(""),
-            "kep": self.inner.known.contains(&tenant),
-        });
+        let body = wire::ClaimReq {
+            sid: sid.as_str(),
+            login: req.login.as_str(),
+            station: req.station.as_ref().map(|s| s.as_str()).unwrap_or(""),
+            client: &req.client,
+            role: &req.role,
+            policy: match req.policy {
+                ConflictPolicy::Reject => "reject",
+                ConflictPolicy::Takeover => "takeover",
+            },
+            attrs: &req.attributes,
+            idem: req.idempotency_key.as_deref().unwrap_or(""),
+            kep: self.inner.known.contains(&tenant),
+        };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {
             return Err(RegistryError::IdempotencyKeyReused {
@@ -676,8 +703,9 @@ impl Registry for RedisRegistry {
         self.check_lease()?;
         self.ensure_subscribed(tenant).await?;
         self.ensure_registered(tenant).await?;
-        let body = json!({"op": "attach", "sid": id.as_str(), "gen": generation.0,
-                          "node": self.node().as_str(), "conn": socket.conn});
+        let node = self.node();
+        let body = socket_req("attach", id, generation, &node);
+        let body = wire::SocketReq { conn: Some(socket.conn), ..body };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             let mut e = self.error(tenant, &r, id.as_str());
@@ -713,8 +741,9 @@ impl Registry for RedisRegistry {
     ) -> Result<(), RegistryError> {
         self.forget(tenant, id, socket.conn);
         self.check_lease()?;
-        let body = json!({"op": "detach", "sid": id.as_str(), "gen": generation.0,
-                          "node": self.node().as_str(), "conn": socket.conn});
+        let node = self.node();
+        let body = socket_req("detach", id, generation, &node);
+        let body = wire::SocketReq { conn: Some(socket.conn), ..body };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         match r.err.as_deref() {
             None => Ok(()),
@@ -731,8 +760,9 @@ impl Registry for RedisRegistry {
         status: String,
     ) -> Result<(), RegistryError> {
         self.check_lease()?;
-        let body = json!({"op": "status", "sid": id.as_str(), "gen": generation.0,
-                          "node": self.node().as_str(), "status": status});
+        let node = self.node();
+        let body = socket_req("status", id, generation, &node);
+        let body = wire::SocketReq { status: Some(&status), ..body };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             let mut e = self.error(tenant, &r, id.as_str());
@@ -751,8 +781,9 @@ impl Registry for RedisRegistry {
         notice_id: &str,
     ) -> Result<(), RegistryError> {
         self.check_lease()?;
-        let body = json!({"op": "ack", "sid": id.as_str(), "gen": 0,
-                          "node": self.node().as_str(), "nid": notice_id});
+        let node = self.node();
+        let body = socket_req("ack", id, Generation(0), &node);
+        let body = wire::SocketReq { nid: Some(notice_id), ..body };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             return Err(self.error(tenant, &r, id.as_str()));

@@ -82,6 +82,37 @@ pub struct WSocket {
     pub c: u64,
 }
 
+/// claim.lua's request (`R`), borrowed: a claim builds no JSON tree.
+#[derive(Serialize)]
+pub struct ClaimReq<'a> {
+    pub sid: &'a str,
+    pub login: &'a str,
+    pub station: &'a str,
+    pub client: &'a str,
+    pub role: &'a str,
+    pub policy: &'static str,
+    pub attrs: &'a BTreeMap<String, String>,
+    pub idem: &'a str,
+    /// Whether this node knew the tenant's epoch marker.
+    pub kep: bool,
+}
+
+/// socket.lua's request: a node's write for one of its sockets. Absent
+/// fields stay absent (cjson would turn `null` into a non-nil value).
+#[derive(Serialize)]
+pub struct SocketReq<'a> {
+    pub op: &'static str,
+    pub sid: &'a str,
+    pub gen: u64,
+    pub node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nid: Option<&'a str>,
+}
+
 /// A message on a tenant's event channel.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "k")]

@@ -34,7 +34,7 @@ if R.station ~= '' then
 end
 
 if not out then
-  local evicted = {}
+  local evicted, evj = {}, {}
   local hid = redis.call('GET', P .. 'l:' .. R.login)
   local h = hid and rec(hid)
   if h and R.policy == 'reject' then
@@ -43,8 +43,10 @@ if not out then
     if h then
       local reason = 'superseded'
       if R.station ~= '' and R.station ~= h.s.station then reason = 'station_changed' end
-      table.insert(evicted, finish(h, reason,
-        {client = R.client, station = R.station, sid = R.sid, at = NOW}, ''))
+      local es, esj = finish(h, reason,
+        {client = R.client, station = R.station, sid = R.sid, at = NOW}, '')
+      table.insert(evicted, es)
+      table.insert(evj, esj)
     end
     local gen = redis.call('INCR', P .. 'g:' .. R.login)
     local s = {id = R.sid, login = R.login, station = R.station, client = R.client,
@@ -57,12 +59,16 @@ if not out then
       for _, n in ipairs(mb) do if n.exp > NOW then table.insert(notices, n) end end
     end
     local r = {s = s, k = {}, nt = notices, dl = NOW + C.ct}
-    put(r)
+    local sj = cjson.encode(s)
+    put_j(r, sj)
     redis.call('SET', P .. 'l:' .. R.login, R.sid)
     if R.station ~= '' then redis.call('SET', P .. 'st:' .. R.station, R.sid) end
     redis.call('ZADD', P .. 'live', 0, R.sid)
     redis.call('ZADD', P .. 'dl', r.dl, R.sid)
-    presence(s, 'claimed')
+    presence_j(sj, 'claimed')
+    if R.idem == '' then
+      return '{"o":"granted","s":' .. sj .. ',"ev":[' .. table.concat(evj, ',') .. ']}'
+    end
     out = {o = 'granted', s = s, ev = evicted}
   end
 end

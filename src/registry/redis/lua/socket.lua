@@ -17,7 +17,7 @@ if R.op == 'attach' then
   local present = false
   for _, k in ipairs(r.k) do if k.n == R.node and k.c == R.conn then present = true end end
   if not present then
-    if #r.k >= C.ms then return err('toomany') end
+    if #r.k >= tonumber(C.ms) then return err('toomany') end
     table.insert(r.k, {n = R.node, c = R.conn})
     redis.call('SADD', P .. 'n:' .. R.node, R.sid)
   end
@@ -33,9 +33,10 @@ if R.op == 'attach' then
   local keep = {}
   for _, n in ipairs(r.nt) do if n.exp > NOW then table.insert(keep, n) end end
   r.nt = keep
-  put(r)
-  if change then presence(r.s, change) end
-  return cjson.encode({o = 'live', s = r.s, resumed = resumed, nt = keep})
+  local sj = cjson.encode(r.s)
+  local nj = put_j(r, sj)
+  if change then presence_j(sj, change) end
+  return '{"o":"live","s":' .. sj .. ',"resumed":' .. tostring(resumed) .. ',"nt":' .. nj .. '}'
 elseif R.op == 'detach' then
   if drop_sockets(r, R.node, R.conn) == 0 then return cjson.encode({o = 'ok'}) end
   r.s.seen = NOW
