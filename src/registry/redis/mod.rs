@@ -704,8 +704,10 @@ impl Registry for RedisRegistry {
         self.ensure_subscribed(tenant).await?;
         self.ensure_registered(tenant).await?;
         let node = self.node();
-        let body = socket_req("attach", id, generation, &node);
-        let body = wire::SocketReq { conn: Some(socket.conn), ..body };
+        let body = wire::SocketReq {
+            conn: Some(socket.conn),
+            ..socket_req("attach", id, generation, &node)
+        };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             let mut e = self.error(tenant, &r, id.as_str());
@@ -742,8 +744,10 @@ impl Registry for RedisRegistry {
         self.forget(tenant, id, socket.conn);
         self.check_lease()?;
         let node = self.node();
-        let body = socket_req("detach", id, generation, &node);
-        let body = wire::SocketReq { conn: Some(socket.conn), ..body };
+        let body = wire::SocketReq {
+            conn: Some(socket.conn),
+            ..socket_req("detach", id, generation, &node)
+        };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         match r.err.as_deref() {
             None => Ok(()),
@@ -761,8 +765,10 @@ impl Registry for RedisRegistry {
     ) -> Result<(), RegistryError> {
         self.check_lease()?;
         let node = self.node();
-        let body = socket_req("status", id, generation, &node);
-        let body = wire::SocketReq { status: Some(&status), ..body };
+        let body = wire::SocketReq {
+            status: Some(&status),
+            ..socket_req("status", id, generation, &node)
+        };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             let mut e = self.error(tenant, &r, id.as_str());
@@ -782,8 +788,10 @@ impl Registry for RedisRegistry {
     ) -> Result<(), RegistryError> {
         self.check_lease()?;
         let node = self.node();
-        let body = socket_req("ack", id, Generation(0), &node);
-        let body = wire::SocketReq { nid: Some(notice_id), ..body };
+        let body = wire::SocketReq {
+            nid: Some(notice_id),
+            ..socket_req("ack", id, Generation(0), &node)
+        };
         let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
         if r.err.is_some() {
             return Err(self.error(tenant, &r, id.as_str()));

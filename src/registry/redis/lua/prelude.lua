@@ -38,7 +38,8 @@ local function put_j(r, sj)
   return nt
 end
 local function tomb(sid) return jget(P .. 't:' .. sid) end
-local function emit(ev) redis.call(PUB, P .. 'ev', cjson.encode(ev)) end
+local function emit_j(json) redis.call(PUB, P .. 'ev', json) end
+local function emit(ev) emit_j(cjson.encode(ev)) end
 -- Presence goes to its own channel: only nodes with presence watchers
 -- subscribe to it, so a sign-in storm does not flood every node.
 -- Messages and records that embed a session are spliced around its JSON
@@ -103,7 +104,7 @@ local function finish(r, reason, by, message)
   local tj = '{"s":' .. sj .. ',"reason":"' .. reason .. '","by":' .. cjson.encode(by)
     .. ',"msg":' .. cjson.encode(message or '') .. '}'
   redis.call('SET', P .. 't:' .. s.id, tj, 'PX', C.tt)
-  redis.call(PUB, P .. 'ev', '{"k":"e","t":' .. tj .. '}')
+  emit_j('{"k":"e","t":' .. tj .. '}')
   presence_j(sj, 'ended')
   return s, sj
 end
