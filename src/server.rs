@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::api::conn::GrpcConn;
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
@@ -156,15 +157,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone())
         .into_authenticated(crate::api::keys::ApiKeys::new(api_keys));
     let grpc_stop = stop.clone();
-    // The builder's tcp_nodelay applies only to listeners it binds itself;
-    // on our own listener, Nagle would hold every small reply for the
-    // peer's delayed ACK (~40 ms per claim).
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(grpc), |s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    });
+    // The builder's tcp_nodelay applies only to listeners it binds itself.
+    let incoming =
+        tokio_stream::StreamExt::map(TcpListenerStream::new(grpc), |s| s.map(GrpcConn::new));
     tracker.spawn(async move {
         let mut builder = tonic::transport::Server::builder();
         if let Some(files) = &tls {

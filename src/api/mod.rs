@@ -3,6 +3,7 @@
 //! decides, and the answer is converted back. Conflicts are outcomes, not
 //! errors.
 
+pub mod conn;
 pub mod convert;
 pub mod keys;
 
