@@ -25,6 +25,11 @@ pub const REDIS_DATA_LOSS: &str = "turnstile_redis_data_loss_total";
 pub const REDIS_FENCED: &str = "turnstile_redis_fenced_total";
 /// Counter: forced logouts delivered by reconciliation (the bus missed them).
 pub const REDIS_RECONCILED: &str = "turnstile_redis_reconciled_total";
+/// Counter: completed reconciliation rounds (local sockets against Redis).
+pub const REDIS_RECONCILE_ROUNDS: &str = "turnstile_redis_reconcile_rounds_total";
+/// Counter: sessions whose sockets Redis listed under this node after it
+/// had let them go (a missed detach); reconciliation dropped them.
+pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";
 /// Counter by `event` (forced_logout, conflict, auth_failure): audit events.
 pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 /// Counter by `limit`: connections or messages refused by a rate or count limit.

@@ -410,3 +410,137 @@ async fn redis_restarted_empty_gets_the_live_sessions_back_without_double_grants
     assert_eq!(r.outcome(), ClaimOutcome::LoginInUse);
     assert_eq!(r.holder.expect("holder").session_id, ana_id);
 }
+
+/// A counter's value on `node`'s `/metrics` (0 before it is first counted).
+async fn counter(node: &NodeProc, name: &str) -> f64 {
+    let (_, body) = http_get(node.http, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Reconciliation goes through a node's sessions 500 per script call. Each
+/// call used to drop, as stale, every socket of the node outside its own
+/// 500: a node holding more turned its live sessions DISCONNECTED every
+/// round, and they ended when the grace ran out under connected agents.
+#[tokio::test]
+async fn reconciliation_keeps_every_socket_of_a_node_holding_more_than_one_chunk() {
+    const N: usize = 600;
+    let redis = RedisServer::start().await;
+    let node = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut c = node.client().await;
+    let mut sockets = Vec::with_capacity(N);
+    for i in 0..N {
+        let login = format!("agent{i}");
+        let r = claim_on(&mut c, claim_req(T, &login, "", ConflictPolicy::Reject)).await;
+        assert_eq!(r.outcome(), ClaimOutcome::Granted, "{login}: {r:?}");
+        let mut ws = connect(node.http, &r.token).await;
+        ws.expect_type("welcome").await;
+        sockets.push(ws);
+    }
+
+    let rounds = "turnstile_redis_reconcile_rounds_total";
+    let seen = counter(&node, rounds).await;
+    eventually("two more reconciliation rounds", || async {
+        counter(&node, rounds).await >= seen + 2.0
+    })
+    .await;
+
+    let mut sessions = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..N {
+        let page = within(
+            "ListSessions",
+            c.list_sessions(pb::ListSessionsRequest {
+                tenant: T.into(),
+                page_size: 0,
+                page_token,
+            }),
+        )
+        .await
+        .expect("ListSessions succeeds")
+        .into_inner();
+        sessions.extend(page.sessions);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(sessions.len(), N);
+    let not_connected: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.state() != SessionState::Connected)
+        .map(|s| (s.login.as_str(), s.state()))
+        .collect();
+    assert!(
+        not_connected.is_empty(),
+        "{} not connected: {:?}",
+        not_connected.len(),
+        &not_connected[..not_connected.len().min(5)]
+    );
+    assert_eq!(
+        counter(&node, "turnstile_redis_stale_sockets_total").await,
+        0.0
+    );
+    for ws in sockets {
+        ws.close().await;
+    }
+}
+
+/// A socket Redis still lists under a node that let it go (its detach was
+/// lost, say, to a Redis outage) is cleared by reconciliation: the session
+/// turns DISCONNECTED, so its grace runs and its client can resume. The
+/// stale entry is written into Redis by hand, beside a live socket that
+/// must stay.
+#[tokio::test]
+async fn reconciliation_clears_a_socket_the_node_no_longer_holds() {
+    let redis = RedisServer::start().await;
+    let node = NodeProc::start(&redis.url(), false, &[]).await;
+    let ana = grant_on(&node, "ana", "").await;
+    let (_ws, _) = welcome_on(&node, &ana.token).await;
+    let mut c = node.client().await;
+    let incarnation = get_on(&mut c, T, &session_of(&ana).session_id)
+        .await
+        .expect("ana's session")
+        .node;
+
+    // bob's session is pending; Redis is made to believe the node holds a
+    // socket of it, attached long ago.
+    let bob = grant_on(&node, "bob", "").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
+    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
+        panic!("bob's record is in redis");
+    };
+    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
+    record["k"] = serde_json::json!([{"n": incarnation, "c": 999_999, "t": 1}]);
+    record["s"]["state"] = "connected".into();
+    record["dl"] = 0.into();
+    redis.cmd(&["SET", &key, &record.to_string()]).await;
+    redis
+        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
+        .await;
+    redis
+        .cmd(&[
+            "SADD",
+            &format!("turnstile:{{{T}}}:n:{incarnation}"),
+            &bob_id,
+        ])
+        .await;
+
+    eventually("bob's stale socket to be cleared", || async {
+        get_on(&mut node.client().await, T, &bob_id)
+            .await
+            .is_ok_and(|s| s.state() == SessionState::Disconnected)
+    })
+    .await;
+    assert!(counter(&node, "turnstile_redis_stale_sockets_total").await >= 1.0);
+    let ana_now = get_on(&mut c, T, &session_of(&ana).session_id)
+        .await
+        .expect("ana's session");
+    assert_eq!(
+        ana_now.state(),
+        SessionState::Connected,
+        "the live socket stays"
+    );
+}

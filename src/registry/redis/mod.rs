@@ -146,6 +146,29 @@ fn script_limits(c: &RegistryConfig) -> [u64; 7] {
     ]
 }
 
+/// One attach in flight, counted in [`Inner::attaching`] while it lives
+/// (also when the attach fails or its future is dropped).
+struct Attaching<'a> {
+    map: &'a DashMap<(Tenant, SessionId), usize>,
+    key: (Tenant, SessionId),
+}
+
+impl<'a> Attaching<'a> {
+    fn new(map: &'a DashMap<(Tenant, SessionId), usize>, key: (Tenant, SessionId)) -> Self {
+        *map.entry(key.clone()).or_insert(0) += 1;
+        Attaching { map, key }
+    }
+}
+
+impl Drop for Attaching<'_> {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+        self.map.remove_if(&self.key, |_, n| *n == 0);
+    }
+}
+
 /// A session this node holds sockets for, as last seen in Redis: what it
 /// needs to reconcile, and to put back if Redis loses its data.
 #[derive(Clone, Debug)]
@@ -188,6 +211,10 @@ struct Inner {
     /// Tenants this node saw with an epoch marker in the current epoch.
     known: DashSet<Tenant>,
     local: DashMap<(Tenant, SessionId), Local>,
+    /// Attaches in flight per session, counted from before the attach
+    /// script is sent until its socket is in `local` (or was refused): a
+    /// socket Redis lists under this node that is in neither map is stale.
+    attaching: DashMap<(Tenant, SessionId), usize>,
     ready: AtomicBool,
     subscription_ok: AtomicBool,
     /// Milliseconds since `started` until which the lease is surely valid.
@@ -251,6 +278,7 @@ impl RedisRegistry {
             registered: DashSet::new(),
             known: DashSet::new(),
             local: DashMap::new(),
+            attaching: DashMap::new(),
             ready: AtomicBool::new(false),
             subscription_ok: AtomicBool::new(true),
             lease_valid_ms: AtomicU64::new(0),
@@ -703,6 +731,10 @@ impl Registry for RedisRegistry {
         self.check_lease()?;
         self.ensure_subscribed(tenant).await?;
         self.ensure_registered(tenant).await?;
+        // Until this returns, reconciliation must not take the socket for
+        // a stale one (the script lists it under this node before
+        // `remember` records it here).
+        let _attaching = Attaching::new(&self.inner.attaching, (tenant.clone(), id.clone()));
         let node = self.node();
         let body = wire::SocketReq {
             conn: Some(socket.conn),

@@ -32,6 +32,9 @@ use crate::session::{
 
 /// Sessions per reconciliation script call, so no call blocks Redis long.
 const SYNC_CHUNK: usize = 500;
+/// Pages of a node's socket index read per tenant and round (SSCAN ends
+/// far sooner; this bounds the loop should Redis misbehave).
+const MAX_STALE_PAGES: usize = 100_000;
 /// Sessions expired per script call.
 const EXPIRE_BATCH: usize = 500;
 
@@ -286,29 +289,14 @@ impl RedisRegistry {
         }
         let node = self.node();
         for (tenant, locals) in by_tenant {
-            let chunks: Vec<_> = if locals.is_empty() {
-                vec![&locals[..]]
-            } else {
-                locals.chunks(SYNC_CHUNK).collect()
-            };
-            for chunk in chunks {
+            for chunk in locals.chunks(SYNC_CHUNK) {
                 let have: Vec<_> = chunk
                     .iter()
                     .map(|(id, s, _)| json!({"sid": id.as_str(), "gen": s.generation.0}))
                     .collect();
                 let body = json!({"node": node.as_str(), "have": have});
-                let r = match self.run(&SCRIPTS.sync, &tenant, &body).await {
-                    Ok(r) if r.err.is_none() => r,
-                    Ok(r) => {
-                        if r.err.as_deref() == Some("fenced") {
-                            self.inner.check_now.notify_one();
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, %tenant, "reconciliation failed; retrying next round");
-                        return;
-                    }
+                let Some(r) = self.sync(&tenant, &body).await else {
+                    return;
                 };
                 for t in &r.ended {
                     if let Ok(t) = t.to_tombstone(&tenant) {
@@ -324,6 +312,80 @@ impl RedisRegistry {
                         self.reassert(&tenant, id, s, conns).await;
                     }
                 }
+            }
+            if !self.clear_stale(&tenant, &node).await {
+                return;
+            }
+        }
+        metrics::counter!(crate::metrics_names::REDIS_RECONCILE_ROUNDS).increment(1);
+    }
+
+    /// Detaches the sockets Redis lists under this node for `tenant` that
+    /// the node neither holds nor is attaching, reading the node's socket
+    /// index a page at a time. Each page is checked against the node's
+    /// sockets after it was read, so a socket attached meanwhile is held
+    /// or in flight by then. Returns false when reconciliation must stop.
+    async fn clear_stale(&self, tenant: &Tenant, node: &crate::session::NodeId) -> bool {
+        let key = format!("{}n:{}", self.inner.rcfg.prefix(tenant), node.as_str());
+        let mut cursor: u64 = 0;
+        for _ in 0..MAX_STALE_PAGES {
+            let before = now_ms();
+            let mut conn = self.inner.conn.clone();
+            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SYNC_CHUNK)
+                .query_async(&mut conn)
+                .await;
+            let (next, ids) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, %tenant, "reconciliation failed; retrying next round");
+                    return false;
+                }
+            };
+            let stale: Vec<&str> = ids
+                .iter()
+                .filter(|id| {
+                    SessionId::parse(id).map_or(true, |sid| {
+                        let key = (tenant.clone(), sid);
+                        !self.inner.local.contains_key(&key)
+                            && !self.inner.attaching.contains_key(&key)
+                    })
+                })
+                .map(String::as_str)
+                .collect();
+            if !stale.is_empty() {
+                metrics::counter!(crate::metrics_names::REDIS_STALE_SOCKETS)
+                    .increment(stale.len() as u64);
+                let body = json!({"node": node.as_str(), "stale": stale, "before": before});
+                if self.sync(tenant, &body).await.is_none() {
+                    return false;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Runs the reconciliation script; `None` (logged) when this round
+    /// must stop.
+    async fn sync(&self, tenant: &Tenant, body: &serde_json::Value) -> Option<wire::Reply> {
+        match self.run(&SCRIPTS.sync, tenant, body).await {
+            Ok(r) if r.err.is_none() => Some(r),
+            Ok(r) => {
+                if r.err.as_deref() == Some("fenced") {
+                    self.inner.check_now.notify_one();
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, %tenant, "reconciliation failed; retrying next round");
+                None
             }
         }
     }

@@ -10,7 +10,8 @@
 --                 it (idempotency ttl ms), mn (max notices), nt (default
 --                 notice ttl ms), epoch, ge (global epoch key, '' on a cluster)
 --   ARGV[14] = request JSON
--- Records: s:<sid> = {s = session, k = sockets [{n, c}], nt = notices, dl}
+-- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
+-- t = attached at}], nt = notices, dl}
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local PUB = ARGV[3]

@@ -18,7 +18,7 @@ if R.op == 'attach' then
   for _, k in ipairs(r.k) do if k.n == R.node and k.c == R.conn then present = true end end
   if not present then
     if #r.k >= tonumber(C.ms) then return err('toomany') end
-    table.insert(r.k, {n = R.node, c = R.conn})
+    table.insert(r.k, {n = R.node, c = R.conn, t = NOW})
     redis.call('SADD', P .. 'n:' .. R.node, R.sid)
   end
   local change = nil

@@ -1,13 +1,16 @@
 -- Reconciliation of one node's sockets against the registry, after a lost
--- subscription and periodically. R = {node, have = [{sid, gen, conns}]}.
--- Returns the tombstones of sessions the node still holds sockets for
--- (their forced logout was missed), the sessions Redis no longer knows
--- (lost data: to re-assert), and detaches sockets Redis thinks the node
--- holds but it does not.
+-- subscription and periodically. R = {node, have = [{sid, gen}],
+-- stale = [sid], before}.
+-- `have`: sessions the node holds sockets for. Returns the tombstones of
+-- those that ended (their forced logout was missed) and the ids Redis no
+-- longer knows (lost data: to re-assert).
+-- `stale`: sessions Redis lists under the node (`n:<node>`) that the node
+-- neither holds nor is attaching: its sockets there are dropped. Only
+-- sockets attached before `before` (the node's clock when it looked), so a
+-- socket attached since is never taken for a stale one.
 if fenced(R.node) then return err('fenced') end
-local ended, missing, seen = {}, {}, {}
-for _, h in ipairs(R.have) do
-  seen[h.sid] = true
+local ended, missing = {}, {}
+for _, h in ipairs(R.have or {}) do
   local r = rec(h.sid)
   if not r or r.s.gen ~= h.gen then
     local t = tomb(h.sid)
@@ -15,18 +18,27 @@ for _, h in ipairs(R.have) do
     elseif not r then table.insert(missing, h.sid) end
   end
 end
-for _, id in ipairs(redis.call('SMEMBERS', P .. 'n:' .. R.node)) do
-  if not seen[id] then
-    local r = rec(id)
-    if r then
-      if drop_sockets(r, R.node, nil) > 0 then
-        r.s.seen = NOW
-        if #r.k == 0 then disconnect(r) end
-        put(r)
+for _, id in ipairs(R.stale or {}) do
+  local r = rec(id)
+  if r then
+    local keep, removed, left = {}, 0, false
+    for _, k in ipairs(r.k) do
+      if k.n == R.node and (k.t == nil or k.t < R.before) then
+        removed = removed + 1
+      else
+        table.insert(keep, k)
+        if k.n == R.node then left = true end
       end
-    else
-      redis.call('SREM', P .. 'n:' .. R.node, id)
     end
+    r.k = keep
+    if not left then redis.call('SREM', P .. 'n:' .. R.node, id) end
+    if removed > 0 then
+      r.s.seen = NOW
+      if #r.k == 0 then disconnect(r) end
+      put(r)
+    end
+  else
+    redis.call('SREM', P .. 'n:' .. R.node, id)
   end
 end
 return cjson.encode({ended = ended, missing = missing})
