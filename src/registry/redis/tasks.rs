@@ -425,6 +425,9 @@ impl RedisRegistry {
         let Some(tenant) = self.inner.rcfg.channel_tenant(channel) else {
             return;
         };
+        if wire::ended_elsewhere(payload, self.node().as_str()) {
+            return;
+        }
         let ev: WEvent = match serde_json::from_str(payload) {
             Ok(ev) => ev,
             Err(e) => {

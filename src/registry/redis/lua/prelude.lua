@@ -97,7 +97,17 @@ local function finish(r, reason, by, message)
   end
   redis.call('ZREM', P .. 'live', s.id)
   redis.call('ZREM', P .. 'dl', s.id)
-  for _, k in ipairs(r.k) do redis.call('SREM', P .. 'n:' .. k.n, s.id) end
+  -- The nodes holding its sockets, named in the event so that every other
+  -- node skips it without decoding it (node ids need no JSON escaping:
+  -- letters, digits and . _ @ + : -).
+  local held, nodes = {}, {}
+  for _, k in ipairs(r.k) do
+    redis.call('SREM', P .. 'n:' .. k.n, s.id)
+    if not held[k.n] then
+      held[k.n] = true
+      table.insert(nodes, '"' .. k.n .. '"')
+    end
+  end
   s.state = 'ended'
   s.reason = reason
   s.seen = NOW
@@ -105,7 +115,7 @@ local function finish(r, reason, by, message)
   local tj = '{"s":' .. sj .. ',"reason":"' .. reason .. '","by":' .. cjson.encode(by)
     .. ',"msg":' .. cjson.encode(message or '') .. '}'
   redis.call('SET', P .. 't:' .. s.id, tj, 'PX', C.tt)
-  emit_j('{"k":"e","t":' .. tj .. '}')
+  emit_j('{"k":"e","n":[' .. table.concat(nodes, ',') .. '],"t":' .. tj .. '}')
   presence_j(sj, 'ended')
   return s, sj
 end
