@@ -174,6 +174,18 @@ async fn rules_across_nodes(redis: &str, cluster: bool) {
         other => panic!("expected the queued notice, got {other:?}"),
     }
     watch.expect_for(&bob_id, PresenceChange::Reconnected).await;
+
+    // Reconciliation rounds complete (they page through the node's socket
+    // index with SSCAN, routed by key on a Redis Cluster), and bob's socket
+    // on node 2 stays attached through them.
+    let rounds = "turnstile_redis_reconcile_rounds_total";
+    let seen = counter(&n2, rounds).await;
+    eventually("two more reconciliation rounds on node 2", || async {
+        counter(&n2, rounds).await >= seen + 2.0
+    })
+    .await;
+    let bob_now = get_on(&mut c3, T, &bob_id).await.expect("bob's session");
+    assert_eq!(bob_now.state(), SessionState::Connected);
 }
 
 #[tokio::test]
