@@ -431,15 +431,18 @@ async fn counter(node: &NodeProc, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Reconciliation goes through a node's sessions 500 per script call. Each
-/// call used to drop, as stale, every socket of the node outside its own
-/// 500: a node holding more turned its live sessions DISCONNECTED every
-/// round, and they ended when the grace ran out under connected agents.
+/// A node holding more sessions than one script call handles (500):
+/// reconciliation keeps all of them attached — each call used to drop, as
+/// stale, every socket of the node outside its own 500, turning live
+/// sessions DISCONNECTED every round (they ended when the grace ran out,
+/// under connected agents) — and when the node dies, reaping it detaches
+/// all of them, 500 per call.
 #[tokio::test]
-async fn reconciliation_keeps_every_socket_of_a_node_holding_more_than_one_chunk() {
+async fn a_node_holding_more_than_one_batch_keeps_its_sockets_and_is_reaped_whole() {
     const N: usize = 600;
     let redis = RedisServer::start().await;
-    let node = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut node = NodeProc::start(&redis.url(), false, &[]).await;
+    let other = NodeProc::start(&redis.url(), false, &[]).await;
     let mut c = node.client().await;
     let mut sockets = Vec::with_capacity(N);
     for i in 0..N {
@@ -457,14 +460,52 @@ async fn reconciliation_keeps_every_socket_of_a_node_holding_more_than_one_chunk
         counter(&node, rounds).await >= seen + 2.0
     })
     .await;
+    let mut c = other.client().await;
+    let not_in = |state: SessionState, sessions: &[pb::Session]| -> Vec<String> {
+        sessions
+            .iter()
+            .filter(|s| s.state() != state)
+            .map(|s| format!("{} {:?}", s.login, s.state()))
+            .collect()
+    };
+    let sessions = list_on(&mut c, T).await;
+    assert_eq!(sessions.len(), N);
+    let wrong = not_in(SessionState::Connected, &sessions);
+    assert!(
+        wrong.is_empty(),
+        "{} not connected: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(
+        counter(&node, "turnstile_redis_stale_sockets_total").await,
+        0.0
+    );
 
+    node.kill9().await;
+    drop(sockets);
+    eventually(
+        "every session of the dead node to be DISCONNECTED",
+        || async {
+            not_in(
+                SessionState::Disconnected,
+                &list_on(&mut other.client().await, T).await,
+            )
+            .is_empty()
+        },
+    )
+    .await;
+}
+
+/// Every session of `tenant`, through ListSessions' pages (bounded).
+async fn list_on(c: &mut Client, tenant: &str) -> Vec<pb::Session> {
     let mut sessions = Vec::new();
     let mut page_token = String::new();
-    for _ in 0..N {
+    for _ in 0..1000 {
         let page = within(
             "ListSessions",
             c.list_sessions(pb::ListSessionsRequest {
-                tenant: T.into(),
+                tenant: tenant.into(),
                 page_size: 0,
                 page_token,
             }),
@@ -478,25 +519,7 @@ async fn reconciliation_keeps_every_socket_of_a_node_holding_more_than_one_chunk
             break;
         }
     }
-    assert_eq!(sessions.len(), N);
-    let not_connected: Vec<_> = sessions
-        .iter()
-        .filter(|s| s.state() != SessionState::Connected)
-        .map(|s| (s.login.as_str(), s.state()))
-        .collect();
-    assert!(
-        not_connected.is_empty(),
-        "{} not connected: {:?}",
-        not_connected.len(),
-        &not_connected[..not_connected.len().min(5)]
-    );
-    assert_eq!(
-        counter(&node, "turnstile_redis_stale_sockets_total").await,
-        0.0
-    );
-    for ws in sockets {
-        ws.close().await;
-    }
+    sessions
 }
 
 /// A socket Redis still lists under a node that let it go (its detach was
