@@ -435,8 +435,8 @@ async fn counter(node: &NodeProc, name: &str) -> f64 {
 /// reconciliation keeps all of them attached — each call used to drop, as
 /// stale, every socket of the node outside its own 500, turning live
 /// sessions DISCONNECTED every round (they ended when the grace ran out,
-/// under connected agents) — and when the node dies, reaping it detaches
-/// all of them, 500 per call.
+/// under connected agents); a tenant-wide notice reaches all of them; and
+/// when the node dies, reaping it detaches all of them, 500 per call.
 #[tokio::test]
 async fn a_node_holding_more_than_one_batch_keeps_its_sockets_and_is_reaped_whole() {
     const N: usize = 600;
@@ -481,6 +481,29 @@ async fn a_node_holding_more_than_one_batch_keeps_its_sockets_and_is_reaped_whol
         counter(&node, "turnstile_redis_stale_sockets_total").await,
         0.0
     );
+
+    // A tenant-wide notice reaches every one of them (500 per script call).
+    let sent = within(
+        "Notify",
+        c.notify(pb::NotifyRequest {
+            tenant: T.into(),
+            target: Some(pb::notify_request::Target::AllSessions(true)),
+            notice: Some(pb::Notice {
+                id: "lic-1".into(),
+                kind: "license_expiry".into(),
+                severity: "warning".into(),
+                text: "Your license expires in 7 days".into(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .expect("Notify succeeds")
+    .into_inner();
+    assert_eq!((sent.delivered, sent.queued), (N as u32, 0));
+    for ws in &mut sockets {
+        assert_eq!(ws.wait_type("notice").await["notice"]["id"], "lic-1");
+    }
 
     node.kill9().await;
     drop(sockets);

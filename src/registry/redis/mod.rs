@@ -133,6 +133,11 @@ fn socket_req<'a>(
     }
 }
 
+/// Sessions a tenant-wide notice reaches per script call.
+const NOTIFY_BATCH: usize = 500;
+/// Script calls per tenant-wide notice (500 × 10,000 sessions).
+const MAX_NOTIFY_BATCHES: usize = 10_000;
+
 fn script_limits(c: &RegistryConfig) -> [u64; 7] {
     let ms = |d: Duration| d.as_millis() as u64;
     [
@@ -708,17 +713,30 @@ impl Registry for RedisRegistry {
             NotifyTarget::Login(l) => ("login", l.as_str().to_string()),
             NotifyTarget::All => ("all", String::new()),
         };
-        let body = json!({"to": to, "v": v, "n": WNotice::from_notice(&notice),
-                          "kep": self.inner.known.contains(tenant)});
-        let r = self.run(&SCRIPTS.notify, tenant, &body).await?;
-        if r.err.is_some() {
-            return Err(self.error(tenant, &r, &v));
+        let n = WNotice::from_notice(&notice);
+        let mut counts = NotifyCounts {
+            delivered: 0,
+            queued: 0,
+        };
+        // A tenant-wide notice goes NOTIFY_BATCH sessions per call; the
+        // bound covers far more sessions than a tenant holds.
+        let mut after = String::new();
+        for _ in 0..MAX_NOTIFY_BATCHES {
+            let body = json!({"to": to, "v": v, "n": n, "after": after,
+                              "max": NOTIFY_BATCH, "kep": self.inner.known.contains(tenant)});
+            let r = self.run(&SCRIPTS.notify, tenant, &body).await?;
+            if r.err.is_some() {
+                return Err(self.error(tenant, &r, &v));
+            }
+            self.knows(tenant);
+            counts.delivered += r.d;
+            counts.queued += r.q;
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
         }
-        self.knows(tenant);
-        Ok(NotifyCounts {
-            delivered: r.d,
-            queued: r.q,
-        })
+        Ok(counts)
     }
 
     async fn attach(
