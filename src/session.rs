@@ -115,9 +115,12 @@ id_type!(
 );
 
 impl SessionId {
-    /// A fresh random id (UUIDv4, 32 hex digits).
+    /// A fresh random id (UUIDv4, 32 hex digits). The bytes come from the
+    /// thread's CSPRNG (ChaCha, seeded by the OS), not a `getrandom`
+    /// system call per claim as `Uuid::new_v4` makes.
     pub fn random() -> Self {
-        Self(Arc::from(uuid::Uuid::new_v4().simple().to_string()))
+        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        Self(Arc::from(uuid.simple().to_string()))
     }
 }
 
@@ -335,6 +338,18 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_session_ids_are_distinct_v4_uuids_that_parse_as_ids() {
+        let a = SessionId::random();
+        let b = SessionId::random();
+        assert_ne!(a, b);
+        let u = uuid::Uuid::parse_str(a.as_str()).expect("a UUID");
+        assert_eq!(u.get_version(), Some(uuid::Version::Random));
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(SessionId::parse(a.as_str()).is_ok());
+    }
 
     #[test]
     fn ids_accept_emails_and_refuse_spaces_naming_the_field() {
