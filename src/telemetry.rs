@@ -22,6 +22,21 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Refreshes the standard process metrics (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, …) from /proc; called
+/// for every scrape, so a load test can read a remote broker's memory and
+/// CPU from `/metrics`.
+pub fn collect_process_metrics() {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+}
+
 /// The process-wide Prometheus recorder, installed on first use. `None` if
 /// another recorder was installed first.
 pub fn metrics() -> Option<PrometheusHandle> {

@@ -72,6 +72,16 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("turnstile_claims_total"), "metrics: {body}");
+    // The process's own figures, which a remote load test reads.
+    let rss = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(rss.is_some_and(|b| b > 0.0), "metrics: {body}");
+    assert!(
+        body.contains("process_cpu_seconds_total"),
+        "metrics: {body}"
+    );
 
     child.start_kill().expect("kill");
     within("the binary exits", child.wait())

@@ -4,7 +4,10 @@
 //! - [`scenarios`]: idle, storm, takeover, stations, churn, claim.
 //! - [`report`]: HDR latency histograms, the JSON report, table and SVG.
 //! - [`sys`]: /proc figures (broker RSS and CPU, the generator's own CPU).
+//! - [`probe`]: the broker's memory and CPU from /proc or from its nodes'
+//!   `/metrics`.
 
+pub mod probe;
 pub mod report;
 pub mod scenarios;
 pub mod sys;

@@ -88,7 +88,9 @@ enum Scenario {
         /// How long to hold, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime_secs)]
         hold: Duration,
-        /// The broker's pid (default: the one local `turnstile serve`).
+        /// The broker's pid, to read its memory and CPU from /proc (default:
+        /// the one local `turnstile serve` when one node is targeted; else
+        /// every node's /metrics).
         #[arg(long)]
         broker_pid: Option<u32>,
     },

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use turnstile_client::pb::{self, ClaimOutcome, ConflictPolicy};
 use turnstile_client::{AgentSocket, Broker, ConnectOptions, Error, ServerFrame};
 
+use crate::probe::Probe;
 use crate::report::{Latency, Report};
 use crate::sys;
 
@@ -360,13 +361,17 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
     let mut report = Report::new("idle");
     report.param("n", n);
     report.param("hold_s", hold.as_secs_f64());
-    let pid = broker_pid.or_else(sys::find_broker);
-    if pid.is_none() {
-        report.notes.push(
-            "no local broker process found (--broker-pid): memory and CPU not measured".into(),
-        );
-    }
-    let rss0 = pid.and_then(sys::rss_kib);
+    let probe = Probe::choose(broker_pid, &t.ws);
+    report.notes.push(probe.describe());
+    let mut unmeasured = None;
+    let mut sample = async |probe: &Probe| match probe.sample().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            unmeasured.get_or_insert(e);
+            None
+        }
+    };
+    let before = sample(&probe).await;
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
     let held = sign_in_many(t, n, 256, &mut report, "connects").await;
@@ -391,13 +396,16 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
             }
         }));
     }
-    let rss1 = pid.and_then(sys::rss_kib);
-    let bcpu0 = pid.and_then(|p| sys::cpu_time(&p.to_string()));
+    let connected = sample(&probe).await;
     let hold_start = Instant::now();
     tokio::time::sleep(hold).await;
     let held_for = hold_start.elapsed().as_secs_f64();
-    let bcpu1 = pid.and_then(|p| sys::cpu_time(&p.to_string()));
-    let rss2 = pid.and_then(sys::rss_kib);
+    let after = sample(&probe).await;
+    if let Some(why) = unmeasured {
+        report
+            .notes
+            .push(format!("broker memory and CPU not measured: {why}"));
+    }
     stop.notify_waiters();
     let mut sockets = Vec::new();
     for r in readers {
@@ -411,7 +419,8 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
             "{lost} idle sockets were closed or sent something unexpected during the hold"
         ));
     }
-    if let (Some(a), Some(b), Some(c)) = (rss0, rss1, rss2) {
+    if let (Some(a), Some(b), Some(c)) = (before, connected, after) {
+        let (a, b, c) = (a.rss_kib, b.rss_kib, c.rss_kib);
         let sessions = ids.len().max(1) as f64;
         report
             .machine
@@ -427,10 +436,10 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
             (c.saturating_sub(a)) as f64 / sessions,
         );
     }
-    if let (Some(a), Some(b)) = (bcpu0, bcpu1) {
+    if let (Some(a), Some(b)) = (connected, after) {
         report.machine.insert(
             "broker_cpu_percent_of_one_core_during_hold".into(),
-            100.0 * (b - a).as_secs_f64() / held_for.max(1e-9),
+            100.0 * b.cpu.saturating_sub(a.cpu).as_secs_f64() / held_for.max(1e-9),
         );
     }
     finish(&mut report, started, cpu0, threads());

@@ -73,6 +73,34 @@ async fn idle_holds_sockets_and_reads_the_brokers_memory() {
     server.shutdown().await;
 }
 
+/// With no pid and more than one node address, the broker's figures come
+/// from the nodes' /metrics (here the same node listed twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reads_the_brokers_memory_from_its_metrics_without_a_pid() {
+    let (server, mut t) = node().await;
+    t.ws.push(t.ws[0]);
+    let r = scenarios::idle(&t, 50, Duration::from_millis(500), None).await;
+    clean(&r);
+    assert!(
+        r.notes.iter().any(|n| n.contains("/metrics of 2 node(s)")),
+        "{:?}",
+        r.notes
+    );
+    assert!(
+        r.machine
+            .get("broker_rss_before_kib")
+            .is_some_and(|k| *k > 0.0),
+        "{:?} {:?}",
+        r.machine,
+        r.notes
+    );
+    assert!(r.machine.contains_key("broker_kib_per_session"));
+    assert!(r
+        .machine
+        .contains_key("broker_cpu_percent_of_one_core_during_hold"));
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_sees_every_forced_logout() {
     let (server, t) = node().await;

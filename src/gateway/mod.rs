@@ -212,6 +212,7 @@ fn route(
                     metrics::gauge!(SESSIONS, "state" => "connected").set(c.connected as f64);
                     metrics::gauge!(SESSIONS, "state" => "disconnected").set(c.disconnected as f64);
                 }
+                crate::telemetry::collect_process_metrics();
                 let mut r = respond(StatusCode::OK, handle.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
