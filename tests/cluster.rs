@@ -602,3 +602,48 @@ async fn reconciliation_clears_a_socket_the_node_no_longer_holds() {
         "the live socket stays"
     );
 }
+
+/// A node that leaves (SIGTERM) detaches, before it exits, every socket
+/// Redis still lists under it — here one written by hand with an attach
+/// time in the future, which reconciliation leaves alone, so only the
+/// leave can clear it.
+#[tokio::test]
+async fn a_node_leaving_detaches_what_redis_still_lists_under_it() {
+    let redis = RedisServer::start().await;
+    let mut node = NodeProc::start(&redis.url(), false, &[]).await;
+    let other = NodeProc::start(&redis.url(), false, &[]).await;
+    let ana = grant_on(&node, "ana", "").await;
+    let (_ws, _) = welcome_on(&node, &ana.token).await;
+    let mut c = other.client().await;
+    let incarnation = get_on(&mut c, T, &session_of(&ana).session_id)
+        .await
+        .expect("ana's session")
+        .node;
+
+    let bob = grant_on(&node, "bob", "").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
+    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
+        panic!("bob's record is in redis");
+    };
+    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
+    record["k"] =
+        serde_json::json!([{"n": incarnation, "c": 999_999, "t": 9_000_000_000_000_000u64}]);
+    record["s"]["state"] = "connected".into();
+    record["dl"] = 0.into();
+    redis.cmd(&["SET", &key, &record.to_string()]).await;
+    redis
+        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
+        .await;
+    redis
+        .cmd(&[
+            "SADD",
+            &format!("turnstile:{{{T}}}:n:{incarnation}"),
+            &bob_id,
+        ])
+        .await;
+
+    node.terminate().await;
+    let bob_now = get_on(&mut c, T, &bob_id).await.expect("bob's session");
+    assert_eq!(bob_now.state(), SessionState::Disconnected);
+}

@@ -868,11 +868,7 @@ impl Registry for RedisRegistry {
         if let Ok(r) = self.nodes("bury", &[]).await {
             for t in r.t {
                 if let Ok(tenant) = Tenant::parse(&t) {
-                    let dead = self.node();
-                    if let Err(e) = self
-                        .run(&SCRIPTS.reap, &tenant, &json!({"dead": dead.as_str()}))
-                        .await
-                    {
+                    if let Err(e) = self.reap(&tenant, self.node().as_str()).await {
                         warn!(error = %e, tenant = %tenant, "leaving: could not detach sockets");
                     }
                 }

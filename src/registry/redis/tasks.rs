@@ -157,19 +157,23 @@ impl RedisRegistry {
                 let Ok(tenant) = Tenant::parse(&t) else {
                     continue;
                 };
-                for _ in 0..MAX_REAP_BATCHES {
-                    let body = json!({"dead": node, "max": REAP_BATCH});
-                    match self.run(&SCRIPTS.reap, &tenant, &body).await {
-                        Ok(r) if r.more => continue,
-                        Ok(_) => break,
-                        Err(e) => {
-                            warn!(error = %e, %tenant, node = %node, "reaping a dead node failed; its sessions left in this tenant keep their dead socket until taken over, released or evicted");
-                            break;
-                        }
-                    }
+                if let Err(e) = self.reap(&tenant, node).await {
+                    warn!(error = %e, %tenant, node = %node, "reaping a dead node failed; its sessions left in this tenant keep their dead socket until taken over, released or evicted");
                 }
             }
         }
+    }
+
+    /// Fences `node` in `tenant` and detaches its sockets there,
+    /// REAP_BATCH sessions per script call (bounded).
+    pub(super) async fn reap(&self, tenant: &Tenant, node: &str) -> Result<(), RegistryError> {
+        for _ in 0..MAX_REAP_BATCHES {
+            let body = json!({"dead": node, "max": REAP_BATCH});
+            if !self.run(&SCRIPTS.reap, tenant, &body).await?.more {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Expires due sessions of every tenant. Any node may do it: the
