@@ -647,3 +647,58 @@ async fn a_node_leaving_detaches_what_redis_still_lists_under_it() {
     let bob_now = get_on(&mut c, T, &bob_id).await.expect("bob's session");
     assert_eq!(bob_now.state(), SessionState::Disconnected);
 }
+
+/// A dead node whose reap was cut short (the burying node died, or Redis
+/// failed mid-way) stays listed as still to reap, and a live node's next
+/// lease round finishes the job: here a buried node `zz:1` still lists
+/// bob's socket, written by hand, and nothing else could clear it
+/// (reconciliation only checks a node's own sockets).
+#[tokio::test]
+async fn a_reap_left_unfinished_is_finished_by_a_live_node() {
+    let redis = RedisServer::start().await;
+    let node = NodeProc::start(&redis.url(), false, &[]).await;
+    let bob = grant_on(&node, "bob", "").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
+    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
+        panic!("bob's record is in redis");
+    };
+    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
+    record["k"] = serde_json::json!([{"n": "zz:1", "c": 1, "t": 1}]);
+    record["s"]["state"] = "connected".into();
+    record["dl"] = 0.into();
+    redis.cmd(&["SET", &key, &record.to_string()]).await;
+    redis
+        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
+        .await;
+    redis
+        .cmd(&["SADD", &format!("turnstile:{{{T}}}:n:zz:1"), &bob_id])
+        .await;
+    // What a bury leaves behind when the reap after it never ran.
+    redis
+        .cmd(&["ZADD", "turnstile:{nodes}:dead", "1", "zz:1"])
+        .await;
+    redis.cmd(&["SADD", "turnstile:{nodes}:t:zz:1", T]).await;
+    redis
+        .cmd(&["SADD", "turnstile:{nodes}:reaping", "zz:1"])
+        .await;
+
+    eventually("bob's socket on the dead node to be detached", || async {
+        get_on(&mut node.client().await, T, &bob_id)
+            .await
+            .is_ok_and(|s| s.state() == SessionState::Disconnected)
+    })
+    .await;
+    eventually(
+        "the dead node to be struck off the list to reap",
+        || async {
+            redis.cmd(&["SCARD", "turnstile:{nodes}:reaping"]).await == redis::Value::Int(0)
+        },
+    )
+    .await;
+    assert_eq!(
+        redis.cmd(&["EXISTS", "turnstile:{nodes}:t:zz:1"]).await,
+        redis::Value::Int(0),
+        "no tenant is left to reap it from"
+    );
+}

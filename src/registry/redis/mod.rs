@@ -356,11 +356,21 @@ impl RedisRegistry {
         }
     }
 
-    /// Runs the membership script.
+    /// Runs the membership script for this node.
     async fn nodes(&self, op: &str, args: &[String]) -> Result<wire::NodesReply, RegistryError> {
+        self.nodes_as(op, self.node().as_str(), args).await
+    }
+
+    /// Runs the membership script about `node` (this one or a dead one).
+    async fn nodes_as(
+        &self,
+        op: &str,
+        node: &str,
+        args: &[String],
+    ) -> Result<wire::NodesReply, RegistryError> {
         let mut conn = self.inner.conn.clone();
         let mut inv = SCRIPTS.nodes.key(self.inner.rcfg.nodes_key("leases"));
-        inv.arg(op).arg(self.node().as_str()).arg(now_ms());
+        inv.arg(op).arg(node).arg(now_ms());
         for a in args {
             inv.arg(a);
         }
@@ -866,11 +876,10 @@ impl Registry for RedisRegistry {
         // sessions this node still held sockets for are detached now rather
         // than after the lease runs out.
         if let Ok(r) = self.nodes("bury", &[]).await {
+            let me = self.node();
             for t in r.t {
-                if let Ok(tenant) = Tenant::parse(&t) {
-                    if let Err(e) = self.reap(&tenant, self.node().as_str()).await {
-                        warn!(error = %e, tenant = %tenant, "leaving: could not detach sockets");
-                    }
+                if let Err(e) = self.reap(&t, me.as_str()).await {
+                    warn!(error = %e, tenant = %t, "leaving: could not detach sockets; another node will");
                 }
             }
         }

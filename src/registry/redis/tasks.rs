@@ -132,45 +132,44 @@ impl RedisRegistry {
         self.inner.sink.publish(Event::Drain);
     }
 
-    /// Declares dead nodes dead and detaches their sockets everywhere.
+    /// Declares dead nodes dead and detaches their sockets everywhere, or
+    /// finishes such a reap another node left unfinished.
     async fn bury(&self, dead: &[String]) {
         let me = self.node();
         for node in dead.iter().filter(|n| n.as_str() != me.as_str()) {
-            let mut conn = self.inner.conn.clone();
-            let raw: Result<String, _> = SCRIPTS
-                .nodes
-                .key(self.inner.rcfg.nodes_key("leases"))
-                .arg("bury")
-                .arg(node)
-                .arg(now_ms())
-                .invoke_async(&mut conn)
-                .await;
-            let tenants = match raw
-                .ok()
-                .and_then(|r| serde_json::from_str::<wire::NodesReply>(&r).ok())
-            {
-                Some(r) => r.t,
-                None => continue,
+            let tenants = match self.nodes_as("bury", node, &[]).await {
+                Ok(r) => r.t,
+                Err(_) => continue,
             };
+            if tenants.is_empty() {
+                continue;
+            }
             info!(node = %node, tenants = tenants.len(), "node lease ran out; detaching its sockets");
             for t in tenants {
-                let Ok(tenant) = Tenant::parse(&t) else {
-                    continue;
-                };
-                if let Err(e) = self.reap(&tenant, node).await {
-                    warn!(error = %e, %tenant, node = %node, "reaping a dead node failed; its sessions left in this tenant keep their dead socket until taken over, released or evicted");
+                if let Err(e) = self.reap(&t, node).await {
+                    warn!(error = %e, tenant = %t, node = %node, "reaping a dead node failed; a later lease round retries");
                 }
             }
         }
     }
 
-    /// Fences `node` in `tenant` and detaches its sockets there,
-    /// REAP_BATCH sessions per script call (bounded).
-    pub(super) async fn reap(&self, tenant: &Tenant, node: &str) -> Result<(), RegistryError> {
+    /// Fences `node` in tenant `t` and detaches its sockets there,
+    /// REAP_BATCH sessions per script call (bounded), then records the
+    /// tenant as reaped.
+    pub(super) async fn reap(&self, t: &str, node: &str) -> Result<(), RegistryError> {
+        let tenant = match Tenant::parse(t) {
+            Ok(tenant) => tenant,
+            // Nothing of ours can live under a malformed name: done with it.
+            Err(_) => {
+                self.nodes_as("reaped", node, &[t.to_string()]).await?;
+                return Ok(());
+            }
+        };
         for _ in 0..MAX_REAP_BATCHES {
             let body = json!({"dead": node, "max": REAP_BATCH});
-            if !self.run(&SCRIPTS.reap, tenant, &body).await?.more {
-                break;
+            if !self.run(&SCRIPTS.reap, &tenant, &body).await?.more {
+                self.nodes_as("reaped", node, &[t.to_string()]).await?;
+                return Ok(());
             }
         }
         Ok(())

@@ -1,18 +1,30 @@
 -- Node membership, all under the '{nodes}' hash tag.
 --   KEYS[1] = '<ns>:{nodes}:leases' (zset node -> lease end, unix ms)
---   ARGV[1] = op: 'lease' | 'tenant' | 'bury'
+--   ARGV[1] = op: 'lease' | 'tenant' | 'bury' | 'reaped'
 --   ARGV[2] = node incarnation, ARGV[3] = now, ARGV[4..] per op
 local L = KEYS[1]
 local B = string.sub(L, 1, #L - 6)  -- '<ns>:{nodes}:'
 local op, node, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if op == 'bury' then
-  -- Declares a node dead for good; returns the tenants to reap it from.
+  -- Declares a node dead for good; returns the tenants still to reap it
+  -- from. Until each is reaped (op 'reaped') the node stays in 'reaping',
+  -- which lease rounds offer to live nodes, so a reap cut short (Redis
+  -- error, the burying node dying) is finished by someone.
   redis.call('ZADD', B .. 'dead', now, node)
   redis.call('ZREM', L, node)
   redis.call('ZREMRANGEBYSCORE', B .. 'dead', '-inf', now - 86400000)
   local ts = redis.call('SMEMBERS', B .. 't:' .. node)
-  redis.call('DEL', B .. 't:' .. node)
+  if #ts > 0 then redis.call('SADD', B .. 'reaping', node)
+  else redis.call('SREM', B .. 'reaping', node) end
   return cjson.encode({t = ts})
+end
+if op == 'reaped' then
+  -- ARGV[4] = a tenant the dead node's sockets are all detached from.
+  redis.call('SREM', B .. 't:' .. node, ARGV[4])
+  if redis.call('EXISTS', B .. 't:' .. node) == 0 then
+    redis.call('SREM', B .. 'reaping', node)
+  end
+  return cjson.encode({ok = true})
 end
 if redis.call('ZSCORE', B .. 'dead', node) then return cjson.encode({dead = true}) end
 if op == 'tenant' then
@@ -37,4 +49,7 @@ if not epoch then
   created = true
 end
 local due = redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, 16)
+for _, n in ipairs(redis.call('SRANDMEMBER', B .. 'reaping', 4)) do
+  if n ~= node then table.insert(due, n) end
+end
 return cjson.encode({epoch = epoch, created = created, fresh = not known, due = due})
