@@ -352,7 +352,6 @@ async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
     assert!(w.resumed);
 
     a.sigcont();
-    // A wakes, finds itself fenced and drops its stale sockets.
     // A wakes, finds itself fenced and drops its stale sockets: whatever
     // it sends them last, they end.
     for ws in [&mut ws_ana, &mut ws_carl] {
@@ -374,6 +373,29 @@ async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
     assert!(s.state() == SessionState::Pending, "{s:?}");
     let s = get_on(&mut cb, T, &ana_id).await.expect("old ana");
     assert_eq!(s.end_reason(), EndReason::Superseded);
+
+    // Under its new name A listens on its new channel, has left the old
+    // one, and hears the events for the sockets it holds now.
+    let old_name = get_on(&mut cb, T, &ana_id).await.expect("old ana").node;
+    let (mut ws_ana, _) = welcome_on(&a, &r.token).await;
+    let new_name = get_on(&mut cb, T, &new_ana).await.expect("new ana").node;
+    assert_ne!(old_name, new_name);
+    for (name, listeners) in [(&old_name, 0), (&new_name, 1)] {
+        let channel = format!("turnstile:{{{T}}}:ev:{name}");
+        let redis::Value::Array(reply) = redis.cmd(&["PUBSUB", "NUMSUB", &channel]).await else {
+            panic!("PUBSUB NUMSUB answers an array");
+        };
+        assert_eq!(
+            reply.get(1),
+            Some(&redis::Value::Int(listeners)),
+            "{channel}"
+        );
+    }
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    ws_ana
+        .expect_forced_logout("superseded", SUPERSEDED_MSG, 4001)
+        .await;
 }
 
 #[tokio::test]
@@ -701,4 +723,76 @@ async fn a_reap_left_unfinished_is_finished_by_a_live_node() {
         redis::Value::Int(0),
         "no tenant is left to reap it from"
     );
+}
+
+/// Events about a session go only to the channel of the node holding its
+/// sockets, so the other nodes are not even woken: ana's forced logout
+/// (her socket on node A, taken over through node B) is published on A's
+/// channel alone, and the next event, a notice for carl's socket on B, on
+/// B's alone. A tap on every event channel of the tenant sees them in
+/// Redis' order, so any copy on another channel would come between.
+#[tokio::test]
+async fn events_are_published_only_to_the_node_holding_the_socket() {
+    use futures_util::StreamExt;
+    let redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let carl = grant_on(&b, "carl", "").await;
+    let (_carl_ws, _) = welcome_on(&b, &carl.token).await;
+    let ana = grant_on(&a, "ana", "").await;
+    let (mut ana_ws, _) = welcome_on(&a, &ana.token).await;
+    let mut cb = b.client().await;
+    let node_of = |s: Option<pb::Session>| s.expect("the session").node;
+    let node_a = node_of(get_on(&mut cb, T, &session_of(&ana).session_id).await.ok());
+    let node_b = node_of(get_on(&mut cb, T, &session_of(&carl).session_id).await.ok());
+    assert_ne!(node_a, node_b);
+
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut tap = within("a pub/sub connection", client.get_async_pubsub())
+        .await
+        .expect("pub/sub connection");
+    within(
+        "PSUBSCRIBE",
+        tap.psubscribe(format!("turnstile:{{{T}}}:ev*")),
+    )
+    .await
+    .expect("PSUBSCRIBE");
+    let mut messages = tap.on_message();
+
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    ana_ws
+        .expect_forced_logout("superseded", SUPERSEDED_MSG, 4001)
+        .await;
+    within(
+        "Notify",
+        a.client().await.notify(pb::NotifyRequest {
+            tenant: T.into(),
+            target: Some(pb::notify_request::Target::SessionId(
+                session_of(&carl).session_id.clone(),
+            )),
+            notice: Some(pb::Notice {
+                id: "lic-1".into(),
+                kind: "license_expiry".into(),
+                text: "Your license expires in 7 days".into(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .expect("Notify succeeds");
+
+    for (node, kind) in [(&node_a, "e"), (&node_b, "n")] {
+        let m = within("an event on the tap", messages.next())
+            .await
+            .expect("the tap stays open");
+        let payload: String = m.get_payload().expect("a text payload");
+        assert_eq!(
+            m.get_channel_name(),
+            format!("turnstile:{{{T}}}:ev:{node}"),
+            "{payload}"
+        );
+        let event: serde_json::Value = serde_json::from_str(&payload).expect("a JSON event");
+        assert_eq!(event["k"], kind, "{payload}");
+    }
 }

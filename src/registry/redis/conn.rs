@@ -107,11 +107,19 @@ impl Sub {
         }
     }
 
-    /// Subscribes to a tenant's event channel (sharded on a cluster).
+    /// Subscribes to a channel (sharded on a cluster).
     pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Sub::Single(c) => c.subscribe(channel).await,
             Sub::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    /// Leaves a channel (sharded on a cluster).
+    pub async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Sub::Single(c) => c.unsubscribe(channel).await,
+            Sub::Cluster(c) => c.sunsubscribe(channel).await,
         }
     }
 }

@@ -102,17 +102,42 @@ impl RedisConfig {
         format!("{}:{{{}}}:", self.namespace, tenant.as_str())
     }
 
-    /// The tenant a channel `<ns>:{<tenant>}:ev` (endings, notices) or
-    /// `<ns>:{<tenant>}:pr` (presence) belongs to.
-    fn channel_tenant(&self, channel: &str) -> Option<Tenant> {
+    /// The channel of the events (endings, notices) about sockets `node`
+    /// holds in `tenant`: `<ns>:{<tenant>}:ev:<node>`. Scripts publish
+    /// each event only to its holders' channels, so no other node is woken.
+    fn events_channel(&self, tenant: &Tenant, node: &str) -> String {
+        format!("{}ev:{node}", self.prefix(tenant))
+    }
+
+    /// A tenant's presence channel, `<ns>:{<tenant>}:pr`.
+    fn presence_channel(&self, tenant: &Tenant) -> String {
+        format!("{}pr", self.prefix(tenant))
+    }
+
+    /// The tenant of one of this namespace's channels, and what it carries.
+    fn parse_channel<'c>(&self, channel: &'c str) -> Option<(Tenant, Channel<'c>)> {
         let inner = channel
             .strip_prefix(self.namespace.as_str())?
             .strip_prefix(":{")?;
-        let inner = inner
-            .strip_suffix("}:ev")
-            .or_else(|| inner.strip_suffix("}:pr"))?;
-        Tenant::parse(inner).ok()
+        // Tenant names cannot contain '}'.
+        let (tenant, rest) = inner.split_once('}')?;
+        let kind = match rest {
+            ":pr" => Channel::Presence,
+            _ => Channel::Events {
+                node: rest.strip_prefix(":ev:")?,
+            },
+        };
+        Some((Tenant::parse(tenant).ok()?, kind))
     }
+}
+
+/// What a tenant's channel carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Channel<'c> {
+    /// Endings and notices for the sockets this node incarnation holds.
+    Events { node: &'c str },
+    /// Presence changes, for watchers.
+    Presence,
 }
 
 /// socket.lua's request with only the fields every op has.
@@ -381,7 +406,8 @@ impl RedisRegistry {
 
     /// Makes sure this node hears the tenant's events.
     async fn ensure_subscribed(&self, tenant: &Tenant) -> Result<(), RegistryError> {
-        self.subscribe_once(&self.inner.subscribed, tenant, "ev")
+        let channel = self.inner.rcfg.events_channel(tenant, self.node().as_str());
+        self.subscribe_once(&self.inner.subscribed, tenant, channel)
             .await
     }
 
@@ -391,12 +417,11 @@ impl RedisRegistry {
         &self,
         done: &DashSet<Tenant>,
         tenant: &Tenant,
-        channel: &str,
+        channel: String,
     ) -> Result<(), RegistryError> {
         if done.contains(tenant) {
             return Ok(());
         }
-        let channel = format!("{}{channel}", self.inner.rcfg.prefix(tenant));
         self.inner
             .sub
             .lock()
@@ -861,8 +886,12 @@ impl Registry for RedisRegistry {
 
     async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {
         self.ensure_subscribed(tenant).await?;
-        self.subscribe_once(&self.inner.watching, tenant, "pr")
-            .await
+        self.subscribe_once(
+            &self.inner.watching,
+            tenant,
+            self.inner.rcfg.presence_channel(tenant),
+        )
+        .await
     }
 
     fn is_ready(&self) -> bool {
@@ -883,5 +912,42 @@ impl Registry for RedisRegistry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_their_tenant_and_what_they_carry() {
+        let rcfg = RedisConfig {
+            target: Target {
+                urls: vec![],
+                cluster: false,
+            },
+            lease_ttl: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(5),
+            namespace: "turnstile".into(),
+        };
+        let acme = Tenant::parse("acme").unwrap();
+        let ev = rcfg.events_channel(&acme, "n1:0000000a");
+        assert_eq!(ev, "turnstile:{acme}:ev:n1:0000000a");
+        assert_eq!(
+            rcfg.parse_channel(&ev),
+            Some((
+                acme.clone(),
+                Channel::Events {
+                    node: "n1:0000000a"
+                }
+            ))
+        );
+        let pr = rcfg.presence_channel(&acme);
+        assert_eq!(rcfg.parse_channel(&pr), Some((acme, Channel::Presence)));
+        // Another namespace, the old tenant-wide channel, and garbage.
+        assert_eq!(rcfg.parse_channel("other:{acme}:ev:n1:0000000a"), None);
+        assert_eq!(rcfg.parse_channel("turnstile:{acme}:ev"), None);
+        assert_eq!(rcfg.parse_channel("turnstile:{ac me}:pr"), None);
+        assert_eq!(rcfg.parse_channel("turnstile:{acme"), None);
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::wire::{self, WEvent, WSession, WSocket};
-use super::{incarnation, RedisRegistry, SCRIPTS};
+use super::{incarnation, Channel, RedisRegistry, SCRIPTS};
 use crate::registry::{Event, RegistryError};
 use crate::session::{
     now_ms, EndReason, EndedBy, Ending, SessionId, SessionState, Tenant, Tombstone,
@@ -86,7 +86,7 @@ impl RedisRegistry {
             }
         };
         if r.dead {
-            self.fence();
+            self.fence().await;
             return Err(super::fenced());
         }
         // Valid until the lease ends, measured from when the refresh was
@@ -118,7 +118,7 @@ impl RedisRegistry {
     /// off): nothing it holds is trusted any more. Drop every local socket
     /// (they reconnect and resume wherever the registry allows) and re-join
     /// under a new name.
-    fn fence(&self) {
+    async fn fence(&self) {
         let old = self.node();
         let new = incarnation(&self.inner.base_node);
         warn!(%old, %new, "this node was declared dead by the cluster; dropping its sockets and re-joining");
@@ -130,6 +130,18 @@ impl RedisRegistry {
         self.inner.registered.clear();
         self.inner.local.clear();
         self.inner.sink.publish(Event::Drain);
+        // Events for the new name come on new channels, subscribed to as
+        // tenants are used again; the old name's channels are left.
+        let tenants: Vec<Tenant> = self.inner.subscribed.iter().map(|t| t.clone()).collect();
+        self.inner.subscribed.clear();
+        let mut sub = self.inner.sub.lock().await;
+        for t in tenants {
+            let channel = self.inner.rcfg.events_channel(&t, old.as_str());
+            if let Err(e) = sub.unsubscribe(&channel).await {
+                // Harmless: what still arrives there is dropped on receipt.
+                warn!(error = %e, %channel, "could not leave the old incarnation's channel");
+            }
+        }
     }
 
     /// Declares dead nodes dead and detaches their sockets everywhere, or
@@ -411,16 +423,18 @@ impl RedisRegistry {
         if !sub.ping().await {
             return false;
         }
+        let node = self.node();
+        let rcfg = &self.inner.rcfg;
         let channels: Vec<String> = self
             .inner
             .subscribed
             .iter()
-            .map(|t| format!("{}ev", self.inner.rcfg.prefix(&t)))
+            .map(|t| rcfg.events_channel(&t, node.as_str()))
             .chain(
                 self.inner
                     .watching
                     .iter()
-                    .map(|t| format!("{}pr", self.inner.rcfg.prefix(&t))),
+                    .map(|t| rcfg.presence_channel(&t)),
             )
             .collect();
         for ch in channels {
@@ -435,11 +449,14 @@ impl RedisRegistry {
 
     /// Turns one pub/sub message into an event for local delivery.
     fn deliver(&self, channel: &str, payload: &str) {
-        let Some(tenant) = self.inner.rcfg.channel_tenant(channel) else {
+        let Some((tenant, kind)) = self.inner.rcfg.parse_channel(channel) else {
             return;
         };
-        if wire::ended_elsewhere(payload, self.node().as_str()) {
-            return;
+        if let Channel::Events { node } = kind {
+            if node != self.node().as_str() {
+                // A channel of this node's name before it was fenced.
+                return;
+            }
         }
         let ev: WEvent = match serde_json::from_str(payload) {
             Ok(ev) => ev,

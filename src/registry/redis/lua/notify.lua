@@ -36,7 +36,7 @@ for _, id in ipairs(ids) do
     put(r)
     if #r.k == 0 then out.q = out.q + 1 else
       out.d = out.d + 1
-      emit({k = 'n', sid = id, n = n})
+      emit_nodes(r.k, cjson.encode({k = 'n', sid = id, n = n}))
     end
   end
 end

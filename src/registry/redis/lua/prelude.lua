@@ -39,8 +39,18 @@ local function put_j(r, sj)
   return nt
 end
 local function tomb(sid) return jget(P .. 't:' .. sid) end
-local function emit_j(json) redis.call(PUB, P .. 'ev', json) end
-local function emit(ev) emit_j(cjson.encode(ev)) end
+-- Events about a session go to the channels of the nodes holding its
+-- sockets, `<ns>:{<tenant>}:ev:<node>` (node ids need no escaping:
+-- letters, digits and . _ @ + : -): no other node is woken by them.
+local function emit_nodes(k, json)
+  local done = {}
+  for _, sock in ipairs(k) do
+    if not done[sock.n] then
+      done[sock.n] = true
+      redis.call(PUB, P .. 'ev:' .. sock.n, json)
+    end
+  end
+end
 -- Presence goes to its own channel: only nodes with presence watchers
 -- subscribe to it, so a sign-in storm does not flood every node.
 -- Messages and records that embed a session are spliced around its JSON
@@ -97,17 +107,7 @@ local function finish(r, reason, by, message)
   end
   redis.call('ZREM', P .. 'live', s.id)
   redis.call('ZREM', P .. 'dl', s.id)
-  -- The nodes holding its sockets, named in the event so that every other
-  -- node skips it without decoding it (node ids need no JSON escaping:
-  -- letters, digits and . _ @ + : -).
-  local held, nodes = {}, {}
-  for _, k in ipairs(r.k) do
-    redis.call('SREM', P .. 'n:' .. k.n, s.id)
-    if not held[k.n] then
-      held[k.n] = true
-      table.insert(nodes, '"' .. k.n .. '"')
-    end
-  end
+  for _, k in ipairs(r.k) do redis.call('SREM', P .. 'n:' .. k.n, s.id) end
   s.state = 'ended'
   s.reason = reason
   s.seen = NOW
@@ -115,7 +115,7 @@ local function finish(r, reason, by, message)
   local tj = '{"s":' .. sj .. ',"reason":"' .. reason .. '","by":' .. cjson.encode(by)
     .. ',"msg":' .. cjson.encode(message or '') .. '}'
   redis.call('SET', P .. 't:' .. s.id, tj, 'PX', C.tt)
-  emit_j('{"k":"e","n":[' .. table.concat(nodes, ',') .. '],"t":' .. tj .. '}')
+  emit_nodes(r.k, '{"k":"e","t":' .. tj .. '}')
   presence_j(sj, 'ended')
   return s, sj
 end
