@@ -231,11 +231,11 @@ struct Inner {
     /// The global epoch key on one Redis; empty on a cluster (tenants'
     /// markers stand alone there).
     epoch_key: String,
-    /// Tenants whose event channel this node subscribed to.
-    subscribed: DashSet<Tenant>,
-    /// Tenants whose presence channel this node subscribed to (it has
-    /// presence watchers).
-    watching: DashSet<Tenant>,
+    /// The channels this node subscribed to: its event channel of each
+    /// tenant it holds sockets in (named after the incarnation, so a
+    /// re-joined node subscribes afresh), and the presence channel of each
+    /// tenant it has watchers in.
+    subscribed: DashSet<String>,
     /// Tenants this incarnation recorded in its membership set.
     registered: DashSet<Tenant>,
     /// Tenants this node saw with an epoch marker in the current epoch.
@@ -304,7 +304,6 @@ impl RedisRegistry {
             sink,
             epoch: RwLock::new(String::new()),
             subscribed: DashSet::new(),
-            watching: DashSet::new(),
             registered: DashSet::new(),
             known: DashSet::new(),
             local: DashMap::new(),
@@ -407,19 +406,12 @@ impl RedisRegistry {
     /// Makes sure this node hears the tenant's events.
     async fn ensure_subscribed(&self, tenant: &Tenant) -> Result<(), RegistryError> {
         let channel = self.inner.rcfg.events_channel(tenant, self.node().as_str());
-        self.subscribe_once(&self.inner.subscribed, tenant, channel)
-            .await
+        self.subscribe_once(channel).await
     }
 
-    /// Subscribes to the tenant's `channel` unless `done` says it already
-    /// did, and records it there.
-    async fn subscribe_once(
-        &self,
-        done: &DashSet<Tenant>,
-        tenant: &Tenant,
-        channel: String,
-    ) -> Result<(), RegistryError> {
-        if done.contains(tenant) {
+    /// Subscribes to `channel` unless this node already did.
+    async fn subscribe_once(&self, channel: String) -> Result<(), RegistryError> {
+        if self.inner.subscribed.contains(&channel) {
             return Ok(());
         }
         self.inner
@@ -429,7 +421,7 @@ impl RedisRegistry {
             .subscribe(&channel)
             .await
             .map_err(unavailable)?;
-        done.insert(tenant.clone());
+        self.inner.subscribed.insert(channel);
         Ok(())
     }
 
@@ -886,12 +878,8 @@ impl Registry for RedisRegistry {
 
     async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {
         self.ensure_subscribed(tenant).await?;
-        self.subscribe_once(
-            &self.inner.watching,
-            tenant,
-            self.inner.rcfg.presence_channel(tenant),
-        )
-        .await
+        self.subscribe_once(self.inner.rcfg.presence_channel(tenant))
+            .await
     }
 
     fn is_ready(&self) -> bool {

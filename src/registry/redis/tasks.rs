@@ -131,12 +131,20 @@ impl RedisRegistry {
         self.inner.local.clear();
         self.inner.sink.publish(Event::Drain);
         // Events for the new name come on new channels, subscribed to as
-        // tenants are used again; the old name's channels are left.
-        let tenants: Vec<Tenant> = self.inner.subscribed.iter().map(|t| t.clone()).collect();
-        self.inner.subscribed.clear();
+        // tenants are used again; the old name's are left.
+        let stale: Vec<String> = self
+            .inner
+            .subscribed
+            .iter()
+            .filter(|c| {
+                matches!(self.inner.rcfg.parse_channel(c),
+                    Some((_, Channel::Events { node })) if node == old.as_str())
+            })
+            .map(|c| c.clone())
+            .collect();
         let mut sub = self.inner.sub.lock().await;
-        for t in tenants {
-            let channel = self.inner.rcfg.events_channel(&t, old.as_str());
+        for channel in stale {
+            self.inner.subscribed.remove(&channel);
             if let Err(e) = sub.unsubscribe(&channel).await {
                 // Harmless: what still arrives there is dropped on receipt.
                 warn!(error = %e, %channel, "could not leave the old incarnation's channel");
@@ -423,20 +431,7 @@ impl RedisRegistry {
         if !sub.ping().await {
             return false;
         }
-        let node = self.node();
-        let rcfg = &self.inner.rcfg;
-        let channels: Vec<String> = self
-            .inner
-            .subscribed
-            .iter()
-            .map(|t| rcfg.events_channel(&t, node.as_str()))
-            .chain(
-                self.inner
-                    .watching
-                    .iter()
-                    .map(|t| rcfg.presence_channel(&t)),
-            )
-            .collect();
+        let channels: Vec<String> = self.inner.subscribed.iter().map(|c| c.clone()).collect();
         for ch in channels {
             if sub.subscribe(&ch).await.is_err() {
                 return false;
