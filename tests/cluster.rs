@@ -567,6 +567,28 @@ async fn list_on(c: &mut Client, tenant: &str) -> Vec<pb::Session> {
     sessions
 }
 
+/// Makes Redis believe `node` holds a socket of the pending session `id`
+/// (attached at `t`, unix ms): the session record lists it as connected
+/// with no connect deadline, and the node's socket index names it. Stands
+/// in for what a lost detach or an unfinished reap leaves behind.
+async fn plant_socket(redis: &RedisServer, id: &str, node: &str, t: u64) {
+    let key = format!("turnstile:{{{T}}}:s:{id}");
+    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
+        panic!("the session's record is in redis");
+    };
+    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
+    record["k"] = serde_json::json!([{"n": node, "c": 999_999, "t": t}]);
+    record["s"]["state"] = "connected".into();
+    record["dl"] = 0.into();
+    redis.cmd(&["SET", &key, &record.to_string()]).await;
+    redis
+        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), id])
+        .await;
+    redis
+        .cmd(&["SADD", &format!("turnstile:{{{T}}}:n:{node}"), id])
+        .await;
+}
+
 /// A socket Redis still lists under a node that let it go (its detach was
 /// lost, say, to a Redis outage) is cleared by reconciliation: the session
 /// turns DISCONNECTED, so its grace runs and its client can resume. The
@@ -588,25 +610,7 @@ async fn reconciliation_clears_a_socket_the_node_no_longer_holds() {
     // socket of it, attached long ago.
     let bob = grant_on(&node, "bob", "").await;
     let bob_id = session_of(&bob).session_id.clone();
-    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
-    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
-        panic!("bob's record is in redis");
-    };
-    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
-    record["k"] = serde_json::json!([{"n": incarnation, "c": 999_999, "t": 1}]);
-    record["s"]["state"] = "connected".into();
-    record["dl"] = 0.into();
-    redis.cmd(&["SET", &key, &record.to_string()]).await;
-    redis
-        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
-        .await;
-    redis
-        .cmd(&[
-            "SADD",
-            &format!("turnstile:{{{T}}}:n:{incarnation}"),
-            &bob_id,
-        ])
-        .await;
+    plant_socket(&redis, &bob_id, &incarnation, 1).await;
 
     eventually("bob's stale socket to be cleared", || async {
         get_on(&mut node.client().await, T, &bob_id)
@@ -644,26 +648,8 @@ async fn a_node_leaving_detaches_what_redis_still_lists_under_it() {
 
     let bob = grant_on(&node, "bob", "").await;
     let bob_id = session_of(&bob).session_id.clone();
-    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
-    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
-        panic!("bob's record is in redis");
-    };
-    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
-    record["k"] =
-        serde_json::json!([{"n": incarnation, "c": 999_999, "t": 9_000_000_000_000_000u64}]);
-    record["s"]["state"] = "connected".into();
-    record["dl"] = 0.into();
-    redis.cmd(&["SET", &key, &record.to_string()]).await;
-    redis
-        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
-        .await;
-    redis
-        .cmd(&[
-            "SADD",
-            &format!("turnstile:{{{T}}}:n:{incarnation}"),
-            &bob_id,
-        ])
-        .await;
+    // Attached "in the future": reconciliation leaves it alone.
+    plant_socket(&redis, &bob_id, &incarnation, 9_000_000_000_000_000).await;
 
     node.terminate().await;
     let bob_now = get_on(&mut c, T, &bob_id).await.expect("bob's session");
@@ -681,21 +667,7 @@ async fn a_reap_left_unfinished_is_finished_by_a_live_node() {
     let node = NodeProc::start(&redis.url(), false, &[]).await;
     let bob = grant_on(&node, "bob", "").await;
     let bob_id = session_of(&bob).session_id.clone();
-    let key = format!("turnstile:{{{T}}}:s:{bob_id}");
-    let redis::Value::BulkString(raw) = redis.cmd(&["GET", &key]).await else {
-        panic!("bob's record is in redis");
-    };
-    let mut record: serde_json::Value = serde_json::from_slice(&raw).expect("a JSON record");
-    record["k"] = serde_json::json!([{"n": "zz:1", "c": 1, "t": 1}]);
-    record["s"]["state"] = "connected".into();
-    record["dl"] = 0.into();
-    redis.cmd(&["SET", &key, &record.to_string()]).await;
-    redis
-        .cmd(&["ZREM", &format!("turnstile:{{{T}}}:dl"), &bob_id])
-        .await;
-    redis
-        .cmd(&["SADD", &format!("turnstile:{{{T}}}:n:zz:1"), &bob_id])
-        .await;
+    plant_socket(&redis, &bob_id, "zz:1", 1).await;
     // What a bury leaves behind when the reap after it never ran.
     redis
         .cmd(&["ZADD", "turnstile:{nodes}:dead", "1", "zz:1"])
