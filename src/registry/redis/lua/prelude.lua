@@ -70,12 +70,14 @@ local function err(code, extra)
 end
 local function count(t) local n = 0; for _ in pairs(t) do n = n + 1 end; return n end
 
--- Removes the sockets of `node` (all, or only conn `conn`); keeps the
--- per-node index right. Returns how many were removed.
-local function drop_sockets(r, node, conn)
+-- Removes the sockets of `node` (all, or only conn `conn`; with `before`,
+-- only those attached before it); keeps the per-node index right. Returns
+-- how many were removed, and whether `node` still has one.
+local function drop_sockets(r, node, conn, before)
   local keep, removed, others = {}, 0, false
   for _, k in ipairs(r.k) do
-    if k.n == node and (conn == nil or k.c == conn) then
+    if k.n == node and (conn == nil or k.c == conn)
+        and (before == nil or k.t == nil or k.t < before) then
       removed = removed + 1
     else
       table.insert(keep, k)
@@ -84,7 +86,7 @@ local function drop_sockets(r, node, conn)
   end
   r.k = keep
   if removed > 0 and not others then redis.call('SREM', P .. 'n:' .. node, r.s.id) end
-  return removed
+  return removed, others
 end
 
 -- The last socket left: DISCONNECTED until grace runs out.

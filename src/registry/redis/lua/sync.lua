@@ -21,21 +21,14 @@ end
 for _, id in ipairs(R.stale or {}) do
   local r = rec(id)
   if r then
-    local keep, removed, left = {}, 0, false
-    for _, k in ipairs(r.k) do
-      if k.n == R.node and (k.t == nil or k.t < R.before) then
-        removed = removed + 1
-      else
-        table.insert(keep, k)
-        if k.n == R.node then left = true end
-      end
-    end
-    r.k = keep
-    if not left then redis.call('SREM', P .. 'n:' .. R.node, id) end
+    local removed, left = drop_sockets(r, R.node, nil, R.before)
     if removed > 0 then
       r.s.seen = NOW
       if #r.k == 0 then disconnect(r) end
       put(r)
+    elseif not left then
+      -- Listed under the node with none of its sockets: mend the index.
+      redis.call('SREM', P .. 'n:' .. R.node, id)
     end
   else
     redis.call('SREM', P .. 'n:' .. R.node, id)
