@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &args)?;
-    turnstile::telemetry::init_logging(config.log_format);
+    let _log = turnstile::telemetry::init_logging(config.log_format);
     let server = turnstile::server::start(config).await?;
     {
         let mut out = std::io::stdout().lock();

@@ -32,5 +32,8 @@ pub const REDIS_RECONCILE_ROUNDS: &str = "turnstile_redis_reconcile_rounds_total
 pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";
 /// Counter by `event` (forced_logout, conflict, auth_failure): audit events.
 pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
+/// Counter: log lines (audit events included) dropped because the log sink
+/// did not keep up; the audit count above still counts them.
+pub const LOG_LINES_DROPPED: &str = "turnstile_log_lines_dropped_total";
 /// Counter by `limit`: connections or messages refused by a rate or count limit.
 pub const LIMITED: &str = "turnstile_limited_total";

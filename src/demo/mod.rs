@@ -69,7 +69,7 @@ pub struct DemoArgs {
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    turnstile::telemetry::init_logging(LogFormat::Human);
+    let _log = turnstile::telemetry::init_logging(LogFormat::Human);
     let config = Config {
         node: Some("demo".into()),
         http_listen: args.http,

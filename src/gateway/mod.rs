@@ -213,6 +213,7 @@ fn route(
                     metrics::gauge!(SESSIONS, "state" => "disconnected").set(c.disconnected as f64);
                 }
                 crate::telemetry::collect_process_metrics();
+                crate::telemetry::collect_log_metrics();
                 let mut r = respond(StatusCode::OK, handle.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
