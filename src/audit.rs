@@ -56,8 +56,9 @@ pub fn conflict(
     );
 }
 
-/// A connect token, API key or origin refused.
-pub fn auth_failure(channel: &'static str, who: &str, detail: &str) {
+/// A connect token, API key or origin refused: `who` is the key's name
+/// when one was recognised (else `-`), `from` the caller's address.
+pub fn auth_failure(channel: &'static str, who: &str, from: &str, detail: &str) {
     count("auth_failure");
-    info!(target: TARGET, event = "auth_failure", channel, who, detail);
+    info!(target: TARGET, event = "auth_failure", channel, who, from, detail);
 }

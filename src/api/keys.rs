@@ -27,6 +27,9 @@ pub struct ApiKey {
 pub struct Caller {
     pub name: String,
     pub tenant: Option<Tenant>,
+    /// The caller's address (`-` when the transport does not say), for the
+    /// audit trail.
+    pub from: String,
 }
 
 impl Caller {
@@ -37,6 +40,7 @@ impl Caller {
                 crate::audit::auth_failure(
                     "grpc",
                     &self.name,
+                    &self.from,
                     &format!("key scoped to tenant {t} used for tenant {tenant}"),
                 );
                 Err(Status::permission_denied(format!(
@@ -83,10 +87,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for ApiKeys {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let from = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
         if self.keys.is_empty() {
             req.extensions_mut().insert(Caller {
                 name: "anonymous".into(),
                 tenant: None,
+                from,
             });
             return Ok(req);
         }
@@ -96,7 +105,7 @@ impl Interceptor for ApiKeys {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(presented) = presented else {
-            crate::audit::auth_failure("grpc", "-", "no authorization metadata");
+            crate::audit::auth_failure("grpc", "-", &from, "no authorization metadata");
             return Err(Status::unauthenticated(
                 "missing API key: send metadata `authorization: Bearer <key>`",
             ));
@@ -106,12 +115,13 @@ impl Interceptor for ApiKeys {
                 let caller = Caller {
                     name: k.name.clone(),
                     tenant: k.tenant.clone(),
+                    from,
                 };
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }
             None => {
-                crate::audit::auth_failure("grpc", "-", "unknown API key");
+                crate::audit::auth_failure("grpc", "-", &from, "unknown API key");
                 Err(Status::unauthenticated("unknown API key"))
             }
         }

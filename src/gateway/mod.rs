@@ -268,6 +268,7 @@ fn upgrade(
     if let Err(origin) = origin_allowed(&req, shared.cfg.allowed_origins.as_deref()) {
         crate::audit::auth_failure(
             "websocket",
+            "-",
             &ip.to_string(),
             &format!("origin {origin:?} not allowed"),
         );
@@ -308,7 +309,7 @@ fn upgrade(
         None => Err(TokenError::Missing),
     };
     if let Err(e) = &token {
-        crate::audit::auth_failure("websocket", &ip.to_string(), &e.to_string());
+        crate::audit::auth_failure("websocket", "-", &ip.to_string(), &e.to_string());
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = WebSocketConfig::default()
