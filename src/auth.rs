@@ -159,6 +159,8 @@ impl TokenKeys {
     /// putting a new key first and keeping the old ones until `ttl` has
     /// passed, so nobody is logged out.
     pub fn from_keys(keys: Vec<SigningKey>, ttl: Duration) -> Result<Self, KeyError> {
+        // Every signature is made and checked through keys loaded here.
+        crate::jwt_crypto::install();
         let mut out = Vec::new();
         for k in keys {
             let bad = |problem: String| KeyError::Bad {

@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
+mod jwt_crypto;
 pub mod metrics_names;
 pub mod registry;
 pub mod server;

@@ -314,8 +314,9 @@ async fn forced_logouts_conflicts_and_auth_failures_are_audited() {
 }
 
 /// The lock file carries the releases with the published fixes for the
-/// HTTP/2 and WebSocket stacks (`cargo audit` needs the RustSec database,
-/// which this machine cannot fetch; this is the part we can check here).
+/// HTTP/2 and WebSocket stacks. `.ci/run` also runs `cargo audit` against
+/// the RustSec database (live, or the offline snapshot); this test keeps
+/// the floor visible in `cargo test` as well.
 #[test]
 fn the_lock_file_carries_fixed_versions_of_the_network_stack() {
     let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"))
@@ -339,4 +340,18 @@ fn the_lock_file_carries_fixed_versions_of_the_network_stack() {
     assert!(version("hyper") >= vec![1, 0, 0]);
     // rustls 0.23.5+: the close_notify busy-loop fix (RUSTSEC-2024-0336 was < 0.23.5).
     assert!(version("rustls") >= vec![0, 23, 5]);
+}
+
+/// `rsa` has an advisory with no fixed release (RUSTSEC-2023-0071, the
+/// Marvin timing attack) and turnstile never uses an RSA key, so it must not
+/// be compiled at all: jsonwebtoken runs on our own HS256/EdDSA provider
+/// (`src/jwt_crypto.rs`) instead of its `rust_crypto` backend.
+#[test]
+fn rsa_is_not_compiled() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"))
+        .expect("Cargo.lock");
+    assert!(
+        !lock.contains("name = \"rsa\"\n"),
+        "rsa is back in Cargo.lock; `cargo tree -i rsa` shows who brings it"
+    );
 }
