@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,31 @@ impl InvalidField {
             problem: problem.into(),
         }
     }
+}
+
+/// A name (of an end reason, state, policy ...) that names no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// The value among `all` whose `name` is `s`: how every enum with an
+/// `as_str` parses, so each is spelled once, in its `as_str`.
+pub fn parse_name<T: Copy>(
+    what: &'static str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == s)
+        .ok_or_else(|| UnknownName {
+            what,
+            value: s.to_string(),
+        })
 }
 
 /// Checks an identifier: 1..=max bytes of `[A-Za-z0-9._@+:-]` (logins may be
@@ -145,16 +171,13 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The WebSocket close code sockets of the session are closed with.
-    pub fn close_code(self) -> u16 {
-        match self {
-            EndReason::LoggedOut => 4000,
-            EndReason::Superseded => 4001,
-            EndReason::StationChanged => 4002,
-            EndReason::Evicted => 4003,
-            EndReason::Expired => 4004,
-        }
-    }
+    pub const ALL: [EndReason; 5] = [
+        EndReason::LoggedOut,
+        EndReason::Superseded,
+        EndReason::StationChanged,
+        EndReason::Evicted,
+        EndReason::Expired,
+    ];
 
     /// The `reason` string of a `forced_logout` frame (and of logs/metrics).
     pub fn as_str(self) -> &'static str {
@@ -183,6 +206,14 @@ impl EndReason {
     }
 }
 
+impl FromStr for EndReason {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        parse_name("end reason", &Self::ALL, Self::as_str, s)
+    }
+}
+
 /// Where a session is in its life. `Ended` carries why, so an ended session
 /// without a reason cannot be represented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +231,44 @@ pub enum SessionState {
 impl SessionState {
     pub fn is_live(self) -> bool {
         !matches!(self, SessionState::Ended(_))
+    }
+
+    /// The state's name (lower case, as in `presence` frames and stored
+    /// records); an ended session's reason is spelled apart, see
+    /// [`SessionState::parse`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Pending => "pending",
+            SessionState::Connected => "connected",
+            SessionState::Disconnected => "disconnected",
+            SessionState::Ended(_) => "ended",
+        }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(self) -> Option<EndReason> {
+        match self {
+            SessionState::Ended(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The state named `state` ([`as_str`](SessionState::as_str));
+    /// `end_reason` is read only when `state` is `ended`.
+    pub fn parse(state: &str, end_reason: &str) -> Result<Self, UnknownName> {
+        Ok(match state {
+            "ended" => SessionState::Ended(end_reason.parse()?),
+            _ => parse_name(
+                "session state",
+                &[
+                    SessionState::Pending,
+                    SessionState::Connected,
+                    SessionState::Disconnected,
+                ],
+                Self::as_str,
+                state,
+            )?,
+        })
     }
 }
 
@@ -224,6 +293,25 @@ pub enum ConflictPolicy {
     Reject,
     /// End the holder and grant.
     Takeover,
+}
+
+impl ConflictPolicy {
+    pub const ALL: [ConflictPolicy; 2] = [ConflictPolicy::Reject, ConflictPolicy::Takeover];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Reject => "reject",
+            ConflictPolicy::Takeover => "takeover",
+        }
+    }
+}
+
+impl FromStr for ConflictPolicy {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        parse_name("conflict policy", &Self::ALL, Self::as_str, s)
+    }
 }
 
 /// A session as the registry knows it.
@@ -307,6 +395,15 @@ pub enum PresenceChange {
 }
 
 impl PresenceChange {
+    pub const ALL: [PresenceChange; 6] = [
+        PresenceChange::Claimed,
+        PresenceChange::Connected,
+        PresenceChange::Disconnected,
+        PresenceChange::Reconnected,
+        PresenceChange::StatusChanged,
+        PresenceChange::Ended,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PresenceChange::Claimed => "claimed",
@@ -316,6 +413,14 @@ impl PresenceChange {
             PresenceChange::StatusChanged => "status_changed",
             PresenceChange::Ended => "ended",
         }
+    }
+}
+
+impl FromStr for PresenceChange {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        parse_name("presence change", &Self::ALL, Self::as_str, s)
     }
 }
 
@@ -367,15 +472,44 @@ mod tests {
     }
 
     #[test]
-    fn end_reasons_map_to_the_documented_close_codes_and_messages() {
-        assert_eq!(EndReason::Superseded.close_code(), 4001);
-        assert_eq!(EndReason::StationChanged.close_code(), 4002);
-        assert_eq!(EndReason::Evicted.close_code(), 4003);
-        assert_eq!(EndReason::Expired.close_code(), 4004);
-        assert_eq!(EndReason::LoggedOut.close_code(), 4000);
+    fn end_reasons_carry_the_documented_messages() {
         assert_eq!(
             EndReason::Superseded.default_message(),
             "Another user has logged with your credentials. Multiple logins not allowed."
+        );
+    }
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for r in EndReason::ALL {
+            assert_eq!(r.as_str().parse(), Ok(r));
+        }
+        for p in ConflictPolicy::ALL {
+            assert_eq!(p.as_str().parse(), Ok(p));
+        }
+        for c in PresenceChange::ALL {
+            assert_eq!(c.as_str().parse(), Ok(c));
+        }
+        let states = [SessionState::Pending, SessionState::Connected]
+            .into_iter()
+            .chain([SessionState::Disconnected])
+            .chain(EndReason::ALL.map(SessionState::Ended));
+        for s in states {
+            let reason = s.end_reason().map_or("", EndReason::as_str);
+            assert_eq!(SessionState::parse(s.as_str(), reason), Ok(s));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_naming_what_it_should_have_been() {
+        let e = "retired".parse::<EndReason>().unwrap_err();
+        assert_eq!(e.to_string(), r#"unknown end reason "retired""#);
+        assert!("Takeover".parse::<ConflictPolicy>().is_err());
+        let e = SessionState::parse("ended", "").unwrap_err();
+        assert_eq!(e.what, "end reason");
+        assert_eq!(
+            SessionState::parse("gone", "").unwrap_err().what,
+            "session state"
         );
     }
 
