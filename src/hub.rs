@@ -180,11 +180,18 @@ pub struct Hub {
     by_conn: DashMap<u64, Arc<SocketShared>>,
     watchers: DashMap<Tenant, Vec<Watcher>>,
     next_watcher: AtomicU64,
+    /// How long the registry's [`Event::Drain`] spreads reconnects over
+    /// (the node's `drain_window`).
+    drain_window: Duration,
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// A hub that drains over `drain_window` when the registry says so.
+    pub fn new(drain_window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            drain_window,
+            ..Self::default()
+        })
     }
 
     /// Registers a socket so events of its session reach it.
@@ -332,7 +339,7 @@ impl EventSink for Hub {
                 }
             }
             Event::Presence(event) => self.presence(&event),
-            Event::Drain => self.drain(Duration::from_secs(1)),
+            Event::Drain => self.drain(self.drain_window),
         }
     }
 }
@@ -398,7 +405,7 @@ mod tests {
 
     #[test]
     fn an_ended_session_terminates_its_sockets_even_with_a_full_queue() {
-        let hub = Hub::new();
+        let hub = Hub::new(Duration::ZERO);
         let s = session();
         let sock = Arc::new(SocketShared::new(1, s.tenant.clone(), s.id.clone(), 1));
         hub.register(sock.clone());
@@ -427,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_dropped_and_told() {
-        let hub = Hub::new();
+        let hub = Hub::new(Duration::ZERO);
         let s = session();
         let mut watch = hub.watch(&s.tenant, 1);
         let event = Arc::new(PresenceEvent {

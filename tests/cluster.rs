@@ -325,6 +325,48 @@ async fn sigterm_drains_sockets_to_other_nodes_without_a_forced_logout() {
 }
 
 #[tokio::test]
+async fn a_fenced_node_spreads_its_reconnects_over_the_configured_drain_window() {
+    // Nodes run with `--drain-window 200ms`. A node the cluster declared
+    // dead drains its sockets through the registry's Drain event, which the
+    // hub once ran with a hard-coded 1 s: with eight sockets, at least one
+    // `after_ms` then landed outside the window all but ~3 times in a
+    // million runs.
+    let redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut watch = watch_at(b.grpc, T).await;
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for login in ["ana", "bea"] {
+        let s = grant_on(&a, login, "").await;
+        ids.push(session_of(&s).session_id.clone());
+        for _ in 0..4 {
+            agents.push(welcome_on(&a, &s.token).await.0);
+        }
+    }
+    for id in &ids {
+        watch.expect_for(id, PresenceChange::Connected).await;
+    }
+    a.sigstop();
+    for id in &ids {
+        watch.expect_for(id, PresenceChange::Disconnected).await;
+    }
+    a.sigcont();
+    for agent in &mut agents {
+        match agent.next().await {
+            ServerFrame::Reconnect { after_ms } => {
+                assert!(
+                    after_ms < 200,
+                    "after_ms {after_ms} is outside the 200 ms window"
+                )
+            }
+            other => panic!("expected reconnect, got {other:?}"),
+        }
+        agent.expect_close(1012).await;
+    }
+}
+
+#[tokio::test]
 async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
     let redis = RedisServer::start().await;
     let a = NodeProc::start(&redis.url(), false, &[]).await;
