@@ -169,6 +169,43 @@ impl CloseCode {
     }
 }
 
+impl CloseCode {
+    /// When it is sent, for people (docs/protocol.md's table).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            CloseCode::LoggedOut => "logged out (after `logged_out`)",
+            CloseCode::Superseded => {
+                "another claim took the login over (after `forced_logout`); show its message"
+            }
+            CloseCode::StationChanged => {
+                "the login claimed another station (after `forced_logout`); show its message"
+            }
+            CloseCode::Evicted => {
+                "evicted by an administrator (after `forced_logout`); show its message"
+            }
+            CloseCode::Expired => "the session expired (after `forced_logout`); sign in again",
+            CloseCode::SessionUnknown => {
+                "the token names a session the registry does not know (or a stale generation); sign in again"
+            }
+            CloseCode::InvalidToken => "the connect token was refused; sign in again",
+            CloseCode::TooManySockets => {
+                "the session already has `max_sockets_per_session` sockets"
+            }
+            CloseCode::RateLimited => "more than `messages_per_second` client messages",
+            CloseCode::SlowConsumer => "the client did not read: its outbound queue filled up",
+            CloseCode::TooManyBadFrames => "ten bad client frames in a row",
+            CloseCode::MessageTooBig => {
+                "a client message over `max_message_bytes`; the client has a bug"
+            }
+            CloseCode::HeartbeatTimeout => "nothing arrived from the client for two heartbeats",
+            CloseCode::Restarting => {
+                "the node is draining (after `reconnect`); reconnect to any node after `after_ms`"
+            }
+            CloseCode::Unavailable => "the registry (Redis) cannot be reached",
+        }
+    }
+}
+
 impl From<EndReason> for CloseCode {
     /// The close code sockets of a session that ended for `reason` get.
     fn from(reason: EndReason) -> Self {
