@@ -344,13 +344,11 @@ async fn a_fenced_node_spreads_its_reconnects_over_the_configured_drain_window()
             agents.push(welcome_on(&a, &s.token).await.0);
         }
     }
-    for id in &ids {
-        watch.expect_for(id, PresenceChange::Connected).await;
-    }
+    expect_each(&mut watch, &ids, PresenceChange::Connected).await;
     a.sigstop();
-    for id in &ids {
-        watch.expect_for(id, PresenceChange::Disconnected).await;
-    }
+    // The cluster declares A dead: its sessions become DISCONNECTED, in
+    // no particular order.
+    expect_each(&mut watch, &ids, PresenceChange::Disconnected).await;
     a.sigcont();
     for agent in &mut agents {
         match agent.next().await {
@@ -364,6 +362,24 @@ async fn a_fenced_node_spreads_its_reconnects_over_the_configured_drain_window()
         }
         agent.expect_close(1012).await;
     }
+}
+
+/// Awaits `change` for every session of `ids`, in any order.
+async fn expect_each(watch: &mut Watch, ids: &[String], change: PresenceChange) {
+    let mut left: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Each event is awaited within a bound; 64 events is far more than
+    // these sessions produce.
+    for _ in 0..64 {
+        if left.is_empty() {
+            return;
+        }
+        let ev = watch.next().await;
+        if ev.change() == change {
+            let sid = ev.session.map(|s| s.session_id).unwrap_or_default();
+            left.retain(|id| *id != sid);
+        }
+    }
+    panic!("no {change:?} for {left:?}");
 }
 
 #[tokio::test]
