@@ -8,9 +8,8 @@
 //! may share a number (1008, 4004); they then share a class too.
 
 use std::fmt;
-use std::str::FromStr;
 
-use crate::session::{parse_name, EndReason, UnknownName};
+use crate::session::{from_str_by_name, EndReason};
 
 /// What a client should do when its socket closes with a given code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,13 +40,7 @@ impl CloseClass {
     }
 }
 
-impl FromStr for CloseClass {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("close class", &Self::ALL, Self::as_str, s)
-    }
-}
+from_str_by_name!(CloseClass, "close class");
 
 /// A close code the broker sends, named by its cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,14 +218,8 @@ impl fmt::Display for CloseCode {
     }
 }
 
-impl FromStr for CloseCode {
-    type Err = UnknownName;
-
-    /// The close code whose [`reason`](CloseCode::reason) is `s`.
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("close reason", &Self::ALL, Self::reason, s)
-    }
-}
+// Parses a close frame's reason text into its cause.
+from_str_by_name!(CloseCode, "close reason", reason);
 
 #[cfg(test)]
 mod tests {

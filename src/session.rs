@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,6 +53,25 @@ pub fn parse_name<T: Copy>(
             value: s.to_string(),
         })
 }
+
+/// `impl FromStr` for an enum with an `ALL` list and a `&'static str` name
+/// method (`as_str` unless given): it parses through that method, so each
+/// name is spelled once.
+macro_rules! from_str_by_name {
+    ($t:ty, $what:literal) => {
+        $crate::session::from_str_by_name!($t, $what, as_str);
+    };
+    ($t:ty, $what:literal, $name:ident) => {
+        impl std::str::FromStr for $t {
+            type Err = $crate::session::UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $crate::session::parse_name($what, &Self::ALL, Self::$name, s)
+            }
+        }
+    };
+}
+pub(crate) use from_str_by_name;
 
 /// Checks an identifier: 1..=max bytes of `[A-Za-z0-9._@+:-]` (logins may be
 /// e-mail addresses; nothing that needs escaping in logs, Redis keys or URLs).
@@ -206,13 +224,7 @@ impl EndReason {
     }
 }
 
-impl FromStr for EndReason {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("end reason", &Self::ALL, Self::as_str, s)
-    }
-}
+from_str_by_name!(EndReason, "end reason");
 
 /// Where a session is in its life. `Ended` carries why, so an ended session
 /// without a reason cannot be represented.
@@ -306,13 +318,7 @@ impl ConflictPolicy {
     }
 }
 
-impl FromStr for ConflictPolicy {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("conflict policy", &Self::ALL, Self::as_str, s)
-    }
-}
+from_str_by_name!(ConflictPolicy, "conflict policy");
 
 /// A session as the registry knows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -416,13 +422,7 @@ impl PresenceChange {
     }
 }
 
-impl FromStr for PresenceChange {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("presence change", &Self::ALL, Self::as_str, s)
-    }
-}
+from_str_by_name!(PresenceChange, "presence change");
 
 /// One presence change of one session.
 #[derive(Clone, Debug, PartialEq)]

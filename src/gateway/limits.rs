@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::session::{parse_name, UnknownName};
+use crate::session::from_str_by_name;
 
 /// The configured limits.
 #[derive(Clone, Copy, Debug)]
@@ -90,13 +90,7 @@ impl Refusal {
     }
 }
 
-impl std::str::FromStr for Refusal {
-    type Err = UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("limit", &Self::ALL, Self::as_str, s)
-    }
-}
+from_str_by_name!(Refusal, "limit");
 
 /// The node's admission state.
 #[derive(Debug)]
