@@ -36,7 +36,7 @@ pub fn check_client_message(data: &[u8]) {
             // The pong must be valid JSON and echo the id exactly: a client
             // matches pongs to pings by id (serde_json's `float_roundtrip`
             // keeps long decimals from drifting by one ULP).
-            let pong = protocol::pong(&id);
+            let pong = crate::frames::pong(&id);
             let v: serde_json::Value =
                 serde_json::from_str(pong.as_str()).expect("pong is valid JSON");
             assert_eq!(v["type"], "pong");

@@ -11,12 +11,14 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::gateway::protocol;
+use crate::close::CloseCode;
+use crate::frames;
 use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
 use crate::session::{now_ms, EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
@@ -45,8 +47,7 @@ struct Outbox {
 pub struct Terminal {
     /// A frame sent before the close (e.g. `forced_logout`), if any.
     pub frame: Option<Utf8Bytes>,
-    pub code: u16,
-    pub reason: &'static str,
+    pub close: CloseCode,
     /// Whether the session lives on (the registry must hear of the detach):
     /// true for dead, slow or drained sockets, false when the session ended.
     pub detach: bool,
@@ -111,8 +112,7 @@ impl SocketShared {
             metrics::counter!(m::SLOW_CONSUMERS).increment(1);
             self.terminate(Terminal {
                 frame: None,
-                code: 1008,
-                reason: "slow consumer: outbound queue full",
+                close: CloseCode::SlowConsumer,
                 detach: true,
             });
         } else {
@@ -180,11 +180,18 @@ pub struct Hub {
     by_conn: DashMap<u64, Arc<SocketShared>>,
     watchers: DashMap<Tenant, Vec<Watcher>>,
     next_watcher: AtomicU64,
+    /// How long the registry's [`Event::Drain`] spreads reconnects over
+    /// (the node's `drain_window`).
+    drain_window: Duration,
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// A hub that drains over `drain_window` when the registry says so.
+    pub fn new(drain_window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            drain_window,
+            ..Self::default()
+        })
     }
 
     /// Registers a socket so events of its session reach it.
@@ -259,15 +266,14 @@ impl Hub {
 
     /// Tells every local socket to reconnect (elsewhere, after a random
     /// delay below `window`, so clients do not stampede) and closes it with
-    /// 1012. The sessions live on: their sockets detach.
-    pub fn drain(&self, window: std::time::Duration) {
+    /// [`CloseCode::Restarting`]. The sessions live on: their sockets detach.
+    pub fn drain(&self, window: Duration) {
         let window_ms = (window.as_millis() as u64).max(1);
         for socket in self.sockets() {
             let after_ms = rand::random::<u64>() % window_ms;
             socket.terminate(Terminal {
-                frame: Some(protocol::reconnect(after_ms)),
-                code: 1012,
-                reason: "node restarting",
+                frame: Some(frames::reconnect(after_ms)),
+                close: CloseCode::Restarting,
                 detach: true,
             });
         }
@@ -282,15 +288,14 @@ impl Hub {
             return;
         };
         let reason = tombstone.ending.reason;
-        let frame = protocol::ending_frame(tombstone);
+        let frame = frames::ending_frame(tombstone);
         for socket in sockets {
             if reason != EndReason::LoggedOut {
                 metrics::counter!(m::FORCED_LOGOUTS, "reason" => reason.as_str()).increment(1);
             }
             socket.terminate(Terminal {
                 frame: Some(frame.clone()),
-                code: reason.close_code(),
-                reason: reason.as_str(),
+                close: CloseCode::from(reason),
                 detach: false,
             });
         }
@@ -311,7 +316,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
             Watcher::Socket(s) => {
-                let f = frame.get_or_insert_with(|| protocol::presence_frame(event));
+                let f = frame.get_or_insert_with(|| frames::presence_frame(event));
                 s.send(Outbound::Text(f.clone()));
                 true
             }
@@ -327,14 +332,14 @@ impl EventSink for Hub {
                 session_id, notice, ..
             } => {
                 if let Some(sockets) = self.by_session.get(&session_id).map(|s| s.clone()) {
-                    let frame = protocol::notice_frame(&notice);
+                    let frame = frames::notice_frame(&notice);
                     for s in sockets {
                         s.send(Outbound::Text(frame.clone()));
                     }
                 }
             }
             Event::Presence(event) => self.presence(&event),
-            Event::Drain => self.drain(std::time::Duration::from_secs(1)),
+            Event::Drain => self.drain(self.drain_window),
         }
     }
 }
@@ -400,7 +405,7 @@ mod tests {
 
     #[test]
     fn an_ended_session_terminates_its_sockets_even_with_a_full_queue() {
-        let hub = Hub::new();
+        let hub = Hub::new(Duration::ZERO);
         let s = session();
         let sock = Arc::new(SocketShared::new(1, s.tenant.clone(), s.id.clone(), 1));
         hub.register(sock.clone());
@@ -419,7 +424,7 @@ mod tests {
             },
         })));
         let t = sock.take_terminal().expect("terminal set");
-        assert_eq!(t.code, 4001);
+        assert_eq!(t.close, CloseCode::Superseded);
         let frame = t.frame.expect("forced_logout frame");
         let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
         assert_eq!(v["type"], "forced_logout");
@@ -429,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_dropped_and_told() {
-        let hub = Hub::new();
+        let hub = Hub::new(Duration::ZERO);
         let s = session();
         let mut watch = hub.watch(&s.tenant, 1);
         let event = Arc::new(PresenceEvent {

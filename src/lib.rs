@@ -6,6 +6,8 @@
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
 //! - [`hub`]: local delivery of registry events to sockets and watchers.
+//! - [`frames`]: the server → client WebSocket frames; [`close`]: every close
+//!   code sent, with what a client should do about it (below hub and gateway).
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
 //! - [`config`]: typed, validated settings.
 //! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.
@@ -15,8 +17,10 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod close;
 pub mod config;
 pub mod ctl;
+pub mod frames;
 pub mod fuzzing;
 pub mod gateway;
 pub mod hub;

@@ -100,7 +100,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         None => None,
     };
 
-    let hub = Hub::new();
+    let hub = Hub::new(config.drain_window);
     let stop = CancellationToken::new();
     let registry: Arc<dyn Registry> = match config.redis() {
         Some(redis) => {

@@ -29,6 +29,50 @@ impl InvalidField {
     }
 }
 
+/// A name (of an end reason, state, policy ...) that names no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// The value among `all` whose `name` is `s`: how every enum with an
+/// `as_str` parses, so each is spelled once, in its `as_str`.
+pub fn parse_name<T: Copy>(
+    what: &'static str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == s)
+        .ok_or_else(|| UnknownName {
+            what,
+            value: s.to_string(),
+        })
+}
+
+/// `impl FromStr` for an enum with an `ALL` list and a `&'static str` name
+/// method (`as_str` unless given): it parses through that method, so each
+/// name is spelled once.
+macro_rules! from_str_by_name {
+    ($t:ty, $what:literal) => {
+        $crate::session::from_str_by_name!($t, $what, as_str);
+    };
+    ($t:ty, $what:literal, $name:ident) => {
+        impl std::str::FromStr for $t {
+            type Err = $crate::session::UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $crate::session::parse_name($what, &Self::ALL, Self::$name, s)
+            }
+        }
+    };
+}
+pub(crate) use from_str_by_name;
+
 /// Checks an identifier: 1..=max bytes of `[A-Za-z0-9._@+:-]` (logins may be
 /// e-mail addresses; nothing that needs escaping in logs, Redis keys or URLs).
 fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), InvalidField> {
@@ -145,16 +189,13 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The WebSocket close code sockets of the session are closed with.
-    pub fn close_code(self) -> u16 {
-        match self {
-            EndReason::LoggedOut => 4000,
-            EndReason::Superseded => 4001,
-            EndReason::StationChanged => 4002,
-            EndReason::Evicted => 4003,
-            EndReason::Expired => 4004,
-        }
-    }
+    pub const ALL: [EndReason; 5] = [
+        EndReason::LoggedOut,
+        EndReason::Superseded,
+        EndReason::StationChanged,
+        EndReason::Evicted,
+        EndReason::Expired,
+    ];
 
     /// The `reason` string of a `forced_logout` frame (and of logs/metrics).
     pub fn as_str(self) -> &'static str {
@@ -183,6 +224,8 @@ impl EndReason {
     }
 }
 
+from_str_by_name!(EndReason, "end reason");
+
 /// Where a session is in its life. `Ended` carries why, so an ended session
 /// without a reason cannot be represented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +243,44 @@ pub enum SessionState {
 impl SessionState {
     pub fn is_live(self) -> bool {
         !matches!(self, SessionState::Ended(_))
+    }
+
+    /// The state's name (lower case, as in `presence` frames and stored
+    /// records); an ended session's reason is spelled apart, see
+    /// [`SessionState::parse`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Pending => "pending",
+            SessionState::Connected => "connected",
+            SessionState::Disconnected => "disconnected",
+            SessionState::Ended(_) => "ended",
+        }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(self) -> Option<EndReason> {
+        match self {
+            SessionState::Ended(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The state named `state` ([`as_str`](SessionState::as_str));
+    /// `end_reason` is read only when `state` is `ended`.
+    pub fn parse(state: &str, end_reason: &str) -> Result<Self, UnknownName> {
+        Ok(match state {
+            "ended" => SessionState::Ended(end_reason.parse()?),
+            _ => parse_name(
+                "session state",
+                &[
+                    SessionState::Pending,
+                    SessionState::Connected,
+                    SessionState::Disconnected,
+                ],
+                Self::as_str,
+                state,
+            )?,
+        })
     }
 }
 
@@ -225,6 +306,19 @@ pub enum ConflictPolicy {
     /// End the holder and grant.
     Takeover,
 }
+
+impl ConflictPolicy {
+    pub const ALL: [ConflictPolicy; 2] = [ConflictPolicy::Reject, ConflictPolicy::Takeover];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Reject => "reject",
+            ConflictPolicy::Takeover => "takeover",
+        }
+    }
+}
+
+from_str_by_name!(ConflictPolicy, "conflict policy");
 
 /// A session as the registry knows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,6 +401,15 @@ pub enum PresenceChange {
 }
 
 impl PresenceChange {
+    pub const ALL: [PresenceChange; 6] = [
+        PresenceChange::Claimed,
+        PresenceChange::Connected,
+        PresenceChange::Disconnected,
+        PresenceChange::Reconnected,
+        PresenceChange::StatusChanged,
+        PresenceChange::Ended,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PresenceChange::Claimed => "claimed",
@@ -318,6 +421,8 @@ impl PresenceChange {
         }
     }
 }
+
+from_str_by_name!(PresenceChange, "presence change");
 
 /// One presence change of one session.
 #[derive(Clone, Debug, PartialEq)]
@@ -367,15 +472,44 @@ mod tests {
     }
 
     #[test]
-    fn end_reasons_map_to_the_documented_close_codes_and_messages() {
-        assert_eq!(EndReason::Superseded.close_code(), 4001);
-        assert_eq!(EndReason::StationChanged.close_code(), 4002);
-        assert_eq!(EndReason::Evicted.close_code(), 4003);
-        assert_eq!(EndReason::Expired.close_code(), 4004);
-        assert_eq!(EndReason::LoggedOut.close_code(), 4000);
+    fn end_reasons_carry_the_documented_messages() {
         assert_eq!(
             EndReason::Superseded.default_message(),
             "Another user has logged with your credentials. Multiple logins not allowed."
+        );
+    }
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for r in EndReason::ALL {
+            assert_eq!(r.as_str().parse(), Ok(r));
+        }
+        for p in ConflictPolicy::ALL {
+            assert_eq!(p.as_str().parse(), Ok(p));
+        }
+        for c in PresenceChange::ALL {
+            assert_eq!(c.as_str().parse(), Ok(c));
+        }
+        let states = [SessionState::Pending, SessionState::Connected]
+            .into_iter()
+            .chain([SessionState::Disconnected])
+            .chain(EndReason::ALL.map(SessionState::Ended));
+        for s in states {
+            let reason = s.end_reason().map_or("", EndReason::as_str);
+            assert_eq!(SessionState::parse(s.as_str(), reason), Ok(s));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_naming_what_it_should_have_been() {
+        let e = "retired".parse::<EndReason>().unwrap_err();
+        assert_eq!(e.to_string(), r#"unknown end reason "retired""#);
+        assert!("Takeover".parse::<ConflictPolicy>().is_err());
+        let e = SessionState::parse("ended", "").unwrap_err();
+        assert_eq!(e.what, "end reason");
+        assert_eq!(
+            SessionState::parse("gone", "").unwrap_err().what,
+            "session state"
         );
     }
 

@@ -325,6 +325,64 @@ async fn sigterm_drains_sockets_to_other_nodes_without_a_forced_logout() {
 }
 
 #[tokio::test]
+async fn a_fenced_node_spreads_its_reconnects_over_the_configured_drain_window() {
+    // Nodes run with `--drain-window 200ms`. A node the cluster declared
+    // dead drains its sockets through the registry's Drain event, which the
+    // hub once ran with a hard-coded 1 s: with eight sockets, at least one
+    // `after_ms` then landed outside the window all but ~3 times in a
+    // million runs.
+    let redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut watch = watch_at(b.grpc, T).await;
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for login in ["ana", "bea"] {
+        let s = grant_on(&a, login, "").await;
+        ids.push(session_of(&s).session_id.clone());
+        for _ in 0..4 {
+            agents.push(welcome_on(&a, &s.token).await.0);
+        }
+    }
+    expect_each(&mut watch, &ids, PresenceChange::Connected).await;
+    a.sigstop();
+    // The cluster declares A dead: its sessions become DISCONNECTED, in
+    // no particular order.
+    expect_each(&mut watch, &ids, PresenceChange::Disconnected).await;
+    a.sigcont();
+    for agent in &mut agents {
+        match agent.next().await {
+            ServerFrame::Reconnect { after_ms } => {
+                assert!(
+                    after_ms < 200,
+                    "after_ms {after_ms} is outside the 200 ms window"
+                )
+            }
+            other => panic!("expected reconnect, got {other:?}"),
+        }
+        agent.expect_close(1012).await;
+    }
+}
+
+/// Awaits `change` for every session of `ids`, in any order.
+async fn expect_each(watch: &mut Watch, ids: &[String], change: PresenceChange) {
+    let mut left: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Each event is awaited within a bound; 64 events is far more than
+    // these sessions produce.
+    for _ in 0..64 {
+        if left.is_empty() {
+            return;
+        }
+        let ev = watch.next().await;
+        if ev.change() == change {
+            let sid = ev.session.map(|s| s.session_id).unwrap_or_default();
+            left.retain(|id| *id != sid);
+        }
+    }
+    panic!("no {change:?} for {left:?}");
+}
+
+#[tokio::test]
 async fn a_zombie_node_cannot_undo_what_happened_while_it_was_stopped() {
     let redis = RedisServer::start().await;
     let a = NodeProc::start(&redis.url(), false, &[]).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -23,6 +23,8 @@ use tracing::{debug, info, warn, Instrument};
 use super::protocol::{self, ClientMessage};
 use super::Shared;
 use crate::auth::{ConnectToken, TokenError};
+use crate::close::CloseCode;
+use crate::frames;
 use crate::hub::{Outbound, SocketShared};
 use crate::metrics_names as m;
 use crate::registry::{Attached, RegistryError, SocketId};
@@ -142,8 +144,8 @@ where
         Err(e) => {
             info!(error = %e, "connect token refused");
             metrics::counter!(m::WS_ERRORS, "code" => "invalid_token").increment(1);
-            let frame = protocol::error("invalid_token", &e.to_string());
-            finish(&mut ws, Some(frame), 4401, "invalid token").await;
+            let frame = frames::error("invalid_token", &e.to_string());
+            finish(&mut ws, Some(frame), CloseCode::InvalidToken).await;
             return None;
         }
     };
@@ -175,7 +177,7 @@ where
             resumed,
             pending,
         }) => {
-            let welcome = protocol::welcome(
+            let welcome = frames::welcome(
                 &session,
                 resumed,
                 shared.cfg.heartbeat.as_millis() as u64,
@@ -183,7 +185,7 @@ where
             );
             let mut ok = write(&mut ws, Message::Text(welcome)).await;
             for notice in &pending {
-                ok = ok && write(&mut ws, Message::Text(protocol::notice_frame(notice))).await;
+                ok = ok && write(&mut ws, Message::Text(frames::notice_frame(notice))).await;
             }
             let holder = Holder::from(&session);
             if !ok {
@@ -195,31 +197,25 @@ where
         }
         Ok(Attached::Ended(tombstone)) => {
             shared.hub.unregister(&socket);
-            let reason = tombstone.ending.reason;
             finish(
                 &mut ws,
-                Some(protocol::ending_frame(&tombstone)),
-                reason.close_code(),
-                reason.as_str(),
+                Some(frames::ending_frame(&tombstone)),
+                CloseCode::from(tombstone.ending.reason),
             )
             .await;
             return None;
         }
         Err(e) => {
             shared.hub.unregister(&socket);
-            let (code, close) = match &e {
-                RegistryError::TooManySockets { .. } => ("too_many_sockets", 4403),
-                RegistryError::Unavailable(_) => ("unavailable", 1013),
-                _ => ("session_unknown", 4004),
+            // The `error` frame's code is the close's reason.
+            let close = match &e {
+                RegistryError::TooManySockets { .. } => CloseCode::TooManySockets,
+                RegistryError::Unavailable(_) => CloseCode::Unavailable,
+                _ => CloseCode::SessionUnknown,
             };
+            let code = close.reason();
             metrics::counter!(m::WS_ERRORS, "code" => code).increment(1);
-            finish(
-                &mut ws,
-                Some(protocol::error(code, &e.to_string())),
-                close,
-                code,
-            )
-            .await;
+            finish(&mut ws, Some(frames::error(code, &e.to_string())), close).await;
             return None;
         }
     };
@@ -264,7 +260,7 @@ where
                     shared.hub.unregister(socket);
                     Box::pin(detach(shared, session, socket_id.clone())).await;
                 }
-                Box::pin(finish(ws, t.frame, t.code, t.reason)).await;
+                Box::pin(finish(ws, t.frame, t.close)).await;
                 return false;
             }
             out = socket.next() => {
@@ -286,11 +282,11 @@ where
                 if matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !bucket.take() {
                     metrics::counter!(m::LIMITED, "limit" => "messages_per_second").increment(1);
                     warn!(tenant = %session.tenant, login = %session.login, session = %session.id, "client exceeded its message rate");
-                    let frame = protocol::error(
+                    let frame = frames::error(
                         "rate_limited",
                         &format!("more than {rate} messages per second; slow down"),
                     );
-                    Box::pin(finish(ws, Some(frame), 4429, "rate limited")).await;
+                    Box::pin(finish(ws, Some(frame), CloseCode::RateLimited)).await;
                     return true;
                 }
                 let text = match incoming {
@@ -306,7 +302,7 @@ where
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         metrics::counter!(m::WS_ERRORS, "code" => "too_big").increment(1);
                         warn!(tenant = %session.tenant, login = %session.login, session = %session.id, size, max_size, "message too big");
-                        Box::pin(finish(ws, None, 1009, "message too big")).await;
+                        Box::pin(finish(ws, None, CloseCode::MessageTooBig)).await;
                         return true;
                     }
                     Some(Err(e)) => { debug!(error = %e, "socket error"); return true; }
@@ -346,7 +342,7 @@ where
     let reg = &shared.registry;
     let result = match msg {
         ClientMessage::Ping { id } => {
-            return (!write(ws, Message::Text(protocol::pong(&id))).await).then_some(true);
+            return (!write(ws, Message::Text(frames::pong(&id))).await).then_some(true);
         }
         ClientMessage::Status { status } => {
             reg.set_status(&session.tenant, &session.id, session.generation, status)
@@ -380,14 +376,14 @@ async fn reply_error<S>(ws: &mut Ws<S>, code: &str, message: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    write(ws, Message::Text(protocol::error(code, message))).await;
+    write(ws, Message::Text(frames::error(code, message))).await;
 }
 
 async fn close_bad<S>(ws: &mut Ws<S>) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    finish(ws, None, 1008, "too many bad frames").await;
+    finish(ws, None, CloseCode::TooManyBadFrames).await;
     true
 }
 
@@ -402,8 +398,8 @@ where
     )
 }
 
-/// Sends an optional last frame and a close with `code`.
-async fn finish<S>(ws: &mut Ws<S>, frame: Option<Utf8Bytes>, code: u16, reason: &str)
+/// Sends an optional last frame and the close.
+async fn finish<S>(ws: &mut Ws<S>, frame: Option<Utf8Bytes>, close: CloseCode)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -413,8 +409,8 @@ where
         }
     }
     let close = CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from(reason.to_string()),
+        code: WsCloseCode::from(close.as_u16()),
+        reason: Utf8Bytes::from_static(close.reason()),
     };
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(close))).await;
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::close::CloseCode;
 use crate::hub::{Hub, Outbound, Terminal};
 use crate::metrics_names as m;
 use crate::session::now_ms;
@@ -32,8 +33,7 @@ pub async fn run(hub: Arc<Hub>, heartbeat: Duration, stop: CancellationToken) {
                 metrics::counter!(m::HEARTBEAT_DEAD).increment(1);
                 socket.terminate(Terminal {
                     frame: None,
-                    code: 1001,
-                    reason: "heartbeat timeout",
+                    close: CloseCode::HeartbeatTimeout,
                     detach: true,
                 });
             } else {

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
+use crate::session::from_str_by_name;
+
 /// The configured limits.
 #[derive(Clone, Copy, Debug)]
 pub struct LimitsConfig {
@@ -70,6 +72,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Sockets,
+        Refusal::SocketsPerIp,
+        Refusal::Handshakes,
+        Refusal::HandshakesPerIp,
+    ];
+
+    /// The name of the setting that refused (in the 429 body and metrics).
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Sockets => "max_sockets",
@@ -79,6 +89,8 @@ impl Refusal {
         }
     }
 }
+
+from_str_by_name!(Refusal, "limit");
 
 /// The node's admission state.
 #[derive(Debug)]
@@ -167,6 +179,14 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_name_parses_back() {
+        for r in Refusal::ALL {
+            assert_eq!(r.as_str().parse(), Ok(r));
+        }
+        assert!("max_handshakes".parse::<Refusal>().is_err());
+    }
 
     fn limits(sockets: usize, per_ip: usize, hs: u32, hs_ip: u32) -> Arc<Limits> {
         Limits::new(LimitsConfig {

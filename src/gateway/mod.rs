@@ -208,9 +208,14 @@ fn route(
             Some(handle) => {
                 if let Some(c) = shared.registry.census() {
                     use crate::metrics_names::SESSIONS;
-                    metrics::gauge!(SESSIONS, "state" => "pending").set(c.pending as f64);
-                    metrics::gauge!(SESSIONS, "state" => "connected").set(c.connected as f64);
-                    metrics::gauge!(SESSIONS, "state" => "disconnected").set(c.disconnected as f64);
+                    use crate::session::SessionState as S;
+                    for (state, n) in [
+                        (S::Pending, c.pending),
+                        (S::Connected, c.connected),
+                        (S::Disconnected, c.disconnected),
+                    ] {
+                        metrics::gauge!(SESSIONS, "state" => state.as_str()).set(n as f64);
+                    }
                 }
                 crate::telemetry::collect_process_metrics();
                 crate::telemetry::collect_log_metrics();

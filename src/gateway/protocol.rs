@@ -1,13 +1,9 @@
-//! The client protocol: JSON text frames `{"type": ...}`.
-//!
-//! Server frames are built here (and only here), client frames are parsed
-//! here into [`ClientMessage`]; a bad client frame becomes a
-//! [`ProtocolError`] whose `code` names what was wrong.
+//! The client protocol's client → server half: JSON text frames
+//! `{"type": ...}` parsed into [`ClientMessage`]; a bad client frame becomes
+//! a [`ProtocolError`] whose `code` names what was wrong. Server frames are
+//! built in [`crate::frames`], below the hub.
 
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-use crate::session::{Notice, PresenceEvent, Session, SessionState, Tombstone};
+use serde_json::Value;
 
 /// The longest presence status a client may set.
 pub const MAX_STATUS_LEN: usize = 64;
@@ -110,116 +106,11 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn text(v: Value) -> Utf8Bytes {
-    Utf8Bytes::from(v.to_string())
-}
-
-/// `welcome`, the first frame of a live socket.
-pub fn welcome(session: &Session, resumed: bool, heartbeat_ms: u64, grace_ms: u64) -> Utf8Bytes {
-    text(json!({
-        "type": "welcome",
-        "session_id": session.id.as_str(),
-        "tenant": session.tenant.as_str(),
-        "login": session.login.as_str(),
-        "station": session.station.as_ref().map(|s| s.as_str()),
-        "generation": session.generation.0,
-        "resumed": resumed,
-        "heartbeat_ms": heartbeat_ms,
-        "grace_ms": grace_ms,
-    }))
-}
-
-/// `forced_logout` (or `logged_out` for a normal logout) for an ended session.
-pub fn ending_frame(t: &Tombstone) -> Utf8Bytes {
-    use crate::session::EndReason;
-    if t.ending.reason == EndReason::LoggedOut {
-        return text(json!({"type": "logged_out"}));
-    }
-    text(json!({
-        "type": "forced_logout",
-        "reason": t.ending.reason.as_str(),
-        "message": t.ending.message,
-        "by": {
-            "client": t.ending.by.client,
-            "station": t.ending.by.station.as_ref().map(|s| s.as_str()),
-            "at_ms": t.ending.by.at_ms,
-        },
-    }))
-}
-
-/// `notice`.
-pub fn notice_frame(n: &Notice) -> Utf8Bytes {
-    let data = if n.data_json.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&n.data_json).unwrap_or(Value::Null)
-    };
-    text(json!({
-        "type": "notice",
-        "notice": {
-            "id": n.id,
-            "kind": n.kind,
-            "severity": n.severity,
-            "text": n.text,
-            "data": data,
-            "expires_at_ms": n.expires_at_ms,
-        },
-    }))
-}
-
-fn state_str(s: SessionState) -> &'static str {
-    match s {
-        SessionState::Pending => "pending",
-        SessionState::Connected => "connected",
-        SessionState::Disconnected => "disconnected",
-        SessionState::Ended(_) => "ended",
-    }
-}
-
-/// `presence`, for watching sockets.
-pub fn presence_frame(e: &PresenceEvent) -> Utf8Bytes {
-    let s = &e.session;
-    let end_reason = match s.state {
-        SessionState::Ended(r) => Some(r.as_str()),
-        _ => None,
-    };
-    text(json!({
-        "type": "presence",
-        "change": e.change.as_str(),
-        "session": {
-            "session_id": s.id.as_str(),
-            "login": s.login.as_str(),
-            "station": s.station.as_ref().map(|x| x.as_str()),
-            "client": s.client,
-            "role": s.role,
-            "state": state_str(s.state),
-            "status": s.status,
-            "generation": s.generation.0,
-            "end_reason": end_reason,
-        },
-        "status": s.status,
-        "at_ms": e.at_ms,
-    }))
-}
-
-/// `pong`, echoing the ping's id.
-pub fn pong(id: &Value) -> Utf8Bytes {
-    text(json!({"type": "pong", "id": id}))
-}
-
-/// `error`.
-pub fn error(code: &str, message: &str) -> Utf8Bytes {
-    text(json!({"type": "error", "code": code, "message": message}))
-}
-
-/// `reconnect`, sent by a draining node.
-pub fn reconnect(after_ms: u64) -> Utf8Bytes {
-    text(json!({"type": "reconnect", "after_ms": after_ms}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::pong;
+    use serde_json::json;
 
     #[test]
     fn every_client_message_parses() {

@@ -31,67 +31,96 @@ where
     })
 }
 
+/// A [`Session`]: the `s` of a session record (`s:<sid>`), of a tombstone,
+/// of events and of replies.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WSession {
     pub id: String,
     pub login: String,
+    /// `""` when the session has no station.
     pub station: String,
     pub client: String,
     pub role: String,
+    /// [`Session::generation`].
     pub gen: u64,
+    /// [`SessionState::as_str`]; an ended session's reason is in `reason`.
     pub state: String,
+    /// [`Session::created_at_ms`].
     pub created: i64,
+    /// [`Session::last_seen_ms`].
     pub seen: i64,
     pub node: String,
+    /// [`Session::attributes`].
     #[serde(default)]
     pub attrs: BTreeMap<String, String>,
     pub status: String,
+    /// [`EndReason::as_str`] when `state` is `ended`, else `""`.
     #[serde(default)]
     pub reason: String,
 }
 
+/// An [`EndedBy`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WBy {
     pub client: String,
+    /// `""`: none.
     pub station: String,
+    /// The displacing session's id; `""`: none (admin, broker).
     pub sid: String,
+    /// [`EndedBy::at_ms`].
     pub at: i64,
 }
 
+/// A [`Tombstone`] (`t:<sid>`, and the `t` of `e` events and replies).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WTomb {
+    /// The session as it ended.
     pub s: WSession,
+    /// [`EndReason::as_str`].
     pub reason: String,
     pub by: WBy,
+    /// The message for the person; `""`: the reason's default message.
     pub msg: String,
 }
 
+/// A [`Notice`], as queued in a session record's `nt` list.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WNotice {
     pub id: String,
     pub kind: String,
+    /// [`Notice::severity`].
     pub sev: String,
     pub text: String,
+    /// [`Notice::data_json`]: a JSON object, or `""`.
     pub data: String,
+    /// [`Notice::expires_at_ms`].
     pub exp: i64,
 }
 
+/// A socket in a session record's `k` list (the Lua side also keeps `t`,
+/// when it was attached).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct WSocket {
+    /// The node holding it.
     pub n: String,
+    /// Its connection number on that node.
     pub c: u64,
 }
 
 /// claim.lua's request (`R`), borrowed: a claim builds no JSON tree.
 #[derive(Serialize)]
 pub struct ClaimReq<'a> {
+    /// The id the session gets if granted (chosen by the node).
     pub sid: &'a str,
     pub login: &'a str,
+    /// `""`: none.
     pub station: &'a str,
     pub client: &'a str,
     pub role: &'a str,
+    /// [`ConflictPolicy::as_str`](crate::session::ConflictPolicy::as_str).
     pub policy: &'static str,
     pub attrs: &'a BTreeMap<String, String>,
+    /// The idempotency key; `""`: none.
     pub idem: &'a str,
     /// Whether this node knew the tenant's epoch marker.
     pub kep: bool,
@@ -101,26 +130,35 @@ pub struct ClaimReq<'a> {
 /// fields stay absent (cjson would turn `null` into a non-nil value).
 #[derive(Serialize)]
 pub struct SocketReq<'a> {
+    /// `attach`, `detach`, `status` or `ack`.
     pub op: &'static str,
     pub sid: &'a str,
+    /// The generation the connect token names.
     pub gen: u64,
     pub node: &'a str,
+    /// The socket's connection number (attach, detach).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn: Option<u64>,
+    /// The new presence status (status).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'a str>,
+    /// The notice id acked (ack).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nid: Option<&'a str>,
 }
 
-/// A message on a tenant's event channel.
+/// A message on a tenant's event channel; `k` names the kind.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "k")]
 pub enum WEvent {
+    /// `e`: a session ended; `t` its tombstone.
     #[serde(rename = "e")]
     Ended { t: WTomb },
+    /// `n`: notice `n` for session `sid`.
     #[serde(rename = "n")]
     Notice { sid: String, n: WNotice },
+    /// `p`: presence change `c` ([`PresenceChange::as_str`]) of session `s`
+    /// at unix ms `at`.
     #[serde(rename = "p")]
     Presence { s: WSession, c: String, at: i64 },
 }
@@ -128,63 +166,89 @@ pub enum WEvent {
 /// Every script's answer: either an error code or the op's fields.
 #[derive(Debug, Default, Deserialize)]
 pub struct Reply {
+    /// The error code (`fenced`, `ended`, `notfound`, `stale`, `toomany`,
+    /// `idem`, `dataloss` ...); the other fields are then absent or details.
     #[serde(default)]
     pub err: Option<String>,
+    /// `idem`: the login the idempotency key was first used for.
     #[serde(default)]
     pub login: Option<String>,
+    /// `stale`: the session's current generation.
     #[serde(default)]
     pub cur: Option<u64>,
     /// claim: granted | login | station; attach: live | ended; reassert:
     /// ok | ended | conflict.
     #[serde(default)]
     pub o: Option<String>,
+    /// The session the op was about (granted, attached, released ...).
     #[serde(default)]
     pub s: Option<WSession>,
+    /// claim: the holder of the login or station on a conflict.
     #[serde(default)]
     pub h: Option<WSession>,
+    /// claim: the sessions a takeover ended (evicted).
     #[serde(default, deserialize_with = "list")]
     pub ev: Vec<WSession>,
+    /// A tombstone: attach or reassert of an ended session.
     #[serde(default)]
     pub t: Option<WTomb>,
+    /// attach: the session came back from DISCONNECTED.
     #[serde(default)]
     pub resumed: bool,
+    /// attach: the session's queued notices.
     #[serde(default, deserialize_with = "list")]
     pub nt: Vec<WNotice>,
+    /// list: one page of sessions.
     #[serde(default, deserialize_with = "list")]
     pub ss: Vec<WSession>,
+    /// list, notify: where the next page or batch starts; `""`: done.
     #[serde(default)]
     pub next: String,
+    /// stations: one entry per station asked, in order.
     #[serde(default, deserialize_with = "list")]
     pub st: Vec<WStation>,
+    /// notify: notices delivered to a session with a socket.
     #[serde(default)]
     pub d: u32,
+    /// notify: notices queued for a session without one.
     #[serde(default)]
     pub q: u32,
+    /// reap, expire: call again, work is left.
     #[serde(default)]
     pub more: bool,
+    /// sync: tombstones of held sessions that ended (a missed forced logout).
     #[serde(default, deserialize_with = "list")]
     pub ended: Vec<WTomb>,
+    /// sync: held session ids Redis no longer knows (to re-assert).
     #[serde(default, deserialize_with = "list")]
     pub missing: Vec<String>,
 }
 
+/// One station's holder in a stations reply; both `""` when free.
 #[derive(Debug, Deserialize)]
 pub struct WStation {
+    /// The holder's login.
     pub l: String,
+    /// The holder's session id.
     pub id: String,
 }
 
 /// The membership script's answer.
 #[derive(Debug, Default, Deserialize)]
 pub struct NodesReply {
+    /// This node was declared dead: it is fenced.
     #[serde(default)]
     pub dead: bool,
+    /// The global epoch (a new one means Redis lost its data).
     #[serde(default)]
     pub epoch: String,
+    /// lease: this node had no lease (it was gone or is new).
     #[serde(default)]
     pub fresh: bool,
+    /// lease: nodes whose lease ran out, and unfinished reaps, to bury.
     #[serde(default, deserialize_with = "list")]
     pub due: Vec<String>,
+    /// bury: the tenants to reap the buried node's sockets from.
     #[serde(default, deserialize_with = "list")]
     pub t: Vec<String>,
 }
