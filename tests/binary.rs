@@ -88,3 +88,40 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
         .await
         .expect("wait");
 }
+
+/// A startup error names the Redis it could not reach without printing the
+/// password in its URL (issue 15, item 5): logs are read by more people
+/// than the secret is meant for.
+#[tokio::test]
+async fn a_redis_startup_error_does_not_print_the_password() {
+    // A port nothing listens on: bind it, note it, free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("redis://agent:hunter2-secret@127.0.0.1:{port}/0");
+    let out = within(
+        "the binary to give up on Redis",
+        Command::new(env!("CARGO_BIN_EXE_turnstile"))
+            .args(["serve", "--http-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", "127.0.0.1:0", "--redis", &url])
+            .env_remove("RUST_LOG")
+            .env_remove("TURNSTILE_REDIS")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the binary runs");
+    assert!(!out.status.success(), "serve without its Redis must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "the password leaked: {stderr}{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("redis://agent:***@127.0.0.1:{port}/0")),
+        "the error names the Redis (password hidden): {stderr}"
+    );
+}
