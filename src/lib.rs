@@ -7,7 +7,7 @@
 //! - [`auth`]: connect tokens (JWT).
 //! - [`hub`]: local delivery of registry events to sockets and watchers.
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
-//! - [`config`]: typed, validated settings.
+//! - [`config`]: typed, validated settings; [`limits`]: the fixed bounds.
 //! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.
 //! - [`server`]: assembly of a node and its shutdown; [`telemetry`]: logs, metrics.
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
+pub mod limits;
 pub mod metrics_names;
 pub mod registry;
 pub mod server;
