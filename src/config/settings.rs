@@ -5,8 +5,8 @@
 //! twice.
 //!
 //! Flags are not a second list of fields: [`Flags`] turns the flags given
-//! on the command line into one more configuration source, parsed exactly
-//! like `TURNSTILE_*` environment variables.
+//! on the command line into one more configuration source, deserialised
+//! into [`Config`] with the file and the `TURNSTILE_*` environment.
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -162,9 +162,8 @@ pub fn markdown_table() -> String {
 }
 
 /// The settings given as `serve` flags: one more configuration source,
-/// above the file and the environment. Each value is parsed as figment
-/// parses an environment variable, then checked with every other source
-/// by [`Config::load`]. Shown by name only (values may be secrets).
+/// above the file and the environment, checked with every other source by
+/// [`Config::load`]. Shown by name only (values may be secrets).
 #[derive(Clone, Default)]
 pub struct Flags {
     given: Vec<(&'static str, Value)>,
@@ -210,12 +209,17 @@ impl clap::FromArgMatches for Flags {
             if m.value_source(s.name) != Some(ValueSource::CommandLine) {
                 continue;
             }
+            // Numbers are parsed as figment parses an environment variable;
+            // text stays text, so `--signing-key 1234…` is not a number.
             let value = if s.kind == Switch {
                 Value::from(true)
             } else {
-                match m.get_one::<String>(s.name) {
-                    Some(text) => text.parse().unwrap_or_else(|e| match e {}),
-                    None => continue,
+                let Some(text) = m.get_one::<String>(s.name) else {
+                    continue;
+                };
+                match s.kind {
+                    Number => text.parse().unwrap_or_else(|e| match e {}),
+                    _ => Value::from(text.clone()),
                 }
             };
             self.given.retain(|(n, _)| *n != s.name);
@@ -337,6 +341,15 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = cli.flags.names().collect();
         assert_eq!(names.len(), 13, "{names:?}");
+        let c = Config::load(
+            None,
+            Cli::try_parse_from(["serve", "--signing-key", &"7".repeat(40), "--node", "42"])
+                .unwrap()
+                .flags,
+        )
+        .unwrap();
+        assert_eq!(c.signing_key.as_deref(), Some(&*"7".repeat(40)));
+        assert_eq!(c.node_id().as_str(), "42");
         let dict = cli.flags.data().unwrap().remove(&Profile::Default).unwrap();
         assert_eq!(dict["redis_cluster"], Value::from(true));
         assert_eq!(dict["heartbeat"], Value::from("3s"));
