@@ -14,8 +14,13 @@ use crate::pb::session_broker_client::SessionBrokerClient;
 #[derive(Args)]
 pub struct CtlArgs {
     /// The node's gRPC address.
-    #[arg(long, env = "TURNSTILE_ADDR", default_value = "http://127.0.0.1:7701")]
-    addr: String,
+    #[arg(
+        long,
+        env = "TURNSTILE_ADDR",
+        default_value = "http://127.0.0.1:7701",
+        value_parser = grpc_endpoint
+    )]
+    addr: http::Uri,
     /// Print JSON lines instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -157,16 +162,20 @@ fn session_line(s: &pb::Session) -> String {
     )
 }
 
+/// `--addr`, checked when the command line is parsed (clap names the flag).
+fn grpc_endpoint(text: &str) -> Result<http::Uri, String> {
+    let bad = || format!("{text:?} is not a URL like http://127.0.0.1:7701");
+    let uri: http::Uri = text.parse().map_err(|_| bad())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(bad()),
+    }
+}
+
 /// Runs one ctl command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| {
-            format!(
-                "--addr {:?} is not a URL like http://127.0.0.1:7701",
-                args.addr
-            )
-        })?
-        .connect_timeout(Duration::from_secs(5));
+    let endpoint =
+        tonic::transport::Endpoint::from(args.addr.clone()).connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.with_context(|| {
         format!(
             "cannot reach turnstile at {}; is `turnstile serve` running?",

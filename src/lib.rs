@@ -9,7 +9,7 @@
 //! - [`frames`]: the server → client WebSocket frames; [`close`]: every close
 //!   code sent, with what a client should do about it (below hub and gateway).
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
-//! - [`config`]: typed, validated settings.
+//! - [`config`]: typed, validated settings; [`limits`]: the fixed bounds.
 //! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.
 //! - [`server`]: assembly of a node and its shutdown; [`telemetry`]: logs, metrics.
 #![forbid(unsafe_code)]
@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
 mod jwt_crypto;
+pub mod limits;
 pub mod metrics_names;
 pub mod registry;
 pub mod server;

@@ -10,14 +10,12 @@ mod demo;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
-use turnstile::config::{Config, LogFormat};
+use turnstile::config::{Config, Flags};
 
 #[derive(Parser)]
 #[command(
@@ -40,65 +38,16 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Flags of `serve`; each overrides `TURNSTILE_*` env and the TOML file.
-#[derive(clap::Args, Serialize)]
+/// Flags of `serve`: the file, then one flag per setting (made from
+/// `turnstile::config::settings::SETTINGS`), each overriding `TURNSTILE_*`
+/// env and the file.
+#[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML file with settings (see README).
+    /// TOML file with settings (see docs/operations.md).
     #[arg(long, env = "TURNSTILE_CONFIG")]
-    #[serde(skip)]
     config: Option<PathBuf>,
-    /// WebSocket + HTTP listen address [default: 127.0.0.1:7700].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_listen: Option<SocketAddr>,
-    /// gRPC listen address [default: 127.0.0.1:7701].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grpc_listen: Option<SocketAddr>,
-    /// This node's name [default: <hostname>-<pid>].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-    /// Server ping interval, e.g. 15s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    heartbeat: Option<String>,
-    /// Grace period after a socket is lost, e.g. 60s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grace: Option<String>,
-    /// How long a claimed session waits for its first socket, e.g. 60s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connect_timeout: Option<String>,
-    /// HS256 secret for connect tokens (32+ bytes).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signing_key: Option<String>,
-    /// Redis URL(s), comma-separated: join a cluster through Redis.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    redis: Option<String>,
-    /// The --redis URLs are seed nodes of a Redis Cluster.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    redis_cluster: bool,
-    /// A node silent in Redis this long is declared dead, e.g. 5s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease_ttl: Option<String>,
-    /// How often sockets are reconciled with Redis, e.g. 5s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reconcile_interval: Option<String>,
-    /// Reconnects after SIGTERM are spread over this window, e.g. 2s.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    drain_window: Option<String>,
-    /// Log format: human or json.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    settings: Flags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,7 +61,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.config.as_deref(), &args)?;
+    let config = Config::load(args.config.as_deref(), args.settings)?;
     let _log = turnstile::telemetry::init_logging(config.log_format);
     let server = turnstile::server::start(config).await?;
     {

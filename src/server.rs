@@ -1,8 +1,9 @@
 //! Assembly of a node: binds both listeners, builds the registry, hub,
 //! gateway and gRPC service, and owns the shutdown sequence.
 //!
-//! `start` takes the whole [`Config`] and returns once both listeners are
-//! bound (ports may be 0), so a test starts a full node in one line.
+//! `start` takes the whole [`Config`], checks it, hands each component the
+//! part it needs and returns once both listeners are bound (ports may be
+//! 0), so a test starts a full node in one line.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +19,10 @@ use crate::api::conn::GrpcConn;
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
-use crate::gateway::{Gateway, GatewayConfig};
+use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::registry::{MemoryRegistry, RedisRegistry, Registry};
-use crate::session::{NodeId, Tenant};
-
-/// How long shutdown waits for connections to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+use crate::session::NodeId;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +33,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("configuration: tenants: {0}")]
-    Tenant(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
@@ -56,10 +52,14 @@ pub struct RunningServer {
     gateway: Gateway,
     registry: Arc<dyn Registry>,
     drain_window: Duration,
+    /// How long shutdown waits for connections to finish.
+    shutdown_grace: Duration,
 }
 
-/// Starts a node with `config`.
+/// Starts a node with `config` (checked here too, so a config built in code
+/// gets the same checks as a loaded one).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    config.validate()?;
     let node = config.node_id();
     let http = listen(config.http_listen).map_err(|source| ServerError::Bind {
         what: "http/websocket",
@@ -85,15 +85,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             TokenKeys::generate(config.token_ttl)
         }
     };
-    let tenants = match &config.tenants {
-        Some(list) => Some(
-            list.iter()
-                .map(|t| Tenant::parse(t).map_err(|e| ServerError::Tenant(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        None => None,
-    };
-
     let tls = config.tls_files()?;
     let ws_tls = match &tls {
         Some(t) => Some(ws_tls_config(&t.cert, &t.key)?),
@@ -114,23 +105,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let tracker = TaskTracker::new();
 
     let gateway = Gateway::new(
-        GatewayConfig {
-            node: node.clone(),
-            heartbeat: config.heartbeat,
-            grace: config.grace,
-            max_message_bytes: config.max_message_bytes,
-            outbound_queue: config.outbound_queue,
-            handshake_timeout: config.handshake_timeout,
-            allowed_origins: config.allowed_origins.clone(),
-            limits: crate::gateway::limits::LimitsConfig {
-                max_sockets: config.max_sockets,
-                max_sockets_per_ip: config.max_sockets_per_ip,
-                handshakes_per_second: config.handshakes_per_second,
-                handshakes_per_second_per_ip: config.handshakes_per_second_per_ip,
-            },
-            messages_per_second: config.messages_per_second,
-            tls: ws_tls,
-        },
+        config.gateway(node.clone(), ws_tls),
         registry.clone(),
         hub.clone(),
         keys.clone(),
@@ -138,24 +113,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
 
-    let api_keys = config
-        .api_keys
-        .iter()
-        .map(|k| {
-            Ok(crate::api::keys::ApiKey {
-                name: k.name.clone(),
-                secret: k.key.clone(),
-                tenant: match &k.tenant {
-                    Some(t) => {
-                        Some(Tenant::parse(t).map_err(|e| ServerError::Tenant(e.to_string()))?)
-                    }
-                    None => None,
-                },
-            })
-        })
-        .collect::<Result<Vec<_>, ServerError>>()?;
-    let api = Api::new(registry.clone(), hub.clone(), keys, tenants, stop.clone())
-        .into_authenticated(crate::api::keys::ApiKeys::new(api_keys));
+    let api = Api::new(
+        registry.clone(),
+        hub.clone(),
+        keys,
+        config.tenants.clone(),
+        stop.clone(),
+        config.watch_buffer,
+    )
+    .into_authenticated(crate::api::keys::ApiKeys::new(config.api_keys()));
+    let max_streams = config.grpc_max_concurrent_streams;
     let grpc_stop = stop.clone();
     // The builder's tcp_nodelay applies only to listeners it binds itself.
     let incoming =
@@ -178,7 +145,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             };
         }
         let result = builder
-            .max_concurrent_streams(Some(256))
+            .max_concurrent_streams(Some(max_streams))
             .tcp_nodelay(true)
             .add_service(api)
             .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
@@ -198,6 +165,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         gateway,
         registry,
         drain_window: config.drain_window,
+        shutdown_grace: config.shutdown_grace,
     })
 }
 
@@ -209,12 +177,13 @@ impl RunningServer {
         self.hub.drain(self.drain_window);
         self.stop.cancel();
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+        if tokio::time::timeout(self.shutdown_grace, self.tracker.wait())
             .await
             .is_err()
         {
             warn!(
-                "shutdown grace of {SHUTDOWN_GRACE:?} ran out with {} sockets open",
+                "shutdown grace of {:?} ran out with {} sockets open",
+                self.shutdown_grace,
                 self.hub.socket_count()
             );
         }
@@ -257,9 +226,7 @@ fn ws_tls_config(
     Ok(Arc::new(cfg))
 }
 
-/// Binds a listener with a deep accept backlog: a shift-start storm of
-/// thousands of connects must queue, not have SYNs dropped and retried a
-/// second later. (The kernel caps it at `net.core.somaxconn`.)
+/// Binds a listener with a deep accept backlog ([`crate::limits::ACCEPT_BACKLOG`]).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -268,5 +235,5 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(8192)
+    socket.listen(crate::limits::ACCEPT_BACKLOG)
 }

@@ -21,6 +21,9 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
             "127.0.0.1:0",
         ])
         .env_remove("RUST_LOG")
+        // Settings from the environment reach the typed config too.
+        .env("TURNSTILE_NODE", "from-env")
+        .env("TURNSTILE_MAX_SOCKETS", "50")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -48,7 +51,7 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
     };
     let http: SocketAddr = field("http").parse().expect("http addr");
     let grpc: SocketAddr = field("grpc").parse().expect("grpc addr");
-    assert!(!field("node").is_empty());
+    assert_eq!(field("node"), "from-env");
     assert_ne!(http.port(), 0);
     assert_ne!(grpc.port(), 0);
 
@@ -87,4 +90,41 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
     within("the binary exits", child.wait())
         .await
         .expect("wait");
+}
+
+/// A startup error names the Redis it could not reach without printing the
+/// password in its URL (issue 15, item 5): logs are read by more people
+/// than the secret is meant for.
+#[tokio::test]
+async fn a_redis_startup_error_does_not_print_the_password() {
+    // A port nothing listens on: bind it, note it, free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("redis://agent:hunter2-secret@127.0.0.1:{port}/0");
+    let out = within(
+        "the binary to give up on Redis",
+        Command::new(env!("CARGO_BIN_EXE_turnstile"))
+            .args(["serve", "--http-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", "127.0.0.1:0", "--redis", &url])
+            .env_remove("RUST_LOG")
+            .env_remove("TURNSTILE_REDIS")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the binary runs");
+    assert!(!out.status.success(), "serve without its Redis must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "the password leaked: {stderr}{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("redis://agent:***@127.0.0.1:{port}/0")),
+        "the error names the Redis (password hidden): {stderr}"
+    );
 }

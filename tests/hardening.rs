@@ -26,7 +26,7 @@ fn with_keys(c: &mut Config) {
         ApiKeyConfig {
             name: "acme-portal".into(),
             key: ACME_KEY.into(),
-            tenant: Some(T.into()),
+            tenant: turnstile::session::Tenant::parse(T).ok(),
         },
     ];
 }

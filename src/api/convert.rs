@@ -12,19 +12,12 @@ use crate::session::{
     Session, SessionState, Station,
 };
 
-/// Field limits of the gRPC API.
-pub const MAX_CLIENT_LEN: usize = 32;
-pub const MAX_ROLE_LEN: usize = 32;
-pub const MAX_ATTRIBUTES: usize = 32;
-pub const MAX_ATTRIBUTE_KEY: usize = 64;
-pub const MAX_ATTRIBUTE_VALUE: usize = 512;
-pub const MAX_IDEMPOTENCY_KEY: usize = 128;
-pub const MAX_MESSAGE_LEN: usize = 512;
-pub const MAX_NOTICE_TEXT: usize = 2048;
-pub const MAX_NOTICE_DATA: usize = 8192;
-pub const MAX_STATIONS: usize = 500;
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
+/// Field limits of the gRPC API (defined, with their reasons, in [`crate::limits`]).
+pub use crate::limits::{
+    DEFAULT_PAGE, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_CLIENT_LEN,
+    MAX_IDEMPOTENCY_KEY, MAX_MESSAGE_LEN, MAX_NOTICE_DATA, MAX_NOTICE_TEXT, MAX_PAGE, MAX_ROLE_LEN,
+    MAX_STATIONS,
+};
 
 pub fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())

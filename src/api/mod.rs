@@ -24,9 +24,6 @@ use crate::registry::{ClaimOutcome, EvictTarget, NotifyTarget, Registry, Session
 use crate::session::{Login, SessionId, Station, Tenant};
 use keys::Caller;
 
-/// Capacity of one WatchPresence stream before it counts as fallen behind.
-const WATCH_CAPACITY: usize = 1024;
-
 /// The SessionBroker service.
 pub struct Api {
     registry: Arc<dyn Registry>,
@@ -36,6 +33,8 @@ pub struct Api {
     tenants: Option<Vec<Tenant>>,
     /// Cancelled when the node stops: open WatchPresence streams end.
     stop: CancellationToken,
+    /// Capacity of one WatchPresence stream before it counts as fallen behind.
+    watch_buffer: usize,
 }
 
 impl Api {
@@ -45,6 +44,7 @@ impl Api {
         keys: TokenKeys,
         tenants: Option<Vec<Tenant>>,
         stop: CancellationToken,
+        watch_buffer: usize,
     ) -> Self {
         Self {
             registry,
@@ -52,6 +52,7 @@ impl Api {
             keys,
             tenants,
             stop,
+            watch_buffer,
         }
     }
 
@@ -70,7 +71,7 @@ impl Api {
     /// Into a tonic service with the request-size limit set.
     pub fn into_service(self) -> pb::session_broker_server::SessionBrokerServer<Self> {
         pb::session_broker_server::SessionBrokerServer::new(self)
-            .max_decoding_message_size(64 * 1024)
+            .max_decoding_message_size(crate::limits::MAX_GRPC_REQUEST_BYTES)
     }
 
     fn tenant(&self, caller: Option<&Caller>, raw: &str) -> Result<Tenant, Status> {
@@ -341,7 +342,7 @@ impl pb::session_broker_server::SessionBroker for Api {
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
         let caller = caller_of(&request);
         let tenant = self.tenant(caller.as_ref(), &request.into_inner().tenant)?;
-        let mut watch = self.hub.watch(&tenant, WATCH_CAPACITY);
+        let mut watch = self.hub.watch(&tenant, self.watch_buffer);
         // Only after the hub holds the watcher: no event in between is lost.
         self.registry
             .watch(&tenant)

@@ -71,7 +71,7 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _log = turnstile::telemetry::init_logging(LogFormat::Human);
     let config = Config {
-        node: Some("demo".into()),
+        node: turnstile::session::NodeId::parse("demo").ok(),
         http_listen: args.http,
         grpc_listen: args.grpc,
         heartbeat: args.heartbeat.into(),

@@ -30,10 +30,22 @@ use crate::metrics_names as m;
 use crate::registry::{Attached, RegistryError, SocketId};
 use crate::session::{now_ms, Generation, Login, Session, SessionId, Tenant};
 
-/// A write that takes longer than this means the client stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Consecutive bad client frames tolerated before the socket is closed.
-const MAX_BAD_FRAMES: u32 = 10;
+use crate::limits::MAX_BAD_FRAMES;
+
+tokio::task_local! {
+    /// The socket's `write_timeout` (a write that takes longer means the
+    /// client stopped reading), set once for the socket's whole task by
+    /// [`run`], so every helper that writes needs no extra argument.
+    static WRITE_TIMEOUT: Duration;
+}
+
+/// The current socket's write timeout; outside a socket task (never, in
+/// practice) the setting's default.
+fn write_timeout() -> Duration {
+    WRITE_TIMEOUT
+        .try_with(|t| *t)
+        .unwrap_or(Duration::from_secs(10))
+}
 
 type Ws<S> = WebSocketStream<S>;
 
@@ -90,7 +102,8 @@ where
         let shared = shared.clone();
         Box::pin(async move { open(upgrade.await?, shared, token).await })
     };
-    async move {
+    let write_timeout = shared.cfg.write_timeout;
+    WRITE_TIMEOUT.scope(write_timeout, async move {
         let Some(opened) = opening.await else {
             return;
         };
@@ -112,7 +125,7 @@ where
         // slot of this future, doubling what every idle socket keeps.
         let serving = std::pin::pin!(serve_opened(opened, shared).instrument(span));
         serving.await
-    }
+    })
 }
 
 /// Serves an opened socket, then detaches it when its session lives on.
@@ -387,13 +400,13 @@ where
     true
 }
 
-/// Writes one frame, bounded by [`WRITE_TIMEOUT`]; false when the socket is gone.
+/// Writes one frame, bounded by the write timeout; false when the socket is gone.
 async fn write<S>(ws: &mut Ws<S>, msg: Message) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg)).await,
+        tokio::time::timeout(write_timeout(), ws.send(msg)).await,
         Ok(Ok(()))
     )
 }
@@ -412,7 +425,7 @@ where
         code: WsCloseCode::from(close.as_u16()),
         reason: Utf8Bytes::from_static(close.reason()),
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(close))).await;
+    let _ = tokio::time::timeout(write_timeout(), ws.close(Some(close))).await;
 }
 
 async fn detach(shared: &Shared, session: &Holder, socket: SocketId) {

@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub grace: Duration,
     pub max_message_bytes: usize,
     pub outbound_queue: usize,
+    /// A socket write taking longer means the client stopped reading.
+    pub write_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Browser origins allowed; `None`: any.
     pub allowed_origins: Option<Vec<String>>,

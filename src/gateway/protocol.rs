@@ -5,10 +5,7 @@
 
 use serde_json::Value;
 
-/// The longest presence status a client may set.
-pub const MAX_STATUS_LEN: usize = 64;
-/// The longest notice id a client may ack.
-pub const MAX_NOTICE_ID_LEN: usize = 128;
+pub use crate::limits::{MAX_NOTICE_ID_LEN, MAX_STATUS_LEN};
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq)]

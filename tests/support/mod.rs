@@ -58,13 +58,15 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 /// otherwise.
 pub fn config() -> Config {
     Config {
-        node: Some("test-node".into()),
+        node: turnstile::session::NodeId::parse("test-node").ok(),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         signing_key: Some(SECRET.into()),
         // TS_TEST_REDIS=redis://... runs the single-node suites on
         // the Redis registry (each node in its own namespace).
-        redis: std::env::var("TS_TEST_REDIS").ok(),
+        redis: std::env::var("TS_TEST_REDIS")
+            .ok()
+            .map(|u| u.parse().expect("TS_TEST_REDIS is a redis:// URL")),
         redis_namespace: format!("t{:016x}", rand::random::<u64>()),
         lease_ttl: Duration::from_secs(1),
         reconcile_interval: Duration::from_millis(500),

@@ -22,7 +22,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct Target {
     /// One URL for a single server; one or more seed nodes for a cluster.
-    pub urls: Vec<String>,
+    /// (Their `Display`/`Debug` hide the password.)
+    pub urls: Vec<crate::config::RedisUrl>,
     pub cluster: bool,
 }
 
@@ -84,8 +85,10 @@ pub async fn commands(target: &Target) -> redis::RedisResult<Conn> {
 }
 
 fn first(target: &Target) -> redis::RedisResult<redis::ConnectionInfo> {
-    let url = target.urls.first().cloned().unwrap_or_default();
-    url.as_str().into_connection_info()
+    match target.urls.first() {
+        Some(url) => url.into_connection_info(),
+        None => "".into_connection_info(),
+    }
 }
 
 /// A subscription connection. Pushes (messages, and `Disconnection` when

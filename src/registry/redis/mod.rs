@@ -274,7 +274,7 @@ impl RedisRegistry {
         stop: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let cerr = |source| ConnectError {
-            urls: rcfg.target.urls.join(","),
+            urls: crate::config::RedisUrl::join(&rcfg.target.urls),
             source,
         };
         let conn = conn::commands(&rcfg.target).await.map_err(cerr)?;
@@ -319,7 +319,7 @@ impl RedisRegistry {
         // The first lease before serving anything: the node must be a
         // member before it writes for sockets.
         registry.lease_once().await.map_err(|e| ConnectError {
-            urls: registry.inner.rcfg.target.urls.join(","),
+            urls: crate::config::RedisUrl::join(&registry.inner.rcfg.target.urls),
             source: redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string())),
         })?;
         tasks::spawn(registry.clone(), rx, overflowed, stop);
