@@ -64,7 +64,9 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
     short_text("client", &r.client, MAX_CLIENT_LEN)?;
     short_text("role", &r.role, MAX_ROLE_LEN)?;
     let policy = match pb::ConflictPolicy::try_from(r.on_conflict) {
-        Ok(pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
+        // Unspecified is the documented default: a forgotten field never
+        // ends anybody's session.
+        Ok(pb::ConflictPolicy::Unspecified | pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
         Ok(pb::ConflictPolicy::Takeover) => ConflictPolicy::Takeover,
         Err(_) => {
             return Err(bad(
