@@ -307,6 +307,11 @@ mod tests {
         let ok = claim_request(req()).unwrap();
         assert_eq!(ok.station, None);
         assert_eq!(ok.role, "agent");
+        // An unset policy is UNSPECIFIED, which means REJECT.
+        assert_eq!(ok.policy, ConflictPolicy::Reject);
+        let mut r = req();
+        r.on_conflict = pb::ConflictPolicy::Takeover as i32;
+        assert_eq!(claim_request(r).unwrap().policy, ConflictPolicy::Takeover);
     }
 
     #[test]
