@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::pb;
-use crate::pb::session_broker_client::SessionBrokerClient;
+use crate::pb::session_broker_service_client::SessionBrokerServiceClient;
 
 #[derive(Args)]
 pub struct CtlArgs {
@@ -182,7 +182,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             args.addr
         )
     })?;
-    let mut c = SessionBrokerClient::new(channel);
+    let mut c = SessionBrokerServiceClient::new(channel);
     let json = args.json;
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match args.cmd {
@@ -301,8 +301,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(status)?
-                .into_inner();
-            print_session(json, Some(&s));
+                .into_inner()
+                .session;
+            print_session(json, s.as_ref());
         }
         Cmd::Sessions { tenant } => {
             let mut token = String::new();
@@ -394,7 +395,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            while let Some(ev) = stream.message().await.map_err(status)? {
+            while let Some(item) = stream.message().await.map_err(status)? {
+                let Some(ev) = item.event else { continue };
                 let change = enum_name::<pb::PresenceChange>(ev.change);
                 if json {
                     println!(

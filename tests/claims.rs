@@ -368,6 +368,34 @@ async fn malformed_claims_are_invalid_argument_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_unspecified_policy_rejects_and_an_unknown_one_is_invalid_argument() {
+    // A client that never sets on_conflict sends 0 (UNSPECIFIED): it must
+    // get the documented default, REJECT, and never end anybody's session.
+    let node = start().await;
+    let first = node.grant(T, "ana", "s1").await;
+    let r = node.claim(T, "ana", "", ConflictPolicy::Unspecified).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    let holder = r.holder.as_ref().expect("LOGIN_IN_USE names the holder");
+    assert_eq!(holder.session_id, session_of(&first).session_id);
+    assert!(r.evicted.is_empty(), "nobody was ended: {r:?}");
+    // A number this broker does not know (a newer client's policy) is
+    // refused, naming the field, rather than guessed at.
+    let mut req = claim_req(T, "ana", "", ConflictPolicy::Takeover);
+    req.on_conflict = 99;
+    let mut c = node.client.clone();
+    let err = within("Claim", c.claim(req)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("on_conflict:"),
+        "names the field: {:?}",
+        err.message()
+    );
+    let s = node.get_by_login(T, "ana").await.unwrap();
+    assert_eq!(s.session_id, holder.session_id, "the holder is untouched");
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn get_session_is_not_found_for_unknown_ids_and_logins() {
     let node = start().await;
     let err = node

@@ -77,7 +77,9 @@ async fn a_rust_agent_signs_in_is_taken_over_and_told_why() {
     let ev = within("presence", presence.message())
         .await
         .expect("stream")
-        .expect("event");
+        .expect("event")
+        .event
+        .expect("a response carries an event");
     assert_eq!(ev.change(), cpb::PresenceChange::Claimed);
     node.shutdown().await;
 }

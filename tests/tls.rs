@@ -12,7 +12,7 @@ use support::*;
 use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use turnstile::pb::session_broker_client::SessionBrokerClient;
+use turnstile::pb::session_broker_service_client::SessionBrokerServiceClient;
 
 const T: &str = "acme";
 
@@ -73,7 +73,7 @@ async fn tls_client(
     node: &Node,
     pki: &Pki,
     identity: bool,
-) -> Result<SessionBrokerClient<Channel>, tonic::transport::Error> {
+) -> Result<SessionBrokerServiceClient<Channel>, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
         .domain_name("localhost");
@@ -85,7 +85,7 @@ async fn tls_client(
         .tls_config(tls)?
         .connect()
         .await?;
-    Ok(SessionBrokerClient::new(channel))
+    Ok(SessionBrokerServiceClient::new(channel))
 }
 
 async fn wss_welcome(node: &Node, pki: &Pki, token: &str) -> serde_json::Value {

@@ -57,7 +57,9 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
     short_text("client", &r.client, MAX_CLIENT_LEN)?;
     short_text("role", &r.role, MAX_ROLE_LEN)?;
     let policy = match pb::ConflictPolicy::try_from(r.on_conflict) {
-        Ok(pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
+        // Unspecified is the documented default: a forgotten field never
+        // ends anybody's session.
+        Ok(pb::ConflictPolicy::Unspecified | pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
         Ok(pb::ConflictPolicy::Takeover) => ConflictPolicy::Takeover,
         Err(_) => {
             return Err(bad(
@@ -298,6 +300,11 @@ mod tests {
         let ok = claim_request(req()).unwrap();
         assert_eq!(ok.station, None);
         assert_eq!(ok.role, "agent");
+        // An unset policy is UNSPECIFIED, which means REJECT.
+        assert_eq!(ok.policy, ConflictPolicy::Reject);
+        let mut r = req();
+        r.on_conflict = pb::ConflictPolicy::Takeover as i32;
+        assert_eq!(claim_request(r).unwrap().policy, ConflictPolicy::Takeover);
     }
 
     #[test]

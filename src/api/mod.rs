@@ -1,4 +1,4 @@
-//! The gRPC API (`turnstile.v1.SessionBroker`). It only translates: wire
+//! The gRPC API (`turnstile.v1.SessionBrokerService`). It only translates: wire
 //! requests are validated into domain types ([`convert`]), the registry
 //! decides, and the answer is converted back. Conflicts are outcomes, not
 //! errors.
@@ -24,7 +24,7 @@ use crate::registry::{ClaimOutcome, EvictTarget, NotifyTarget, Registry, Session
 use crate::session::{Login, SessionId, Station, Tenant};
 use keys::Caller;
 
-/// The SessionBroker service.
+/// The SessionBrokerService.
 pub struct Api {
     registry: Arc<dyn Registry>,
     hub: Arc<Hub>,
@@ -62,15 +62,17 @@ impl Api {
         self,
         keys: keys::ApiKeys,
     ) -> tonic::service::interceptor::InterceptedService<
-        pb::session_broker_server::SessionBrokerServer<Self>,
+        pb::session_broker_service_server::SessionBrokerServiceServer<Self>,
         keys::ApiKeys,
     > {
         tonic::service::interceptor::InterceptedService::new(self.into_service(), keys)
     }
 
     /// Into a tonic service with the request-size limit set.
-    pub fn into_service(self) -> pb::session_broker_server::SessionBrokerServer<Self> {
-        pb::session_broker_server::SessionBrokerServer::new(self)
+    pub fn into_service(
+        self,
+    ) -> pb::session_broker_service_server::SessionBrokerServiceServer<Self> {
+        pb::session_broker_service_server::SessionBrokerServiceServer::new(self)
             .max_decoding_message_size(crate::limits::MAX_GRPC_REQUEST_BYTES)
     }
 
@@ -144,16 +146,16 @@ fn outcome_label(r: &Result<pb::ClaimResponse, Status>) -> &'static str {
             Ok(pb::ClaimOutcome::Granted) => "granted",
             Ok(pb::ClaimOutcome::LoginInUse) => "login_in_use",
             Ok(pb::ClaimOutcome::StationInUse) => "station_in_use",
-            Err(_) => "unknown",
+            Ok(pb::ClaimOutcome::Unspecified) | Err(_) => "unknown",
         },
         Err(_) => "error",
     }
 }
 
-type PresenceStream = Pin<Box<dyn Stream<Item = Result<pb::PresenceEvent, Status>> + Send>>;
+type PresenceStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPresenceResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl pb::session_broker_server::SessionBroker for Api {
+impl pb::session_broker_service_server::SessionBrokerService for Api {
     async fn claim(
         &self,
         request: Request<pb::ClaimRequest>,
@@ -238,7 +240,7 @@ impl pb::session_broker_server::SessionBroker for Api {
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let caller = caller_of(&request);
         let r = request.into_inner();
         let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
@@ -255,7 +257,9 @@ impl pb::session_broker_server::SessionBroker for Api {
             .get(&tenant, key)
             .await
             .map_err(convert::status)?;
-        Ok(Response::new(convert::session(&s)))
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(convert::session(&s)),
+        }))
     }
 
     async fn list_sessions(
@@ -360,7 +364,10 @@ impl pb::session_broker_server::SessionBroker for Api {
                     event = watch.recv() => event,
                 };
                 let Some(event) = event else { break };
-                if tx.send(Ok(convert::presence(&event))).await.is_err() {
+                let item = pb::WatchPresenceResponse {
+                    event: Some(convert::presence(&event)),
+                };
+                if tx.send(Ok(item)).await.is_err() {
                     return;
                 }
             }
@@ -380,7 +387,7 @@ impl pb::session_broker_server::SessionBroker for Api {
 /// A stream fed by a task through a small channel.
 fn async_stream<F, Fut>(f: F) -> PresenceStream
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::PresenceEvent, Status>>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WatchPresenceResponse, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -92,7 +92,7 @@ pub struct Config {
     pub node: Option<NodeId>,
     /// WebSocket + HTTP (`/v1/ws`, `/metrics`, `/healthz`, `/readyz`).
     pub http_listen: SocketAddr,
-    /// gRPC (`turnstile.v1.SessionBroker`).
+    /// gRPC (`turnstile.v1.SessionBrokerService`).
     pub grpc_listen: SocketAddr,
     /// Server ping interval; a socket silent for twice this is dead.
     #[serde(with = "humantime_serde")]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use turnstile::pb;
-use turnstile::pb::session_broker_client::SessionBrokerClient;
+use turnstile::pb::session_broker_service_client::SessionBrokerServiceClient;
 use turnstile::session::Tenant;
 
 /// Every demo user's password.
@@ -221,7 +221,7 @@ struct Signed {
 /// The login service.
 pub struct LoginService {
     tenant: String,
-    broker: SessionBrokerClient<Channel>,
+    broker: SessionBrokerServiceClient<Channel>,
     stations: Vec<String>,
     /// Where browsers open the agent WebSocket (the network simulator).
     ws_addr: SocketAddr,
@@ -234,7 +234,7 @@ pub struct LoginService {
 impl LoginService {
     pub fn new(
         tenant: &str,
-        broker: SessionBrokerClient<Channel>,
+        broker: SessionBrokerServiceClient<Channel>,
         ws_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
         let tenant = Tenant::parse(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
@@ -264,7 +264,7 @@ impl LoginService {
         }
     }
 
-    fn client(&self) -> SessionBrokerClient<Channel> {
+    fn client(&self) -> SessionBrokerServiceClient<Channel> {
         self.broker.clone()
     }
 
@@ -364,6 +364,9 @@ impl LoginService {
                     }),
                 })
             }
+            pb::ClaimOutcome::Unspecified => Err(DemoError::Unavailable(tonic::Status::internal(
+                "the broker answered a claim without an outcome",
+            ))),
         }
     }
 
@@ -608,8 +611,12 @@ mod tests {
             tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
                 .unwrap()
                 .connect_lazy();
-        let svc =
-            LoginService::new("acme", SessionBrokerClient::new(channel), server.http_addr).unwrap();
+        let svc = LoginService::new(
+            "acme",
+            SessionBrokerServiceClient::new(channel),
+            server.http_addr,
+        )
+        .unwrap();
         (svc, server)
     }
 

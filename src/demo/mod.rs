@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use turnstile::config::{Config, LogFormat};
-use turnstile::pb::session_broker_client::SessionBrokerClient;
+use turnstile::pb::session_broker_service_client::SessionBrokerServiceClient;
 
 /// How long shutdown waits for the demo's own connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -100,7 +100,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-    let broker_api = SessionBrokerClient::new(channel);
+    let broker_api = SessionBrokerServiceClient::new(channel);
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use turnstile::auth::{ConnectClaims, TokenKeys};
 use turnstile::config::Config;
 use turnstile::pb;
-use turnstile::pb::session_broker_client::SessionBrokerClient;
+use turnstile::pb::session_broker_service_client::SessionBrokerServiceClient;
 
 pub use pb::{ClaimOutcome, ConflictPolicy, EndReason, PresenceChange, SessionState};
 
@@ -44,7 +44,7 @@ pub const STATION_CHANGED_MSG: &str =
     "Your connection has been dropped due to a subsequent log on to a different station.";
 pub const EVICTED_MSG: &str = "You have been logged out by an administrator.";
 
-pub type Client = SessionBrokerClient<Channel>;
+pub type Client = SessionBrokerServiceClient<Channel>;
 
 /// Awaits `fut` for at most [`TIMEOUT`]; panics naming `what` otherwise.
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
@@ -109,7 +109,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Node {
 pub async fn grpc_client(addr: SocketAddr) -> Client {
     within(
         "gRPC connect",
-        SessionBrokerClient::connect(format!("http://{addr}")),
+        SessionBrokerServiceClient::connect(format!("http://{addr}")),
     )
     .await
     .expect("gRPC client connects")
@@ -212,7 +212,7 @@ impl Node {
             }),
         )
         .await
-        .map(|r| r.into_inner())
+        .map(session_in)
     }
 
     /// GetSession by login.
@@ -230,7 +230,7 @@ impl Node {
             }),
         )
         .await
-        .map(|r| r.into_inner())
+        .map(session_in)
     }
 
     /// Every live session of a tenant, following pagination.
@@ -306,23 +306,24 @@ impl Node {
 
 /// A WatchPresence stream.
 pub struct Watch {
-    stream: tonic::Streaming<pb::PresenceEvent>,
+    stream: tonic::Streaming<pb::WatchPresenceResponse>,
 }
 
 impl Watch {
     /// The next event, bounded.
     pub async fn next(&mut self) -> pb::PresenceEvent {
-        within("a presence event", self.stream.message())
+        let r = within("a presence event", self.stream.message())
             .await
             .expect("presence stream healthy")
-            .expect("presence stream still open")
+            .expect("presence stream still open");
+        event_in(r)
     }
 
     /// Awaits the end of the stream: `None` when it ended cleanly,
     /// `Some(Err)` when it failed, `Some(Ok)` when yet another event came.
     pub async fn end(&mut self) -> Option<Result<pb::PresenceEvent, tonic::Status>> {
         match within("the presence stream to end", self.stream.message()).await {
-            Ok(Some(ev)) => Some(Ok(ev)),
+            Ok(Some(ev)) => Some(Ok(event_in(ev))),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
@@ -338,12 +339,13 @@ impl Watch {
         let mut seen = Vec::new();
         let fut = async {
             loop {
-                let ev = self
-                    .stream
-                    .message()
-                    .await
-                    .expect("presence stream healthy")
-                    .expect("presence stream still open");
+                let ev = event_in(
+                    self.stream
+                        .message()
+                        .await
+                        .expect("presence stream healthy")
+                        .expect("presence stream still open"),
+                );
                 let sid = ev
                     .session
                     .as_ref()
@@ -624,5 +626,17 @@ pub async fn get_on(c: &mut Client, tenant: &str, id: &str) -> Result<pb::Sessio
         }),
     )
     .await
-    .map(|r| r.into_inner())
+    .map(session_in)
+}
+
+/// The session of a GetSession answer (the broker always sets it).
+pub fn session_in(r: tonic::Response<pb::GetSessionResponse>) -> pb::Session {
+    r.into_inner()
+        .session
+        .expect("a GetSessionResponse carries the session")
+}
+
+/// The event of a WatchPresence answer (the broker always sets it).
+pub fn event_in(r: pb::WatchPresenceResponse) -> pb::PresenceEvent {
+    r.event.expect("a WatchPresenceResponse carries an event")
 }

@@ -18,7 +18,7 @@ pub mod pb {
     tonic::include_proto!("turnstile.v1");
 }
 
-use pb::session_broker_client::SessionBrokerClient;
+use pb::session_broker_service_client::SessionBrokerServiceClient;
 use tonic::transport::Channel;
 
 /// What went wrong talking to a broker.
@@ -44,7 +44,7 @@ pub enum Error {
 /// The gRPC API of one broker node.
 #[derive(Clone, Debug)]
 pub struct Broker {
-    client: SessionBrokerClient<Channel>,
+    client: SessionBrokerServiceClient<Channel>,
     api_key: Option<String>,
 }
 
@@ -66,7 +66,7 @@ impl Broker {
                 source,
             })?;
         Ok(Self {
-            client: SessionBrokerClient::new(channel),
+            client: SessionBrokerServiceClient::new(channel),
             api_key: None,
         })
     }
@@ -116,7 +116,12 @@ impl Broker {
             tenant: tenant.into(),
             key: Some(pb::get_session_request::Key::SessionId(session_id.into())),
         });
-        Ok(self.client.get_session(r).await?.into_inner())
+        self.client
+            .get_session(r)
+            .await?
+            .into_inner()
+            .session
+            .ok_or_else(|| Error::Protocol("GetSession answered without a session".into()))
     }
 
     pub async fn list(
@@ -150,11 +155,11 @@ impl Broker {
         Ok(self.client.notify(r).await?.into_inner())
     }
 
-    /// A stream of presence events of `tenant`.
+    /// A stream of presence events of `tenant` (each response's `event`).
     pub async fn watch_presence(
         &mut self,
         tenant: &str,
-    ) -> Result<tonic::Streaming<pb::PresenceEvent>, Error> {
+    ) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, Error> {
         let r = self.request(pb::WatchPresenceRequest {
             tenant: tenant.into(),
         });
