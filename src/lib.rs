@@ -5,6 +5,8 @@
 //! - [`registry`]: the authority over logins and stations; the trait and the
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
+//! - `cluster`: what makes nodes on one Redis one broker (membership,
+//!   bus, reconciliation, recovery, expiry), beside the Redis registry.
 //! - [`hub`]: local delivery of registry events to sockets and watchers.
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
 //! - [`config`]: typed, validated settings.
@@ -15,6 +17,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod fuzzing;
