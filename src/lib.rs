@@ -6,8 +6,10 @@
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
 //! - `cluster`: what makes nodes on one Redis one broker (membership,
-//!   bus, reconciliation, recovery, expiry), beside the Redis registry.
-//! - [`hub`]: local delivery of registry events to sockets and watchers.
+//!   bus, reconciliation, recovery, expiry), beside the Redis registry;
+//!   it reads the hub's socket index, never keeps its own.
+//! - [`hub`]: local delivery of registry events to sockets and watchers;
+//!   owns the index of this node's sockets by session.
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
 //! - [`config`]: typed, validated settings.
 //! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.

@@ -203,10 +203,7 @@ fn deliver(node: &Node, channel: &str, payload: &str) {
         }
     };
     let event = match ev {
-        WEvent::Ended { t } => t.to_tombstone(&tenant).map(|t| {
-            node.local.ended(&tenant, &t.session.id);
-            Event::Ended(Arc::new(t))
-        }),
+        WEvent::Ended { t } => t.to_tombstone(&tenant).map(|t| Event::Ended(Arc::new(t))),
         WEvent::Notice { sid, n } => SessionId::parse(&sid)
             .map_err(|e| RegistryError::Unavailable(e.to_string()))
             .map(|session_id| Event::Notice {

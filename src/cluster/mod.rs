@@ -5,7 +5,8 @@
 //!
 //! One task per job, none waiting on another:
 //! - [`membership`]: this node's lease, identity (incarnation) and
-//!   fencing; the burial of nodes whose lease ran out.
+//!   fencing; the burial of nodes whose lease ran out (on the lease task,
+//!   right after the refresh that found them due).
 //! - [`bus`]: channel names, subscriptions, and delivery of what arrives to
 //!   the [`EventSink`].
 //! - [`reconcile`]: this node's sockets compared with Redis (pub/sub is
@@ -18,7 +19,6 @@
 
 mod bus;
 mod expiry;
-mod local;
 mod membership;
 mod reconcile;
 mod recovery;
@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use redis::Script;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use membership::{fenced, Membership};
 
+use crate::hub::sockets::LocalSockets;
 use crate::registry::redis::conn;
 use crate::registry::redis::store::Store;
 use crate::registry::redis::wire::Reply;
@@ -41,7 +42,6 @@ use crate::registry::redis::RedisConfig;
 use crate::registry::{EventSink, RegistryError};
 use crate::session::{NodeId, Tenant};
 use bus::{Bus, Channels};
-use local::Local;
 
 /// Pub/sub messages waiting for the bus task; more count as a lost
 /// subscription (reconciliation catches up).
@@ -61,7 +61,8 @@ struct Node {
     sink: Arc<dyn EventSink>,
     member: Membership,
     bus: Bus,
-    local: Local,
+    /// This node's sockets (owned by the hub).
+    local: Arc<LocalSockets>,
     /// Wakes the recovery task (Redis lost its data).
     recover: Notify,
 }
@@ -81,12 +82,13 @@ impl Node {
 
 impl Cluster {
     /// Subscribes, takes this node's first lease and starts the tasks
-    /// (lease, burial, expiry, bus, reconciliation, recovery) until `stop`.
+    /// (lease, expiry, bus, reconciliation, recovery) until `stop`.
     pub(crate) async fn join(
         store: Store,
         rcfg: &RedisConfig,
         node: NodeId,
         sink: Arc<dyn EventSink>,
+        local: Arc<LocalSockets>,
         stop: CancellationToken,
     ) -> Result<Self, redis::RedisError> {
         let (tx, rx) = mpsc::channel(INBOX);
@@ -102,15 +104,13 @@ impl Cluster {
             sink,
             member: Membership::new(node, rcfg.lease_ttl),
             bus: Bus::new(Channels::new(&rcfg.namespace), sub),
-            local: Local::default(),
+            local,
             recover: Notify::new(),
         });
         membership::join(&node).await.map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string()))
         })?;
-        let (due_tx, due_rx) = watch::channel(Vec::new());
-        tokio::spawn(membership::lease(node.clone(), due_tx, stop.clone()));
-        tokio::spawn(membership::burial(node.clone(), due_rx, stop.clone()));
+        tokio::spawn(membership::lease(node.clone(), stop.clone()));
         tokio::spawn(expiry::run(node.clone(), stop.clone()));
         tokio::spawn(bus::run(node.clone(), rx, overflowed, stop.clone()));
         tokio::spawn(reconcile::run(node.clone(), stop.clone()));
@@ -158,8 +158,8 @@ impl Cluster {
         self.node.member.leave(&self.node.store).await
     }
 
-    /// The sessions this node holds sockets for (stage 1).
-    pub(crate) fn local(&self) -> &Local {
+    /// This node's sockets by session.
+    pub(crate) fn local(&self) -> &LocalSockets {
         &self.node.local
     }
 }

@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{recovery, Node};
+use crate::hub::sockets::Vouched;
 use crate::registry::redis::store::SCRIPTS;
 use crate::registry::redis::wire::Reply;
 use crate::registry::Event;
-use crate::session::{now_ms, NodeId, Session, SessionId, Tenant};
+use crate::session::{now_ms, NodeId, SessionId, Tenant};
 
 /// Sessions per reconciliation script call, so no call blocks Redis long.
 const SYNC_CHUNK: usize = 500;
@@ -44,12 +45,9 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
 /// One round: delivers missed forced logouts, re-asserts sessions Redis
 /// forgot, detaches what Redis wrongly believes this node holds.
 async fn reconcile(node: &Node) {
-    let mut by_tenant: HashMap<Tenant, Vec<(SessionId, Session, Vec<u64>)>> = HashMap::new();
-    for (tenant, id, held) in node.local.held() {
-        by_tenant
-            .entry(tenant)
-            .or_default()
-            .push((id, held.session, held.conns));
+    let mut by_tenant: HashMap<Tenant, Vec<Vouched>> = HashMap::new();
+    for (tenant, v) in node.local.vouched() {
+        by_tenant.entry(tenant).or_default().push(v);
     }
     // Tenants this node registered but holds nothing in any more still
     // need their stale socket records cleared.
@@ -61,7 +59,7 @@ async fn reconcile(node: &Node) {
         for chunk in held.chunks(SYNC_CHUNK) {
             let have: Vec<_> = chunk
                 .iter()
-                .map(|(id, s, _)| json!({"sid": id.as_str(), "gen": s.generation.0}))
+                .map(|v| json!({"sid": v.session.id.as_str(), "gen": v.session.generation.0}))
                 .collect();
             let body = json!({"node": me.as_str(), "have": have});
             let Some(r) = sync(node, &tenant, &body).await else {
@@ -70,13 +68,12 @@ async fn reconcile(node: &Node) {
             for t in &r.ended {
                 if let Ok(t) = t.to_tombstone(&tenant) {
                     metrics::counter!(crate::metrics_names::REDIS_RECONCILED).increment(1);
-                    node.local.ended(&tenant, &t.session.id);
                     node.sink.publish(Event::Ended(Arc::new(t)));
                 }
             }
             for sid in &r.missing {
-                if let Some((id, s, conns)) = chunk.iter().find(|(id, ..)| id.as_str() == sid) {
-                    recovery::reassert(node, &tenant, id, s, conns).await;
+                if let Some(v) = chunk.iter().find(|v| v.session.id.as_str() == sid) {
+                    recovery::reassert(node, &tenant, &v.session, &v.conns).await;
                 }
             }
         }
@@ -88,10 +85,11 @@ async fn reconcile(node: &Node) {
 }
 
 /// Detaches the sockets Redis lists under this node for `tenant` that
-/// the node neither holds nor is attaching, reading the node's socket
-/// index a page at a time. Each page is checked against the node's
-/// sockets after it was read, so a socket attached meanwhile is held
-/// or in flight by then. Returns false when reconciliation must stop.
+/// the node no longer serves, reading the node's socket index a page at a
+/// time. Each page is checked against
+/// [`LocalSockets`](crate::hub::sockets::LocalSockets) after it was read;
+/// a socket is in there from before its attach is sent until after the
+/// attach returned, so one attached meanwhile is never taken for stale. Returns false when reconciliation must stop.
 async fn clear_stale(node: &Node, tenant: &Tenant, me: &NodeId) -> bool {
     let key = format!("{}n:{}", node.store.prefix(tenant), me.as_str());
     let mut cursor: u64 = 0;
@@ -114,7 +112,7 @@ async fn clear_stale(node: &Node, tenant: &Tenant, me: &NodeId) -> bool {
         };
         let stale: Vec<&str> = ids
             .iter()
-            .filter(|id| SessionId::parse(id).map_or(true, |sid| !node.local.holds(tenant, sid)))
+            .filter(|id| SessionId::parse(id).map_or(true, |sid| !node.local.holds(tenant, &sid)))
             .map(String::as_str)
             .collect();
         if !stale.is_empty() {

@@ -18,7 +18,7 @@ use crate::registry::redis::store::SCRIPTS;
 use crate::registry::redis::wire::{WSession, WSocket};
 use crate::registry::Event;
 use crate::session::{
-    now_ms, EndReason, EndedBy, Ending, Session, SessionId, SessionState, Tenant, Tombstone,
+    now_ms, EndReason, EndedBy, Ending, Session, SessionState, Tenant, Tombstone,
 };
 
 /// The recovery task: re-asserts every local session each time Redis is
@@ -29,20 +29,14 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = node.recover.notified() => {}
         }
-        for (tenant, id, held) in node.local.held() {
-            reassert(&node, &tenant, &id, &held.session, &held.conns).await;
+        for (tenant, v) in node.local.vouched() {
+            reassert(&node, &tenant, &v.session, &v.conns).await;
         }
     }
 }
 
 /// Puts one local session back into Redis with its sockets `conns`.
-pub(super) async fn reassert(
-    node: &Node,
-    tenant: &Tenant,
-    id: &SessionId,
-    session: &Session,
-    conns: &[u64],
-) {
+pub(super) async fn reassert(node: &Node, tenant: &Tenant, session: &Session, conns: &[u64]) {
     if let Err(e) = node.member.ensure_registered(&node.store, tenant).await {
         warn!(error = %e, %tenant, "re-asserting: cannot record the tenant");
         return;
@@ -61,7 +55,7 @@ pub(super) async fn reassert(
     let r = match node.run(&SCRIPTS.reassert, tenant, &body).await {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, %tenant, session = %id, "re-asserting a session failed");
+            warn!(error = %e, %tenant, session = %session.id, "re-asserting a session failed");
             return;
         }
     };
@@ -96,7 +90,7 @@ pub(super) async fn reassert(
         }
     };
     if let Some(t) = tomb {
-        node.local.ended(tenant, id);
+        // The hub stops vouching for the session as it tells its sockets.
         node.sink.publish(Event::Ended(Arc::new(t)));
     }
 }

@@ -33,6 +33,7 @@ use super::{
     RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
 };
 use crate::cluster::{fenced, Cluster};
+use crate::hub::sockets::LocalSockets;
 use crate::session::{
     ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId, Station,
     Tenant,
@@ -102,6 +103,7 @@ impl RedisRegistry {
         cfg: RegistryConfig,
         rcfg: RedisConfig,
         sink: Arc<dyn EventSink>,
+        local: Arc<LocalSockets>,
         stop: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let cerr = |source| ConnectError {
@@ -111,7 +113,7 @@ impl RedisRegistry {
         let store = Store::connect(&rcfg.target, &rcfg.namespace, &cfg)
             .await
             .map_err(cerr)?;
-        let cluster = Cluster::join(store.clone(), &rcfg, cfg.node.clone(), sink, stop)
+        let cluster = Cluster::join(store.clone(), &rcfg, cfg.node.clone(), sink, local, stop)
             .await
             .map_err(cerr)?;
         Ok(RedisRegistry {
@@ -429,10 +431,6 @@ impl Registry for RedisRegistry {
         self.check_lease()?;
         self.inner.cluster.ensure_subscribed(tenant).await?;
         self.inner.cluster.ensure_registered(tenant).await?;
-        // Until this returns, reconciliation must not take the socket for
-        // a stale one (the script lists it under this node before
-        // `remember` records it here).
-        let _attaching = self.inner.cluster.local().attaching(tenant, id);
         let node = self.node();
         let body = wire::SocketReq {
             conn: Some(socket.conn),
@@ -454,10 +452,10 @@ impl Registry for RedisRegistry {
             _ => {
                 let session = self.session(tenant, r.s.as_ref())?;
                 self.knows(tenant);
-                self.inner
-                    .cluster
-                    .local()
-                    .remember(tenant, &session, socket.conn);
+                // The gateway put the socket in the local index before it
+                // called this, so reconciliation never took it for stale;
+                // from now on it is also reconciled and re-asserted.
+                self.inner.cluster.local().vouch(&session, socket.conn);
                 Ok(Attached::Live {
                     session,
                     resumed: r.resumed,
@@ -474,7 +472,6 @@ impl Registry for RedisRegistry {
         generation: Generation,
         socket: SocketId,
     ) -> Result<(), RegistryError> {
-        self.inner.cluster.local().forget(tenant, id, socket.conn);
         self.check_lease()?;
         let node = self.node();
         let body = wire::SocketReq {
