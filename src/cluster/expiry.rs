@@ -51,8 +51,11 @@ async fn sweep(node: &Node) {
             continue;
         };
         for _ in 0..MAX_EXPIRE_BATCHES {
+            let (me, epoch) = (node.member.node(), node.member.epoch());
+            let body = json!({"max": EXPIRE_BATCH});
             match node
-                .run(&SCRIPTS.expire, &tenant, &json!({"max": EXPIRE_BATCH}))
+                .store
+                .run(&SCRIPTS.expire, &tenant, &me, &epoch, &body)
                 .await
             {
                 Ok(r) if r.more => continue,

@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Script;
-use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +35,6 @@ pub(crate) use membership::{fenced, Membership};
 use crate::hub::sockets::LocalSockets;
 use crate::registry::redis::conn;
 use crate::registry::redis::store::Store;
-use crate::registry::redis::wire::Reply;
 use crate::registry::redis::RedisConfig;
 use crate::registry::{EventSink, RegistryError};
 use crate::session::{NodeId, Tenant};
@@ -65,19 +62,6 @@ struct Node {
     local: Arc<LocalSockets>,
     /// Wakes the recovery task (Redis lost its data).
     recover: Notify,
-}
-
-impl Node {
-    /// Runs a tenant script as this incarnation.
-    async fn run<R: Serialize>(
-        &self,
-        script: &Script,
-        tenant: &Tenant,
-        req: &R,
-    ) -> Result<Reply, RegistryError> {
-        let (node, epoch) = (self.member.node(), self.member.epoch());
-        self.store.run(script, tenant, &node, &epoch, req).await
-    }
 }
 
 impl Cluster {

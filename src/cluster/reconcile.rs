@@ -134,7 +134,12 @@ async fn clear_stale(node: &Node, tenant: &Tenant, me: &NodeId) -> bool {
 /// Runs the reconciliation script; `None` (logged) when this round
 /// must stop.
 async fn sync(node: &Node, tenant: &Tenant, body: &serde_json::Value) -> Option<Reply> {
-    match node.run(&SCRIPTS.sync, tenant, body).await {
+    let (me, epoch) = (node.member.node(), node.member.epoch());
+    match node
+        .store
+        .run(&SCRIPTS.sync, tenant, &me, &epoch, body)
+        .await
+    {
         Ok(r) if r.err.is_none() => Some(r),
         Ok(r) => {
             if r.err.as_deref() == Some("fenced") {

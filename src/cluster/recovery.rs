@@ -52,7 +52,12 @@ pub(super) async fn reassert(node: &Node, tenant: &Tenant, session: &Session, co
     let mut w = WSession::from_session(session);
     w.node = me.as_str().to_string();
     let body = json!({"node": me.as_str(), "s": w, "k": sockets});
-    let r = match node.run(&SCRIPTS.reassert, tenant, &body).await {
+    let epoch = node.member.epoch();
+    let r = match node
+        .store
+        .run(&SCRIPTS.reassert, tenant, &me, &epoch, &body)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, %tenant, session = %session.id, "re-asserting a session failed");

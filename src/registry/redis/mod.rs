@@ -85,6 +85,7 @@ struct Inner {
     /// Sockets one session may hold (for the error message).
     max_sockets_per_session: usize,
     store: Store,
+    /// Who this node is, its lease, its subscriptions and sockets.
     cluster: Cluster,
 }
 
