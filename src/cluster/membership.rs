@@ -367,7 +367,7 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
                 data_lost,
             }) => {
                 if data_lost {
-                    node.recover.notify_one();
+                    node.recover.data_lost();
                 }
                 if !dead.is_empty() && reachable_since.elapsed() > member.lease_ttl {
                     member.bury(&node.store, &dead).await;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use membership::{fenced, Membership};
@@ -39,6 +39,7 @@ use crate::registry::redis::RedisConfig;
 use crate::registry::{EventSink, RegistryError};
 use crate::session::{NodeId, Tenant};
 use bus::{Bus, Channels};
+use recovery::Recovery;
 
 /// Pub/sub messages waiting for the bus task; more count as a lost
 /// subscription (reconciliation catches up).
@@ -60,8 +61,8 @@ struct Node {
     bus: Bus,
     /// This node's sockets (owned by the hub).
     local: Arc<LocalSockets>,
-    /// Wakes the recovery task (Redis lost its data).
-    recover: Notify,
+    /// Re-assertion after Redis lost its data.
+    recover: Recovery,
 }
 
 impl Cluster {
@@ -89,7 +90,7 @@ impl Cluster {
             member: Membership::new(node, rcfg.lease_ttl),
             bus: Bus::new(Channels::new(&rcfg.namespace), sub),
             local,
-            recover: Notify::new(),
+            recover: Recovery::default(),
         });
         membership::join(&node).await.map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string()))
@@ -131,10 +132,11 @@ impl Cluster {
         self.node.bus.watch(tenant).await
     }
 
-    /// Whether this node may serve writes: its lease holds and no bus
-    /// message was lost since the last reconciliation.
+    /// Whether this node may serve writes: its lease holds, no bus
+    /// message was lost since the last reconciliation, and it is not
+    /// re-asserting its sessions after Redis lost its data.
     pub(crate) fn is_ready(&self) -> bool {
-        self.node.member.is_ready() && self.node.bus.is_ok()
+        self.node.member.is_ready() && self.node.bus.is_ok() && !self.node.recover.pending()
     }
 
     /// Leaves the cluster for good (after the node drained its sockets).

@@ -4,12 +4,15 @@
 //! they were superseded.
 //!
 //! Its own task, woken by the lease task when the epoch changed, so a long
-//! re-assertion never delays a lease refresh. Reconciliation re-asserts
+//! re-assertion never delays a lease refresh. The node reports not ready
+//! until the pass is done, as it did when the lease task re-asserted. Reconciliation re-asserts
 //! single sessions Redis turns out to have forgotten through [`reassert`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -21,17 +24,42 @@ use crate::session::{
     now_ms, EndReason, EndedBy, Ending, Session, SessionState, Tenant, Tombstone,
 };
 
+/// Data losses seen and re-assertion passes done.
+#[derive(Default)]
+pub(super) struct Recovery {
+    wake: Notify,
+    /// Data losses the lease task saw.
+    lost: AtomicU64,
+    /// Of those, how many a finished pass covered.
+    done: AtomicU64,
+}
+
+impl Recovery {
+    /// Redis lost its data: start a pass (the caller does not wait).
+    pub(super) fn data_lost(&self) {
+        self.lost.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Whether a loss is not yet covered by a finished pass.
+    pub(super) fn pending(&self) -> bool {
+        self.done.load(Ordering::Acquire) < self.lost.load(Ordering::Acquire)
+    }
+}
+
 /// The recovery task: re-asserts every local session each time Redis is
 /// found to have lost its data.
 pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = node.recover.notified() => {}
+            _ = node.recover.wake.notified() => {}
         }
+        let covers = node.recover.lost.load(Ordering::Acquire);
         for (tenant, v) in node.local.vouched() {
             reassert(&node, &tenant, &v.session, &v.conns).await;
         }
+        node.recover.done.store(covers, Ordering::Release);
     }
 }
 
