@@ -1,12 +1,15 @@
 //! The hub: this node's local delivery point for registry events.
 //!
-//! It knows which sockets of this node belong to which session, and who on
-//! this node watches a tenant's presence. It never decides anything: the
-//! registry has decided, the hub only delivers. `publish` never blocks — it
+//! It owns which sockets of this node belong to which session
+//! ([`sockets::LocalSockets`], the one index the gateway and the cluster
+//! read too), and who on this node watches a tenant's presence. It never
+//! decides anything: the registry has decided, the hub only delivers. `publish` never blocks — it
 //! is called while the registry holds a tenant lock — so every socket has a
 //! bounded queue for ordinary frames and a separate one-shot *terminal* slot
 //! for the frame that ends it (forced logout, slow consumer, drain), which a
 //! full queue can never hold back.
+
+pub mod sockets;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -22,6 +25,7 @@ use crate::frames;
 use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
 use crate::session::{now_ms, EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
+use sockets::LocalSockets;
 
 /// An ordinary frame for a socket.
 #[derive(Debug, Clone)]
@@ -176,8 +180,7 @@ enum Watcher {
 /// Local delivery of registry events.
 #[derive(Default)]
 pub struct Hub {
-    by_session: DashMap<SessionId, Vec<Arc<SocketShared>>>,
-    by_conn: DashMap<u64, Arc<SocketShared>>,
+    local: Arc<LocalSockets>,
     watchers: DashMap<Tenant, Vec<Watcher>>,
     next_watcher: AtomicU64,
     /// How long the registry's [`Event::Drain`] spreads reconnects over
@@ -194,27 +197,22 @@ impl Hub {
         })
     }
 
+    /// This node's sockets by session, for the registry to read (and to
+    /// record what an attach confirmed).
+    pub fn local(&self) -> Arc<LocalSockets> {
+        self.local.clone()
+    }
+
     /// Registers a socket so events of its session reach it.
     pub fn register(&self, socket: Arc<SocketShared>) {
-        self.by_conn.insert(socket.conn, socket.clone());
-        self.by_session
-            .entry(socket.session.clone())
-            .or_default()
-            .push(socket);
-        metrics::gauge!(m::SOCKETS).increment(1.0);
+        self.local.insert(socket);
     }
 
     /// Forgets a socket (idempotent).
     pub fn unregister(&self, socket: &SocketShared) {
-        if self.by_conn.remove(&socket.conn).is_none() {
+        if !self.local.remove(socket) {
             return;
         }
-        metrics::gauge!(m::SOCKETS).decrement(1.0);
-        self.by_session
-            .remove_if_mut(&socket.session, |_, sockets| {
-                sockets.retain(|s| s.conn != socket.conn);
-                sockets.is_empty()
-            });
         if socket.watching.load(Ordering::Relaxed) {
             if let Some(mut ws) = self.watchers.get_mut(&socket.tenant) {
                 ws.retain(|w| !matches!(w, Watcher::Socket(s) if s.conn == socket.conn));
@@ -256,12 +254,12 @@ impl Hub {
 
     /// Sockets on this node.
     pub fn socket_count(&self) -> usize {
-        self.by_conn.len()
+        self.local.len()
     }
 
     /// Every socket on this node (heartbeat sweeper, drain).
     pub fn sockets(&self) -> Vec<Arc<SocketShared>> {
-        self.by_conn.iter().map(|e| e.value().clone()).collect()
+        self.local.all()
     }
 
     /// Tells every local socket to reconnect (elsewhere, after a random
@@ -280,13 +278,11 @@ impl Hub {
     }
 
     fn ended(&self, tombstone: &Tombstone) {
-        let Some(sockets) = self
-            .by_session
-            .get(&tombstone.session.id)
-            .map(|s| s.clone())
-        else {
+        let session = &tombstone.session;
+        let sockets = self.local.end(&session.tenant, &session.id);
+        if sockets.is_empty() {
             return;
-        };
+        }
         let reason = tombstone.ending.reason;
         let frame = frames::ending_frame(tombstone);
         for socket in sockets {
@@ -331,7 +327,8 @@ impl EventSink for Hub {
             Event::Notice {
                 session_id, notice, ..
             } => {
-                if let Some(sockets) = self.by_session.get(&session_id).map(|s| s.clone()) {
+                let sockets = self.local.of(&session_id);
+                if !sockets.is_empty() {
                     let frame = frames::notice_frame(&notice);
                     for s in sockets {
                         s.send(Outbound::Text(frame.clone()));
@@ -339,7 +336,10 @@ impl EventSink for Hub {
                 }
             }
             Event::Presence(event) => self.presence(&event),
-            Event::Drain => self.drain(self.drain_window),
+            Event::Drain => {
+                self.local.disown_all();
+                self.drain(self.drain_window)
+            }
         }
     }
 }

@@ -5,7 +5,11 @@
 //! - [`registry`]: the authority over logins and stations; the trait and the
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
-//! - [`hub`]: local delivery of registry events to sockets and watchers.
+//! - `cluster`: what makes nodes on one Redis one broker (membership,
+//!   bus, reconciliation, recovery, expiry), beside the Redis registry;
+//!   it reads the hub's socket index, never keeps its own.
+//! - [`hub`]: local delivery of registry events to sockets and watchers;
+//!   owns the index of this node's sockets by session.
 //! - [`frames`]: the server → client WebSocket frames; [`close`]: every close
 //!   code sent, with what a client should do about it (below hub and gateway).
 //! - [`gateway`]: HTTP + WebSocket listener, client protocol, heartbeats.
@@ -18,6 +22,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod close;
+mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod frames;

@@ -95,9 +95,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let stop = CancellationToken::new();
     let registry: Arc<dyn Registry> = match config.redis() {
         Some(redis) => {
-            let registry =
-                RedisRegistry::start(config.registry(), redis, hub.clone(), stop.child_token())
-                    .await?;
+            let registry = RedisRegistry::start(
+                config.registry(),
+                redis,
+                hub.clone(),
+                hub.local(),
+                stop.child_token(),
+            )
+            .await?;
             Arc::new(registry)
         }
         None => MemoryRegistry::start(config.registry(), hub.clone()),

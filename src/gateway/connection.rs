@@ -169,7 +169,9 @@ where
         token.session_id.clone(),
         shared.cfg.outbound_queue,
     ));
-    // Register before attaching so no event after the attach is missed.
+    // Register before attaching so no event after the attach is missed,
+    // and so reconciliation never takes the socket for a stale one while
+    // its attach is in flight (see `hub::sockets`).
     shared.hub.register(socket.clone());
     let socket_id = SocketId {
         node: shared.cfg.node.clone(),

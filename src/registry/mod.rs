@@ -208,7 +208,8 @@ pub enum Event {
     /// A presence change, for WatchPresence streams and watching sockets.
     Presence(Arc<PresenceEvent>),
     /// This node can no longer vouch for its sockets (the cluster declared
-    /// it dead): every local socket is told to reconnect and closed (1012).
+    /// it dead): every local socket is told to reconnect and closed (1012),
+    /// and none is reconciled or re-asserted any more.
     Drain,
 }
 

@@ -1,0 +1,174 @@
+//! The Redis registry's connection and its scripts: how a transition is
+//! sent to Redis and its answer read back, for the registry and for the
+//! cluster's background work alike.
+//!
+//! Every tenant script shares `lua/prelude.lua`; the node's limits and
+//! identity reach it as positional arguments. Keys are named here: all of a
+//! tenant's under the hash tag `{<tenant>}`, the membership's under
+//! `{nodes}`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+use serde::Serialize;
+
+use super::conn::{self, Conn, Target};
+use super::wire::{NodesReply, Reply};
+use crate::registry::{RegistryConfig, RegistryError};
+use crate::session::{now_ms, NodeId, Tenant};
+
+static PRELUDE: &str = include_str!("lua/prelude.lua");
+
+fn tenant_script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// Every script, loaded once.
+pub(crate) struct Scripts {
+    pub claim: Script,
+    pub release: Script,
+    pub evict: Script,
+    pub read: Script,
+    pub notify: Script,
+    pub socket: Script,
+    pub expire: Script,
+    pub reap: Script,
+    pub sync: Script,
+    pub reassert: Script,
+    pub nodes: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    claim: tenant_script(include_str!("lua/claim.lua")),
+    release: tenant_script(include_str!("lua/release.lua")),
+    evict: tenant_script(include_str!("lua/evict.lua")),
+    read: tenant_script(include_str!("lua/read.lua")),
+    notify: tenant_script(include_str!("lua/notify.lua")),
+    socket: tenant_script(include_str!("lua/socket.lua")),
+    expire: tenant_script(include_str!("lua/expire.lua")),
+    reap: tenant_script(include_str!("lua/reap.lua")),
+    sync: tenant_script(include_str!("lua/sync.lua")),
+    reassert: tenant_script(include_str!("lua/reassert.lua")),
+    nodes: Script::new(include_str!("lua/nodes.lua")),
+});
+
+fn script_limits(c: &RegistryConfig) -> [u64; 7] {
+    let ms = |d: Duration| d.as_millis() as u64;
+    [
+        ms(c.connect_timeout),
+        ms(c.grace),
+        ms(c.tombstone_ttl),
+        c.max_sockets_per_session as u64,
+        ms(c.idempotency_ttl),
+        c.max_notices_per_session as u64,
+        ms(c.default_notice_ttl),
+    ]
+}
+
+/// The command connection and what every script call carries. Cheap to
+/// clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    conn: Conn,
+    /// Prefix of every key and channel.
+    namespace: String,
+    pubcmd: &'static str,
+    /// The scripts' fixed limits, in `prelude.lua`'s argument order: connect
+    /// timeout, grace, tombstone ttl (ms), max sockets, idempotency ttl
+    /// (ms), max notices, default notice ttl (ms).
+    limits: [u64; 7],
+    /// The global epoch key on one Redis; empty on a cluster (tenants'
+    /// markers stand alone there).
+    epoch_key: String,
+}
+
+impl Store {
+    /// Opens the command connection.
+    pub(crate) async fn connect(
+        target: &Target,
+        namespace: &str,
+        cfg: &RegistryConfig,
+    ) -> redis::RedisResult<Self> {
+        let mut store = Store {
+            conn: conn::commands(target).await?,
+            namespace: namespace.to_string(),
+            pubcmd: conn::publish_command(target),
+            limits: script_limits(cfg),
+            epoch_key: String::new(),
+        };
+        if !target.cluster {
+            store.epoch_key = store.nodes_key("epoch");
+        }
+        Ok(store)
+    }
+
+    /// A key of the node membership (all under the `{nodes}` hash tag).
+    pub(crate) fn nodes_key(&self, name: &str) -> String {
+        format!("{}:{{nodes}}:{name}", self.namespace)
+    }
+
+    /// The prefix of every key of a tenant: `<ns>:{<tenant>}:`.
+    pub(crate) fn prefix(&self, tenant: &Tenant) -> String {
+        format!("{}:{{{}}}:", self.namespace, tenant.as_str())
+    }
+
+    /// The command connection, for plain commands (SMEMBERS, SSCAN).
+    pub(crate) fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// Runs a tenant script as incarnation `node` that knows `epoch`, and
+    /// decodes its reply (errors still inside).
+    pub(crate) async fn run<R: Serialize>(
+        &self,
+        script: &Script,
+        tenant: &Tenant,
+        node: &NodeId,
+        epoch: &str,
+        req: &R,
+    ) -> Result<Reply, RegistryError> {
+        let p = self.prefix(tenant);
+        let req = serde_json::to_string(req)
+            .map_err(|e| RegistryError::Unavailable(format!("encoding a request: {e}")))?;
+        let mut conn = self.conn.clone();
+        let raw: String = script
+            .key(format!("{p}ep"))
+            .arg(&p)
+            .arg(now_ms())
+            .arg(self.pubcmd)
+            .arg(node.as_str())
+            .arg(&self.limits[..])
+            .arg(epoch)
+            .arg(&self.epoch_key)
+            .arg(req)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let reply: Reply = serde_json::from_str(&raw)
+            .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))?;
+        Ok(reply)
+    }
+
+    /// Runs the membership script about `node` (this one or a dead one).
+    pub(crate) async fn nodes(
+        &self,
+        op: &str,
+        node: &str,
+        args: &[String],
+    ) -> Result<NodesReply, RegistryError> {
+        let mut conn = self.conn.clone();
+        let mut inv = SCRIPTS.nodes.key(self.nodes_key("leases"));
+        inv.arg(op).arg(node).arg(now_ms());
+        for a in args {
+            inv.arg(a);
+        }
+        let raw: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        serde_json::from_str(&raw)
+            .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))
+    }
+}
+
+pub(crate) fn unavailable(e: redis::RedisError) -> RegistryError {
+    RegistryError::Unavailable(format!("redis: {e}"))
+}
