@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::gateway::protocol;
 use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
-use crate::session::{now_ms, EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
+use crate::session::{EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
 
 /// An ordinary frame for a socket.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct SocketShared {
     terminal: Mutex<Option<Terminal>>,
     /// Wakes the connection task when `terminal` is set.
     pub wake: Notify,
-    /// Unix ms of the last frame received from the client.
+    /// When the client last sent a frame, in [`crate::clock::monotonic_ms`].
     pub last_seen: AtomicI64,
     /// Whether this socket asked for the tenant's presence events.
     pub watching: AtomicBool,
@@ -83,7 +83,7 @@ impl SocketShared {
             },
             terminal: Mutex::new(None),
             wake: Notify::new(),
-            last_seen: AtomicI64::new(now_ms()),
+            last_seen: AtomicI64::new(crate::clock::monotonic_ms()),
             watching: AtomicBool::new(false),
         }
     }

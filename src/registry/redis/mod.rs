@@ -40,8 +40,8 @@ use super::{
     RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
 };
 use crate::session::{
-    now_ms, ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId,
-    Station, Tenant,
+    ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId, Station,
+    Tenant,
 };
 
 /// Settings of the Redis registry beyond the common ones.
@@ -356,7 +356,7 @@ impl RedisRegistry {
         let raw: String = script
             .key(format!("{p}ep"))
             .arg(&p)
-            .arg(now_ms())
+            .arg(self.inner.cfg.clock.now_ms())
             .arg(self.inner.pubcmd)
             .arg(self.node().as_str())
             .arg(&self.inner.limits[..])
@@ -394,7 +394,7 @@ impl RedisRegistry {
     ) -> Result<wire::NodesReply, RegistryError> {
         let mut conn = self.inner.conn.clone();
         let mut inv = SCRIPTS.nodes.key(self.inner.rcfg.nodes_key("leases"));
-        inv.arg(op).arg(node).arg(now_ms());
+        inv.arg(op).arg(node).arg(self.inner.cfg.clock.now_ms());
         for a in args {
             inv.arg(a);
         }
@@ -557,6 +557,13 @@ impl RedisRegistry {
         if empty {
             self.inner.local.remove_if(&key, |_, l| l.conns.is_empty());
         }
+    }
+
+    /// Expires what is due at the clock's "now" in every tenant at once, as
+    /// the membership task does every tick; for tests that move a manual
+    /// clock.
+    pub async fn expire_due(&self) {
+        self.expire_all().await;
     }
 }
 

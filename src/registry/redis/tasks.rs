@@ -26,9 +26,7 @@ use tracing::{info, warn};
 use super::wire::{self, WEvent, WSession, WSocket};
 use super::{incarnation, Channel, RedisRegistry, SCRIPTS};
 use crate::registry::{Event, RegistryError};
-use crate::session::{
-    now_ms, EndReason, EndedBy, Ending, SessionId, SessionState, Tenant, Tombstone,
-};
+use crate::session::{EndReason, EndedBy, Ending, SessionId, SessionState, Tenant, Tombstone};
 
 /// Sessions per reconciliation script call, so no call blocks Redis long.
 const SYNC_CHUNK: usize = 500;
@@ -197,7 +195,7 @@ impl RedisRegistry {
 
     /// Expires due sessions of every tenant. Any node may do it: the
     /// script is atomic, so two nodes racing end a session once.
-    async fn expire_all(&self) {
+    pub(super) async fn expire_all(&self) {
         let mut conn = self.inner.conn.clone();
         let tenants: Vec<String> = match redis::cmd("SMEMBERS")
             .arg(self.inner.rcfg.nodes_key("tenants"))
@@ -285,7 +283,7 @@ impl RedisRegistry {
                                 .unwrap_or_default(),
                             station: holder.as_ref().and_then(|h| h.station.clone()),
                             session_id: holder.map(|h| h.id),
-                            at_ms: now_ms(),
+                            at_ms: self.inner.cfg.clock.now_ms(),
                         },
                         message: EndReason::Superseded.default_message().to_string(),
                     },
@@ -362,7 +360,7 @@ impl RedisRegistry {
         let key = format!("{}n:{}", self.inner.rcfg.prefix(tenant), node.as_str());
         let mut cursor: u64 = 0;
         for _ in 0..MAX_STALE_PAGES {
-            let before = now_ms();
+            let before = self.inner.cfg.clock.now_ms();
             let mut conn = self.inner.conn.clone();
             let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
                 .arg(&key)
