@@ -379,7 +379,7 @@ mod tests {
         .expect("the session never ended")
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pending_session_expires_through_the_sweeper() {
         let (reg, mut rx) = start(RegistryConfig {
             connect_timeout: Duration::from_millis(30),
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(got.state, SessionState::Ended(EndReason::Expired));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_mass_expiry_spanning_several_batches_ends_every_session() {
         let (reg, mut rx) = start(RegistryConfig {
             connect_timeout: Duration::from_millis(50),
@@ -421,7 +421,7 @@ mod tests {
         .expect("every pending session expires");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_reconnected_session_outlives_its_old_grace_deadline() {
         let (reg, mut rx) = start(RegistryConfig {
             grace: Duration::from_millis(20),

@@ -273,7 +273,8 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<Attached, RegistryError>;
 
     /// Detaches a socket; the last one leaving makes the session DISCONNECTED.
-    /// Detaching from an ended session is a no-op.
+    /// Detaching from an ended session, or with another generation than
+    /// the session's (such a socket never held it), is a no-op.
     async fn detach(
         &self,
         tenant: &Tenant,
