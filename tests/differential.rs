@@ -344,11 +344,12 @@ impl Pair {
                 };
                 let now = self.clock.now_ms();
                 // 0 = the default lifetime; the rest relative to now.
-                let expires_at_ms = match rng.random_range(0..5) {
+                let expires_at_ms = match rng.random_range(0..6) {
                     0 => 0,
                     1 => now + 60_000,
                     2 => now + 10 * 60_000,
                     3 => now + 24 * 3_600_000,
+                    4 => now + 365 * 24 * 3_600_000,
                     _ => now - 1,
                 };
                 let id = format!("n{}", self.notices.len());
@@ -361,7 +362,11 @@ impl Pair {
                     data_json: String::new(),
                     expires_at_ms,
                 };
-                let what = format!("notify {tm:?} expires {}", expires_at_ms - now);
+                let expiry = match expires_at_ms {
+                    0 => "default".to_string(),
+                    at => format!("{} ms", at - now),
+                };
+                let what = format!("notify {tm:?} expires {expiry}");
                 let a = self.mem.notify(&t, tm, notice.clone()).await;
                 let b = self.red.notify(&t, tr, notice).await;
                 self.same(&what, a, b);
@@ -460,18 +465,14 @@ async fn known_disagreements_stay_fixed() {
 #[tokio::test]
 async fn random_histories_agree_on_both_registries() {
     let redis = RedisServer::start().await;
-    // TS_DIFF_SEED=<n> replays one history; TS_DIFF_HISTORIES=<n> runs more.
-    let first: u64 = std::env::var("TS_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let count: u64 = match std::env::var("TS_DIFF_SEED") {
-        Ok(_) => 1,
-        Err(_) => std::env::var("TS_DIFF_HISTORIES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(HISTORIES),
-    };
+    // TS_DIFF_SEED=<n> replays one history (or starts there, with
+    // TS_DIFF_HISTORIES=<count> to search further).
+    let env = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let first = env("TS_DIFF_SEED").unwrap_or(1);
+    let count = env("TS_DIFF_HISTORIES").unwrap_or(match env("TS_DIFF_SEED") {
+        Some(_) => 1,
+        None => HISTORIES,
+    });
     let started = Instant::now();
     for seed in first..first + count {
         run_seed(&redis, seed).await;
