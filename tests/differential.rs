@@ -77,6 +77,13 @@ fn cfg(clock: &Clock) -> RegistryConfig {
     }
 }
 
+/// A drawn target: (embedded id, Redis id), a login, or the op's third kind.
+enum Who {
+    Session(SessionId, SessionId),
+    Login(Login),
+    Rest,
+}
+
 /// The two registries of one history, their clock, and the id pairs.
 struct Pair {
     clock: Clock,
@@ -209,6 +216,19 @@ impl Pair {
         self.ids[i].clone()
     }
 
+    /// Whom an evict or a notify aims at: a session, a login, or the
+    /// third kind (a station; everyone).
+    fn who(&self, rng: &mut StdRng) -> Who {
+        match rng.random_range(0..3) {
+            0 => {
+                let (m, r) = self.pick(rng);
+                Who::Session(m, r)
+            }
+            1 => Who::Login(login(rng)),
+            _ => Who::Rest,
+        }
+    }
+
     /// The generation to present for `id`: the embedded registry's, or
     /// (rarely) a wrong one.
     async fn generation(&self, id: &SessionId, rng: &mut StdRng) -> Generation {
@@ -276,18 +296,11 @@ impl Pair {
                 what
             }
             30..=35 => {
-                let (tm, tr) = match rng.random_range(0..3) {
-                    0 => {
-                        let (m, r) = self.pick(rng);
-                        (EvictTarget::Session(m), EvictTarget::Session(r))
-                    }
-                    1 => {
-                        let l = Login::parse(LOGINS[rng.random_range(0..LOGINS.len())]).unwrap();
-                        (EvictTarget::Login(l.clone()), EvictTarget::Login(l))
-                    }
-                    _ => {
-                        let s =
-                            Station::parse(STATIONS[rng.random_range(0..STATIONS.len())]).unwrap();
+                let (tm, tr) = match self.who(rng) {
+                    Who::Session(m, r) => (EvictTarget::Session(m), EvictTarget::Session(r)),
+                    Who::Login(l) => (EvictTarget::Login(l.clone()), EvictTarget::Login(l)),
+                    Who::Rest => {
+                        let s = station(rng);
                         (EvictTarget::Station(s.clone()), EvictTarget::Station(s))
                     }
                 };
@@ -331,16 +344,10 @@ impl Pair {
                 what
             }
             67..=84 => {
-                let (tm, tr) = match rng.random_range(0..3) {
-                    0 => {
-                        let (m, r) = self.pick(rng);
-                        (NotifyTarget::Session(m), NotifyTarget::Session(r))
-                    }
-                    1 => {
-                        let l = Login::parse(LOGINS[rng.random_range(0..LOGINS.len())]).unwrap();
-                        (NotifyTarget::Login(l.clone()), NotifyTarget::Login(l))
-                    }
-                    _ => (NotifyTarget::All, NotifyTarget::All),
+                let (tm, tr) = match self.who(rng) {
+                    Who::Session(m, r) => (NotifyTarget::Session(m), NotifyTarget::Session(r)),
+                    Who::Login(l) => (NotifyTarget::Login(l.clone()), NotifyTarget::Login(l)),
+                    Who::Rest => (NotifyTarget::All, NotifyTarget::All),
                 };
                 let now = self.clock.now_ms();
                 // 0 = the default lifetime; the rest relative to now.
@@ -421,6 +428,14 @@ impl Pair {
     fn stop(&self) {
         self.stop.cancel();
     }
+}
+
+fn login(rng: &mut StdRng) -> Login {
+    Login::parse(LOGINS[rng.random_range(0..LOGINS.len())]).unwrap()
+}
+
+fn station(rng: &mut StdRng) -> Station {
+    Station::parse(STATIONS[rng.random_range(0..STATIONS.len())]).unwrap()
 }
 
 /// Runs one seeded history; on a disagreement, prints the seed and the
