@@ -24,7 +24,7 @@ use crate::close::CloseCode;
 use crate::frames;
 use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
-use crate::session::{now_ms, EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
+use crate::session::{EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
 use sockets::LocalSockets;
 
 /// An ordinary frame for a socket.
@@ -67,7 +67,7 @@ pub struct SocketShared {
     terminal: Mutex<Option<Terminal>>,
     /// Wakes the connection task when `terminal` is set.
     pub wake: Notify,
-    /// Unix ms of the last frame received from the client.
+    /// When the client last sent a frame, in [`crate::clock::monotonic_ms`].
     pub last_seen: AtomicI64,
     /// Whether this socket asked for the tenant's presence events.
     pub watching: AtomicBool,
@@ -88,7 +88,7 @@ impl SocketShared {
             },
             terminal: Mutex::new(None),
             wake: Notify::new(),
-            last_seen: AtomicI64::new(now_ms()),
+            last_seen: AtomicI64::new(crate::clock::monotonic_ms()),
             watching: AtomicBool::new(false),
         }
     }

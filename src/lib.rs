@@ -2,6 +2,7 @@
 //!
 //! Map of the crate (data flows one way: API → registry → sink → gateway):
 //! - [`session`]: domain types (ids, sessions, end reasons, notices).
+//! - [`clock`]: registry time and local monotonic timers.
 //! - [`registry`]: the authority over logins and stations; the trait and the
 //!   in-memory implementation.
 //! - [`auth`]: connect tokens (JWT).
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod close;
 mod cluster;
 pub mod config;

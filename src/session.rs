@@ -432,7 +432,8 @@ pub struct PresenceEvent {
     pub at_ms: i64,
 }
 
-/// Milliseconds since the Unix epoch, the registry's clock.
+/// The wall clock in Unix ms, for what other hosts judge (connect tokens'
+/// `iat`/`exp`). Registry deadlines read [`crate::clock::Clock`] instead.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -281,6 +281,7 @@ async fn a_slowloris_handshake_is_cut_off_and_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn a_half_open_socket_is_found_by_the_heartbeat_and_freed() {
+    pause_time_unless_redis();
     let node = start_with(|c| c.heartbeat = std::time::Duration::from_millis(100)).await;
     let mut watch = node.watch(T).await;
     let r = node.grant(T, "ana", "").await;

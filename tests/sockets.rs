@@ -61,6 +61,7 @@ async fn app_level_ping_is_answered_with_the_same_id() {
 
 #[tokio::test]
 async fn a_pending_session_nobody_connects_to_expires() {
+    pause_time_unless_redis();
     let node = start_with(|c| c.connect_timeout = Duration::from_millis(300)).await;
     let mut watch = node.watch(T).await;
     let r = node.grant(T, "ana", "s1").await;
@@ -125,6 +126,7 @@ async fn a_socket_dropped_without_a_close_frame_also_disconnects() {
 
 #[tokio::test]
 async fn a_disconnected_session_expires_after_grace() {
+    pause_time_unless_redis();
     let node = start_with(|c| c.grace = Duration::from_millis(300)).await;
     let mut watch = node.watch(T).await;
     let r = node.grant(T, "ana", "s1").await;
@@ -168,6 +170,7 @@ async fn a_session_stays_connected_while_one_of_its_sockets_is_open() {
 
 #[tokio::test]
 async fn a_silent_socket_is_declared_dead_by_the_heartbeat() {
+    pause_time_unless_redis();
     let node = start_with(|c| c.heartbeat = Duration::from_millis(100)).await;
     let mut watch = node.watch(T).await;
     let r = node.grant(T, "ana", "").await;
@@ -184,6 +187,7 @@ async fn a_silent_socket_is_declared_dead_by_the_heartbeat() {
 
 #[tokio::test]
 async fn a_socket_that_answers_heartbeats_stays_up() {
+    pause_time_unless_redis();
     let node = start_with(|c| c.heartbeat = Duration::from_millis(50)).await;
     let r = node.grant(T, "ana", "").await;
     let (mut ws, _) = node.connect_welcome(&r.token).await;

@@ -36,7 +36,7 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
 }
 
 /// Expires due sessions of every tenant.
-async fn sweep(node: &Node) {
+pub(super) async fn sweep(node: &Node) {
     let mut conn = node.store.conn();
     let tenants: Vec<String> = match redis::cmd("SMEMBERS")
         .arg(node.store.nodes_key("tenants"))

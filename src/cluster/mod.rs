@@ -132,6 +132,12 @@ impl Cluster {
         self.node.bus.watch(tenant).await
     }
 
+    /// Runs one expiry sweep now, as the expiry task does every tick; for
+    /// tests that move a manual clock.
+    pub(crate) async fn expire_due(&self) {
+        expiry::sweep(&self.node).await;
+    }
+
     /// Whether this node may serve writes: its lease holds, no bus
     /// message was lost since the last reconciliation, and it is not
     /// re-asserting its sessions after Redis lost its data.

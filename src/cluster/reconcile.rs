@@ -18,7 +18,7 @@ use crate::hub::sockets::Vouched;
 use crate::registry::redis::store::SCRIPTS;
 use crate::registry::redis::wire::Reply;
 use crate::registry::Event;
-use crate::session::{now_ms, NodeId, SessionId, Tenant};
+use crate::session::{NodeId, SessionId, Tenant};
 
 /// Sessions per reconciliation script call, so no call blocks Redis long.
 const SYNC_CHUNK: usize = 500;
@@ -94,7 +94,7 @@ async fn clear_stale(node: &Node, tenant: &Tenant, me: &NodeId) -> bool {
     let key = format!("{}n:{}", node.store.prefix(tenant), me.as_str());
     let mut cursor: u64 = 0;
     for _ in 0..MAX_STALE_PAGES {
-        let before = now_ms();
+        let before = node.store.now_ms();
         let mut conn = node.store.conn();
         let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
             .arg(&key)

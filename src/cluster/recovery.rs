@@ -20,9 +20,7 @@ use super::Node;
 use crate::registry::redis::store::SCRIPTS;
 use crate::registry::redis::wire::{WSession, WSocket};
 use crate::registry::Event;
-use crate::session::{
-    now_ms, EndReason, EndedBy, Ending, Session, SessionState, Tenant, Tombstone,
-};
+use crate::session::{EndReason, EndedBy, Ending, Session, SessionState, Tenant, Tombstone};
 
 /// Data losses seen and re-assertion passes done.
 #[derive(Default)]
@@ -111,7 +109,7 @@ pub(super) async fn reassert(node: &Node, tenant: &Tenant, session: &Session, co
                             .unwrap_or_default(),
                         station: holder.as_ref().and_then(|h| h.station.clone()),
                         session_id: holder.map(|h| h.id),
-                        at_ms: now_ms(),
+                        at_ms: node.store.now_ms(),
                     },
                     message: EndReason::Superseded.default_message().to_string(),
                 },

@@ -568,6 +568,7 @@ impl Config {
             idempotency_ttl: self.idempotency_ttl,
             max_notices_per_session: self.max_notices_per_session,
             default_notice_ttl: self.default_notice_ttl,
+            clock: crate::clock::Clock::system(),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::frames;
 use crate::hub::{Outbound, SocketShared};
 use crate::metrics_names as m;
 use crate::registry::{Attached, RegistryError, SocketId};
-use crate::session::{now_ms, Generation, Login, Session, SessionId, Tenant};
+use crate::session::{Generation, Login, Session, SessionId, Tenant};
 
 use crate::limits::MAX_BAD_FRAMES;
 
@@ -293,7 +293,9 @@ where
                 if !written { return true; }
             }
             incoming = ws.next() => {
-                socket.last_seen.store(now_ms(), Ordering::Relaxed);
+                socket
+                    .last_seen
+                    .store(crate::clock::monotonic_ms(), Ordering::Relaxed);
                 if matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_)))) && !bucket.take() {
                     metrics::counter!(m::LIMITED, "limit" => "messages_per_second").increment(1);
                     warn!(tenant = %session.tenant, login = %session.login, session = %session.id, "client exceeded its message rate");

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::monotonic_ms;
 use crate::close::CloseCode;
 use crate::hub::{Hub, Outbound, Terminal};
 use crate::metrics_names as m;
-use crate::session::now_ms;
 
 /// Runs until `stop` is cancelled.
 pub async fn run(hub: Arc<Hub>, heartbeat: Duration, stop: CancellationToken) {
@@ -27,7 +27,7 @@ pub async fn run(hub: Arc<Hub>, heartbeat: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = now_ms();
+        let now = monotonic_ms();
         for socket in hub.sockets() {
             if now - socket.last_seen.load(Ordering::Relaxed) > dead_after {
                 metrics::counter!(m::HEARTBEAT_DEAD).increment(1);

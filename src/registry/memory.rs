@@ -24,9 +24,7 @@ use super::{
     Attached, Census, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page,
     Registry, RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
 };
-use crate::session::{
-    now_ms, ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant,
-};
+use crate::session::{ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant};
 
 /// The in-memory registry. Dropping it stops its expiry task.
 pub struct MemoryRegistry {
@@ -98,7 +96,7 @@ impl Shared {
         f: impl FnOnce(&mut TenantState, &RegistryConfig, i64, &mut Effects) -> T,
     ) -> T {
         let mut fx = Effects::default();
-        let out = f(state, &self.cfg, now_ms(), &mut fx);
+        let out = f(state, &self.cfg, self.cfg.clock.now_ms(), &mut fx);
         for event in fx.events {
             self.sink.publish(event);
         }
@@ -127,13 +125,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 const EXPIRE_BATCH: usize = 256;
 
 /// The one expiry task: sleeps until the earliest deadline, expires what is
-/// due (yielding every `EXPIRE_BATCH`), and goes back to sleep.
+/// due, and goes back to sleep.
 async fn expire_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let now = now_ms();
+        let next = shared.expire_due().await;
+        let sleep = match next {
+            Some(at) => shared.cfg.clock.until(at).min(Duration::from_secs(60)),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+impl Shared {
+    /// Expires every session whose deadline is due now (yielding every
+    /// `EXPIRE_BATCH`); returns the next deadline.
+    async fn expire_due(&self) -> Option<i64> {
+        let now = self.cfg.clock.now_ms();
         let mut due = Vec::new();
         let next = {
-            let mut deadlines = lock(&shared.deadlines);
+            let mut deadlines = lock(&self.deadlines);
             while let Some(first) = deadlines.first() {
                 if first.0 > now {
                     break;
@@ -148,23 +163,23 @@ async fn expire_loop(shared: Arc<Shared>, stop: CancellationToken) {
             if n > 0 && n % EXPIRE_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
-            let Some(state) = shared.tenants.get(&tenant).map(|s| s.clone()) else {
+            let Some(state) = self.tenants.get(&tenant).map(|s| s.clone()) else {
                 continue;
             };
             let mut guard = lock(&state);
-            shared.apply(&tenant, &mut guard, |s, cfg, now, fx| {
+            self.apply(&tenant, &mut guard, |s, cfg, now, fx| {
                 s.expire(&id, cfg, now, fx)
             });
         }
-        let sleep = match next {
-            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64),
-            None => Duration::from_secs(60),
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
-        }
+        next
+    }
+}
+
+impl MemoryRegistry {
+    /// Expires what is due at the clock's "now" at once, as the expiry task
+    /// does when it wakes; for tests that move a manual clock.
+    pub async fn expire_due(&self) {
+        self.shared.expire_due().await;
     }
 }
 
@@ -373,7 +388,7 @@ mod tests {
         .expect("the session never ended")
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pending_session_expires_through_the_sweeper() {
         let (reg, mut rx) = start(RegistryConfig {
             connect_timeout: Duration::from_millis(30),
@@ -388,7 +403,7 @@ mod tests {
         assert_eq!(got.state, SessionState::Ended(EndReason::Expired));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_mass_expiry_spanning_several_batches_ends_every_session() {
         let (reg, mut rx) = start(RegistryConfig {
             connect_timeout: Duration::from_millis(50),
@@ -415,7 +430,7 @@ mod tests {
         .expect("every pending session expires");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_reconnected_session_outlives_its_old_grace_deadline() {
         let (reg, mut rx) = start(RegistryConfig {
             grace: Duration::from_millis(20),

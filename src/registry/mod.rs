@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::clock::Clock;
 use crate::session::{
     ClaimRequest, Generation, Login, NodeId, Notice, PresenceEvent, Session, SessionId, Station,
     Tenant, Tombstone,
@@ -47,6 +48,8 @@ pub struct RegistryConfig {
     pub max_notices_per_session: usize,
     /// Lifetime of a notice sent without `expires_at_ms`.
     pub default_notice_ttl: Duration,
+    /// Where every transition reads "now" (see [`crate::clock`]).
+    pub clock: Clock,
 }
 
 impl Default for RegistryConfig {
@@ -60,6 +63,7 @@ impl Default for RegistryConfig {
             idempotency_ttl: Duration::from_secs(300),
             max_notices_per_session: 32,
             default_notice_ttl: Duration::from_secs(24 * 3600),
+            clock: Clock::system(),
         }
     }
 }
@@ -270,7 +274,8 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<Attached, RegistryError>;
 
     /// Detaches a socket; the last one leaving makes the session DISCONNECTED.
-    /// Detaching from an ended session is a no-op.
+    /// Detaching from an ended session, or with another generation than
+    /// the session's (such a socket never held it), is a no-op.
     async fn detach(
         &self,
         tenant: &Tenant,

@@ -552,7 +552,11 @@ impl TenantState {
         let Some(record) = self.sessions.get_mut(id) else {
             return Ok(());
         };
-        check_generation(record, generation)?;
+        // A socket of another generation never held this session: nothing
+        // to detach (as on Redis).
+        if record.session.generation != generation {
+            return Ok(());
+        }
         let before = record.sockets.len();
         record.sockets.retain(|s| s != socket);
         if before == record.sockets.len() {

@@ -54,6 +54,18 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Pauses tokio's clock (current-thread test runtime) on the embedded
+/// registry, so grace, connect-timeout, heartbeat and expiry waits cost no
+/// real time: the runtime jumps to the next timer whenever it is idle. On
+/// the Redis registry (`TS_TEST_REDIS`) time keeps running: a paused clock
+/// would also jump while the node waits for Redis's replies, firing
+/// deadlines (and the tests' own bounds) early.
+pub fn pause_time_unless_redis() {
+    if std::env::var_os("TS_TEST_REDIS").is_none() {
+        tokio::time::pause();
+    }
+}
+
 /// A node's config for tests: ephemeral ports, a known signing key, defaults
 /// otherwise.
 pub fn config() -> Config {

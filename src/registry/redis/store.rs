@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use super::conn::{self, Conn, Target};
 use super::wire::{NodesReply, Reply};
+use crate::clock::Clock;
 use crate::registry::{RegistryConfig, RegistryError};
-use crate::session::{now_ms, NodeId, Tenant};
+use crate::session::{NodeId, Tenant};
 
 static PRELUDE: &str = include_str!("lua/prelude.lua");
 
@@ -81,6 +82,8 @@ pub(crate) struct Store {
     /// The global epoch key on one Redis; empty on a cluster (tenants'
     /// markers stand alone there).
     epoch_key: String,
+    /// The registry's clock: every script's `now`.
+    clock: Clock,
 }
 
 impl Store {
@@ -96,6 +99,7 @@ impl Store {
             pubcmd: conn::publish_command(target),
             limits: script_limits(cfg),
             epoch_key: String::new(),
+            clock: cfg.clock.clone(),
         };
         if !target.cluster {
             store.epoch_key = store.nodes_key("epoch");
@@ -111,6 +115,12 @@ impl Store {
     /// The prefix of every key of a tenant: `<ns>:{<tenant>}:`.
     pub(crate) fn prefix(&self, tenant: &Tenant) -> String {
         format!("{}:{{{}}}:", self.namespace, tenant.as_str())
+    }
+
+    /// The registry clock's "now" (epoch ms): what scripts are given and
+    /// what records are stamped with.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// The command connection, for plain commands (SMEMBERS, SSCAN).
@@ -135,7 +145,7 @@ impl Store {
         let raw: String = script
             .key(format!("{p}ep"))
             .arg(&p)
-            .arg(now_ms())
+            .arg(self.clock.now_ms())
             .arg(self.pubcmd)
             .arg(node.as_str())
             .arg(&self.limits[..])
@@ -159,7 +169,7 @@ impl Store {
     ) -> Result<NodesReply, RegistryError> {
         let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.nodes.key(self.nodes_key("leases"));
-        inv.arg(op).arg(node).arg(now_ms());
+        inv.arg(op).arg(node).arg(self.clock.now_ms());
         for a in args {
             inv.arg(a);
         }

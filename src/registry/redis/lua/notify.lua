@@ -18,8 +18,12 @@ elseif R.to == 'login' then
   local id = redis.call('GET', P .. 'l:' .. R.v)
   if id then ids = {id} else
     local key = P .. 'm:' .. R.v
-    local mb = jget(key) or {}
-    redis.call('SET', key, cjson.encode(push_notice(mb, n)), 'PX', math.max(1, n.exp - NOW))
+    local mb = push_notice(jget(key) or {}, n)
+    -- The mailbox lives as long as its longest-lived notice: each notice
+    -- keeps its own expiry (a short one queued last must not cut the rest).
+    local last = n.exp
+    for _, x in ipairs(mb) do if x.exp > last then last = x.exp end end
+    redis.call('SET', key, cjson.encode(mb), 'PX', math.max(1, last - NOW))
     out.q = 1
     return cjson.encode(out)
   end
