@@ -22,6 +22,8 @@ export interface TabSupport {
     close(): void;
     onmessage: ((ev: { data: unknown }) => void) | null;
   };
+  /** Where "pagehide" fires (a leader hands over then); default window. */
+  page?: { addEventListener(type: "pagehide", fn: () => void): void; removeEventListener?(type: "pagehide", fn: () => void): void } | null;
 }
 
 /** The events a client emits, relayed from the leader tab to every tab. */

@@ -44,7 +44,7 @@ export function tabSupport(options = {}) {
   const browser = typeof g.document === "object" || typeof g.WorkerGlobalScope === "function";
   const locks = g.navigator?.locks;
   if (!browser || typeof locks?.request !== "function" || typeof g.BroadcastChannel !== "function") return null;
-  return { locks, BroadcastChannel: g.BroadcastChannel };
+  return { locks, BroadcastChannel: g.BroadcastChannel, page: typeof g.window === "object" ? g.window : null };
 }
 
 /**
@@ -120,6 +120,14 @@ export class TabClient {
     this._logoutTimer = null;
     this._release = null; // resolves the held lock's promise
     this._abort = typeof AbortController === "function" ? new AbortController() : null;
+    // A leader tab that is going away hands over at once: its socket's close
+    // reaches the broker before the next tab's socket does (a resume), and
+    // the others hear "bye" instead of waiting for the lock.
+    this._page = support.page ?? null;
+    this._onPageHide = () => {
+      if (this._client) this.close();
+    };
+    this._page?.addEventListener?.("pagehide", this._onPageHide);
 
     this._channel = null;
     if (mode === "share") {
@@ -235,6 +243,7 @@ export class TabClient {
       this._release?.();
       this._channel?.close();
       this._channel = null;
+      this._page?.removeEventListener?.("pagehide", this._onPageHide);
       return;
     }
     this._closing = true;
@@ -496,6 +505,7 @@ export class TabClient {
       this._release?.();
       this._channel?.close();
       this._channel = null;
+      this._page?.removeEventListener?.("pagehide", this._onPageHide);
     }
     this._client = null;
     if (this._connectivity !== "offline") {

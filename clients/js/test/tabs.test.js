@@ -110,6 +110,22 @@ test("the leader tab closes: the next tab takes over at once, resumes with the s
   assert.equal(c.of("notice").length, 1);
 });
 
+test("pagehide in the leader tab: its socket closes and the others hear it before the lock moves", async () => {
+  const browser = fakeBrowser();
+  const a = openTab(browser, "a");
+  const b = openTab(browser, "b");
+  await browser.settle();
+  a.welcome();
+  await browser.settle();
+  const old = a.socket();
+  a.page.dispatchEvent(new Event("pagehide"));
+  assert.deepEqual(old.closedByClient, { code: 1000, reason: "client closing" });
+  await browser.settle();
+  assert.equal(b.client.tabRole, "leader");
+  assert.deepEqual(b.of("connectivity"), ["online", "degraded"]);
+  assert.equal(b.sockets.length, 1);
+});
+
 test("the presence watch of a follower survives a handover", async () => {
   const { browser, tabs } = await threeTabs();
   const [a, b, c] = tabs;

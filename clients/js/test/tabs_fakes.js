@@ -101,7 +101,9 @@ export function fakeBrowser() {
         if (s.holder?.tab === tabName) release(name, s.holder);
       }
     };
-    return { locks: lockApi, BroadcastChannel: FakeBroadcastChannel, kill };
+    /** The tab's window, as far as tabs.js listens to it ("pagehide"). */
+    const page = new EventTarget();
+    return { locks: lockApi, BroadcastChannel: FakeBroadcastChannel, page, kill };
   }
 
   /** Runs queued tasks (and the promise jobs they start) until none are left. */
@@ -134,7 +136,7 @@ export function openTab(browser, name, options = {}) {
     timers: clock,
     random: () => 0.5,
     network: null,
-    tabs: { locks: env.locks, BroadcastChannel: env.BroadcastChannel },
+    tabs: { locks: env.locks, BroadcastChannel: env.BroadcastChannel, page: env.page },
     onListenerError: (e) => {
       throw e;
     },
@@ -151,6 +153,8 @@ export function openTab(browser, name, options = {}) {
     events,
     of,
     dead: false,
+    /** The tab's window: dispatch "pagehide" on it. */
+    page: env.page,
     /** The tab's socket, if it has an open one. */
     socket: () => sockets.find((s) => s.readyState !== 3) ?? null,
     /** Opens and welcomes this tab's latest socket. */
