@@ -1,5 +1,8 @@
 // Types of the turnstile browser SDK (turnstile.js). See docs/clients.md.
 
+import type { TabClient, TabRefused, TabSupport } from "./tabs.js";
+export type { TabClient, TabRefused, TabRole, TabSupport } from "./tabs.js";
+
 /** online: welcomed socket; degraded: connection lost, reconnecting; offline: not connected and not trying (before the first welcome, or stopped). */
 export type Connectivity = "online" | "degraded" | "offline";
 
@@ -74,13 +77,17 @@ export interface Stopped {
     | "closed"
     | "rejected"
     | "gave_up"
-    | "connect_failed";
+    | "connect_failed"
+    /** singleTab: another tab holds the session. */
+    | "tab_refused";
   /** The close code that stopped the client, when one did. */
   code: number | null;
 }
 
 export interface Events {
   welcome: Welcome;
+  /** singleTab: another tab of this browser holds the session; this one opened no socket and stopped. */
+  tabRefused: TabRefused;
   notice: Notice;
   forcedLogout: ForcedLogout;
   connectivity: Connectivity;
@@ -110,6 +117,14 @@ export interface Timers {
 }
 
 export interface Options {
+  /** Tabs of one browser using the same session share one socket (Web Locks + BroadcastChannel; no effect where missing). Default true. */
+  shareAcrossTabs?: boolean;
+  /** Refuse this tab (event tabRefused) when another tab of the browser holds the session. Default false; wins over shareAcrossTabs. */
+  singleTab?: boolean;
+  /** Name of the tab group; default derived from the url and token (tabs of one session). */
+  tabGroup?: string;
+  /** Web Locks and BroadcastChannel to use; default the browser's. For tests. */
+  tabs?: TabSupport;
   /** Ceiling of the first reconnect delay (ms), doubled per failed attempt. Default 500. */
   initialDelayMs?: number;
   /** Cap of the reconnect delay ceiling (ms). Default 30000. */
@@ -163,5 +178,8 @@ export declare class TurnstileClient {
   reconnectNow(): void;
 }
 
-/** Opens an agent connection to `url` (ws://host:7700/v1/ws) with the connect token from Claim. */
-export declare function connect(url: string, token: string, options?: Options): TurnstileClient;
+/**
+ * Opens an agent connection to `url` (ws://host:7700/v1/ws) with the connect token from Claim.
+ * In a browser, tabs of one session share one socket (a TabClient, same API) unless shareAcrossTabs is false.
+ */
+export declare function connect(url: string, token: string, options?: Options): TurnstileClient | TabClient;

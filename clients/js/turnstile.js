@@ -6,6 +6,9 @@
 // resume with the same connect token, and it stops for good when the broker
 // says the session is over (forced logout, logout, final close codes).
 // The wire contract is docs/protocol.md; the API is docs/clients.md.
+// Sharing one socket among a browser's tabs is tabs.js.
+
+import { connectAcrossTabs } from "./tabs.js";
 
 /** Close codes after which reconnecting cannot help (docs/protocol.md). */
 export const FINAL_CLOSE_CODES = Object.freeze([4000, 4001, 4002, 4003, 4004, 4401, 4403]);
@@ -56,26 +59,36 @@ export function backoffDelay(attempt, initialDelayMs = DEFAULTS.initialDelayMs,
 /**
  * Opens an agent connection. `url` is the broker's WebSocket endpoint
  * (`ws://host:7700/v1/ws`), `token` the connect token from the login
- * service's Claim. Returns the client; it connects at once.
+ * service's Claim. Returns the client; it connects at once — in a browser,
+ * unless another tab of this session already holds the socket
+ * (`shareAcrossTabs`, tabs.js).
  */
 export function connect(url, token, options = {}) {
-  return new TurnstileClient(url, token, options);
+  checkedOptions(url, token, options);
+  return connectAcrossTabs(url, token, options, (own) => new TurnstileClient(url, token, own))
+    ?? new TurnstileClient(url, token, options);
+}
+
+/** The options with their defaults; throws a TypeError naming a bad argument. */
+function checkedOptions(url, token, options) {
+  if (typeof url !== "string" || url === "") throw new TypeError("turnstile: url must be a non-empty string");
+  if (typeof token !== "string" || token === "") throw new TypeError("turnstile: token must be a non-empty string");
+  const opts = { ...DEFAULTS, ...options };
+  for (const k of ["initialDelayMs", "maxDelayMs", "connectTimeoutMs", "heartbeatMs", "logoutTimeoutMs"]) {
+    if (!(typeof opts[k] === "number" && opts[k] > 0)) throw new TypeError(`turnstile: options.${k} must be a positive number`);
+  }
+  if (!(opts.maxAttempts >= 0)) throw new TypeError("turnstile: options.maxAttempts must be >= 0 (Infinity allowed)");
+  if (typeof (opts.WebSocket ?? globalThis.WebSocket) !== "function") {
+    throw new TypeError("turnstile: no WebSocket here; pass options.WebSocket (e.g. from the 'ws' package)");
+  }
+  return opts;
 }
 
 /** One agent's connection to the broker. Use {@link connect}. */
 export class TurnstileClient {
   constructor(url, token, options = {}) {
-    if (typeof url !== "string" || url === "") throw new TypeError("turnstile: url must be a non-empty string");
-    if (typeof token !== "string" || token === "") throw new TypeError("turnstile: token must be a non-empty string");
-    const opts = { ...DEFAULTS, ...options };
-    for (const k of ["initialDelayMs", "maxDelayMs", "connectTimeoutMs", "heartbeatMs", "logoutTimeoutMs"]) {
-      if (!(typeof opts[k] === "number" && opts[k] > 0)) throw new TypeError(`turnstile: options.${k} must be a positive number`);
-    }
-    if (!(opts.maxAttempts >= 0)) throw new TypeError("turnstile: options.maxAttempts must be >= 0 (Infinity allowed)");
+    const opts = checkedOptions(url, token, options);
     const WS = opts.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
-      throw new TypeError("turnstile: no WebSocket here; pass options.WebSocket (e.g. from the 'ws' package)");
-    }
     const t = opts.timers ?? {};
     this._timers = {
       setTimeout: t.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),

@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js` | the page and the SDK |
+//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js`, `/tabs.js` | the page and the SDK |
 //! | `GET /api/stations` | registered stations, free or held (`StationStatus`) |
 //! | `POST /api/login` | `{login, password, station, confirm}` → `Claim` |
 //! | `POST /api/logout` | `Release` of the caller's session |
@@ -35,6 +35,8 @@ const APP_JS: &str = include_str!("static/app.js");
 const STYLE_CSS: &str = include_str!("static/style.css");
 /// The browser SDK, served as is.
 const SDK_JS: &str = include_str!("../../clients/js/turnstile.js");
+/// The SDK's tab sharing, imported by `turnstile.js` as `./tabs.js`.
+const SDK_TABS_JS: &str = include_str!("../../clients/js/tabs.js");
 
 /// The largest request body the API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -114,6 +116,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
         }
         "/app.js" if m == Method::GET => Ok(asset(APP_JS, "text/javascript; charset=utf-8")),
         "/turnstile.js" if m == Method::GET => Ok(asset(SDK_JS, "text/javascript; charset=utf-8")),
+        "/tabs.js" if m == Method::GET => Ok(asset(SDK_TABS_JS, "text/javascript; charset=utf-8")),
         "/style.css" if m == Method::GET => Ok(asset(STYLE_CSS, "text/css; charset=utf-8")),
         "/api/stations" if m == Method::GET => reply(app.login.stations().await),
         "/api/login" if m == Method::POST => {
@@ -141,10 +144,12 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
             app.netsim.set(mode);
             Ok(json_response(StatusCode::OK, &json!({"mode": mode})))
         }
-        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/style.css" | "/api/stations"
-        | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify" | "/api/netsim" => Err(
-            DemoError::MethodNotAllowed(format!("{m} {}", parts.uri.path())),
-        ),
+        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/tabs.js" | "/style.css"
+        | "/api/stations" | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify"
+        | "/api/netsim" => Err(DemoError::MethodNotAllowed(format!(
+            "{m} {}",
+            parts.uri.path()
+        ))),
         other => Err(DemoError::NotFound(other.chars().take(200).collect())),
     }
 }
