@@ -231,6 +231,51 @@ impl RedisCluster {
     }
 }
 
+/// A `turnstile serve` process that printed its listening line.
+pub struct Served {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub node: String,
+}
+
+/// Spawns `cmd` (a `turnstile serve` command; its stdout is taken here),
+/// waits, bounded, for its `turnstile listening http=… grpc=… node=…` line
+/// and keeps draining stdout so the node never blocks on a full pipe.
+pub async fn spawn_serve(cmd: &mut Command) -> Served {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the turnstile binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within("the node's listening line", async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("turnstile listening ") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the node printed its listening line before exiting");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_string()
+    };
+    let addr = |key: &str| -> SocketAddr { field(key).parse().expect("an address") };
+    Served {
+        http: addr("http="),
+        grpc: addr("grpc="),
+        node: field("node="),
+        child,
+    }
+}
+
 /// A `turnstile serve` process.
 pub struct NodeProc {
     pub http: SocketAddr,
@@ -263,32 +308,12 @@ impl NodeProc {
         if cluster {
             cmd.arg("--redis-cluster");
         }
-        let mut child = cmd.spawn().expect("turnstile binary runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = within("the node's listening line", async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("turnstile listening") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .expect("the node printed its listening line");
-        // Keep draining stdout so the node never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .expect("address in the listening line")
-        };
+        let served = spawn_serve(&mut cmd).await;
         NodeProc {
-            http: field("http="),
-            grpc: field("grpc="),
+            http: served.http,
+            grpc: served.grpc,
             name,
-            child,
+            child: served.child,
         }
     }
 
