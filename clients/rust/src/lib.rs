@@ -56,6 +56,11 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// The README's example compiles too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod agent;
 #[cfg(test)]
 mod agent_tests;
