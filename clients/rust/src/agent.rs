@@ -12,13 +12,28 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Backoff;
 use crate::driver::{Command, Driver, TcpConnector};
-use crate::{ConnectOptions, Error};
+use crate::ConnectOptions;
 
 /// Commands waiting for the connection task.
 const COMMAND_QUEUE: usize = 64;
 /// Events waiting for the application. When it stops reading, the task
 /// waits (and stops reading the socket), rather than buffering without bound.
 const EVENT_QUEUE: usize = 256;
+
+/// What an [`Agent`] refuses. (Connection failures are not errors: they
+/// arrive as [`AgentEvent::Disconnected`].)
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AgentError {
+    /// An option or argument that cannot work, named.
+    #[error("{field}: {problem}")]
+    InvalidOption {
+        field: &'static str,
+        problem: &'static str,
+    },
+    /// The agent has stopped; commands go nowhere.
+    #[error("the agent connection has stopped")]
+    Stopped,
+}
 
 /// How an [`Agent`] connects, reconnects and decides a socket is dead.
 /// The defaults are the browser SDK's.
@@ -73,9 +88,9 @@ impl AgentOptions {
     }
 
     /// Refuses settings that cannot work, naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), AgentError> {
         let bad = |field: &'static str, problem: &'static str| {
-            Err(Error::InvalidOption { field, problem })
+            Err(AgentError::InvalidOption { field, problem })
         };
         if self.initial_delay.is_zero() {
             return bad("initial_delay", "must be more than zero");
@@ -197,10 +212,10 @@ impl Agent {
         http: SocketAddr,
         token: impl Into<String>,
         opts: AgentOptions,
-    ) -> Result<(Agent, AgentEvents), Error> {
+    ) -> Result<(Agent, AgentEvents), AgentError> {
         let token = token.into();
         if token.is_empty() {
-            return Err(Error::InvalidOption {
+            return Err(AgentError::InvalidOption {
                 field: "token",
                 problem: "must not be empty",
             });
@@ -231,16 +246,16 @@ impl Agent {
         (Agent { cmds: cmd_tx }, AgentEvents { events: ev_rx })
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.cmds.send(cmd).await.map_err(|_| Error::Stopped)
+    async fn send(&self, cmd: Command) -> Result<(), AgentError> {
+        self.cmds.send(cmd).await.map_err(|_| AgentError::Stopped)
     }
 
     /// Sets the presence status (`available`, `away`, ...): sent now when
     /// connected, else after the next welcome.
-    pub async fn set_status(&self, status: impl Into<String>) -> Result<(), Error> {
+    pub async fn set_status(&self, status: impl Into<String>) -> Result<(), AgentError> {
         let status = status.into();
         if status.is_empty() || status.len() > 64 {
-            return Err(Error::InvalidOption {
+            return Err(AgentError::InvalidOption {
                 field: "status",
                 problem: "must be 1 to 64 bytes",
             });
@@ -250,18 +265,18 @@ impl Agent {
 
     /// Acknowledges a notice so the broker stops re-delivering it; queued
     /// while disconnected.
-    pub async fn ack(&self, notice_id: impl Into<String>) -> Result<(), Error> {
+    pub async fn ack(&self, notice_id: impl Into<String>) -> Result<(), AgentError> {
         self.send(Command::Ack(notice_id.into())).await
     }
 
     /// Subscribes this connection (every socket of it, across reconnects)
     /// to the tenant's presence; for supervisors and admins.
-    pub async fn watch_presence(&self) -> Result<(), Error> {
+    pub async fn watch_presence(&self) -> Result<(), AgentError> {
         self.send(Command::WatchPresence).await
     }
 
     /// Skips the current backoff wait (e.g. the OS reports the network back).
-    pub async fn reconnect_now(&self) -> Result<(), Error> {
+    pub async fn reconnect_now(&self) -> Result<(), AgentError> {
         self.send(Command::ReconnectNow).await
     }
 

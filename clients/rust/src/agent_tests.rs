@@ -8,7 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::driver::{Connector, Link};
-use crate::{Agent, AgentEvent, AgentEvents, AgentOptions, Disconnect, Error, ServerFrame, Stop};
+use crate::{
+    Agent, AgentError, AgentEvent, AgentEvents, AgentOptions, Disconnect, Error, ServerFrame, Stop,
+};
 
 /// A connection attempt waiting for the test to accept or refuse it.
 type Attempt = oneshot::Sender<Result<FakeLink, Error>>;
@@ -417,7 +419,7 @@ async fn what_was_asked_offline_is_sent_after_the_next_welcome() {
     assert_eq!(peer.received().await, json!({"type": "watch_presence"}));
     assert!(matches!(
         agent.set_status("").await,
-        Err(Error::InvalidOption {
+        Err(AgentError::InvalidOption {
             field: "status",
             ..
         })
@@ -453,7 +455,7 @@ async fn dropping_every_handle_closes_the_connection() {
 #[test]
 fn options_are_validated_naming_the_field() {
     let bad = |o: AgentOptions| match o.validate() {
-        Err(Error::InvalidOption { field, .. }) => field,
+        Err(AgentError::InvalidOption { field, .. }) => field,
         other => panic!("expected an invalid option, got {other:?}"),
     };
     assert_eq!(
@@ -481,6 +483,6 @@ fn options_are_validated_naming_the_field() {
     let addr = "127.0.0.1:1".parse().expect("addr");
     assert!(matches!(
         Agent::connect(addr, "", AgentOptions::default()),
-        Err(Error::InvalidOption { field: "token", .. })
+        Err(AgentError::InvalidOption { field: "token", .. })
     ));
 }

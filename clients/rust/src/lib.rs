@@ -16,7 +16,7 @@
 //! ```no_run
 //! use turnstile_client::{pb, Agent, AgentEvent, AgentOptions, Broker, Stop};
 //!
-//! # async fn run() -> Result<(), turnstile_client::Error> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // The login service claims the session and hands the token to the app.
 //! let mut broker = Broker::connect("127.0.0.1:7701").await?;
 //! let granted = broker
@@ -69,7 +69,9 @@ pub mod close_code;
 mod driver;
 mod socket;
 
-pub use agent::{Agent, AgentEvent, AgentEvents, AgentOptions, Disconnect, Stop, Welcome};
+pub use agent::{
+    Agent, AgentError, AgentEvent, AgentEvents, AgentOptions, Disconnect, Stop, Welcome,
+};
 pub use backoff::Backoff;
 pub use socket::{AgentSocket, ConnectOptions, ServerFrame};
 /// The WebSocket library, for matching on its errors.
@@ -102,13 +104,6 @@ pub enum Error {
     Protocol(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    #[error("{field}: {problem}")]
-    InvalidOption {
-        field: &'static str,
-        problem: &'static str,
-    },
-    #[error("the agent connection has stopped")]
-    Stopped,
 }
 
 /// The gRPC API of one broker node.
