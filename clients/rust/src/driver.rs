@@ -3,7 +3,6 @@
 //! commands, frames) — and between sockets the decision: reconnect after a
 //! backoff, after a draining node's `after_ms`, or stop for good.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,13 +13,8 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::agent::{AgentEvent, AgentOptions, Disconnect, Stop, Welcome};
 use crate::close_code::{self, CloseAction};
+use crate::pending::{Pending, Seen};
 use crate::{AgentSocket, ConnectOptions, Error, ServerFrame};
-
-/// Notice ids remembered for de-duplication (the broker keeps 32).
-const REMEMBERED_NOTICES: usize = 256;
-/// Acks kept while disconnected; the oldest is dropped beyond this (the
-/// broker then re-delivers that notice, which is harmless).
-const PENDING_ACKS: usize = 256;
 
 /// What the application asked for.
 #[derive(Debug)]
@@ -101,41 +95,6 @@ enum Act {
     Stop(Stop),
 }
 
-/// What the application asked for while no socket could carry it; sent
-/// after the next welcome.
-#[derive(Default)]
-struct Pending {
-    status: Option<String>,
-    acks: VecDeque<String>,
-    /// Watch presence on every socket.
-    watching: bool,
-    /// The current socket has not been told to watch yet.
-    watch_unsent: bool,
-}
-
-/// Notices already shown, by id, with their content.
-#[derive(Default)]
-struct Seen(VecDeque<(String, String)>);
-
-impl Seen {
-    /// True for a notice not shown before, or shown with other content.
-    fn fresh(&mut self, notice: &Value) -> bool {
-        let Some(id) = notice["id"].as_str() else {
-            return true;
-        };
-        let content = notice.to_string();
-        if self.0.iter().any(|(i, c)| i == id && *c == content) {
-            return false;
-        }
-        self.0.retain(|(i, _)| i != id);
-        self.0.push_back((id.to_string(), content));
-        if self.0.len() > REMEMBERED_NOTICES {
-            self.0.pop_front();
-        }
-        true
-    }
-}
-
 pub(crate) struct Driver<C> {
     connector: C,
     opts: AgentOptions,
@@ -211,14 +170,7 @@ impl<C: Connector> Driver<C> {
         };
         match cmd {
             Command::Status(s) => self.pending.status = Some(s),
-            Command::Ack(id) => {
-                if !self.pending.acks.contains(&id) {
-                    self.pending.acks.push_back(id);
-                    if self.pending.acks.len() > PENDING_ACKS {
-                        self.pending.acks.pop_front();
-                    }
-                }
-            }
+            Command::Ack(id) => self.pending.ack(id),
             Command::WatchPresence => {
                 self.pending.watching = true;
                 self.pending.watch_unsent = true;

@@ -67,6 +67,7 @@ mod agent_tests;
 mod backoff;
 pub mod close_code;
 mod driver;
+mod pending;
 mod socket;
 
 pub use agent::{
