@@ -199,7 +199,7 @@ async fn the_agent_resumes_its_session_after_the_connection_is_cut() {
 
 #[tokio::test]
 async fn a_silent_path_is_found_by_app_pings_and_the_session_resumes() {
-    let node = start_with(|c| c.heartbeat = Duration::from_millis(500)).await;
+    let node = start_with(|c| c.heartbeat = Duration::from_secs(1)).await;
     let relay = Relay::start(node.http).await;
     let mut watch = node.watch(T).await;
     let r = node.grant(T, "ana", "desk-1").await;
