@@ -276,8 +276,8 @@ async fn a_draining_node_sends_the_agent_to_another_node_and_the_session_resumes
     let on_redis = |name: &'static str| {
         let (url, ns) = (redis.url(), ns.clone());
         move |c: &mut turnstile::config::Config| {
-            c.node = Some(name.into());
-            c.redis = Some(url);
+            c.node = Some(turnstile::session::NodeId::parse(name).expect("a node name"));
+            c.redis = Some(url.parse().expect("a redis:// URL"));
             c.redis_namespace = ns;
             c.drain_window = Duration::from_millis(300);
         }
