@@ -19,6 +19,7 @@ pub mod audit;
 pub mod auth;
 pub mod close;
 pub mod config;
+pub mod connectivity;
 pub mod ctl;
 pub mod frames;
 pub mod fuzzing;

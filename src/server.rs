@@ -18,6 +18,7 @@ use crate::api::conn::GrpcConn;
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::connectivity::Connectivity;
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::hub::Hub;
 use crate::registry::{MemoryRegistry, RedisRegistry, Registry};
@@ -101,6 +102,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     };
 
     let hub = Hub::new(config.drain_window);
+    metrics::gauge!(crate::metrics_names::DEGRADED).set(0.0);
     let stop = CancellationToken::new();
     let registry: Arc<dyn Registry> = match config.redis() {
         Some(redis) => {
@@ -219,6 +221,16 @@ impl RunningServer {
             );
         }
         self.registry.close().await;
+    }
+
+    /// Tells this node's sockets `connectivity` as if its registry had said
+    /// so — for `turnstile demo` (which runs the embedded registry, never
+    /// degraded) and tests. A Redis registry's next change of its own
+    /// replaces it.
+    pub fn simulate_connectivity(&self, connectivity: Connectivity) {
+        use crate::registry::EventSink;
+        self.hub
+            .publish(crate::registry::Event::Connectivity(connectivity));
     }
 
     /// Open WebSockets on this node (tests check it returns to baseline).

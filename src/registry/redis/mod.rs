@@ -15,6 +15,7 @@
 //! [`tasks`] too.
 
 mod conn;
+mod health;
 mod tasks;
 mod wire;
 
@@ -39,6 +40,7 @@ use super::{
     Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
     RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
 };
+use crate::connectivity::Health;
 use crate::session::{
     now_ms, ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId,
     Station, Tenant,
@@ -247,6 +249,8 @@ struct Inner {
     attaching: DashMap<(Tenant, SessionId), usize>,
     ready: AtomicBool,
     subscription_ok: AtomicBool,
+    /// The node's connectivity, fed from the flags here (see `health`).
+    health: Health,
     /// Milliseconds since `started` until which the lease is surely valid.
     lease_valid_ms: AtomicU64,
     started: Instant,
@@ -310,6 +314,7 @@ impl RedisRegistry {
             attaching: DashMap::new(),
             ready: AtomicBool::new(false),
             subscription_ok: AtomicBool::new(true),
+            health: Health::new(),
             lease_valid_ms: AtomicU64::new(0),
             started: Instant::now(),
             check_now: Notify::new(),
@@ -322,6 +327,7 @@ impl RedisRegistry {
             urls: registry.inner.rcfg.target.urls.join(","),
             source: redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string())),
         })?;
+        tokio::spawn(health::lease_watch(registry.clone(), stop.clone()));
         tasks::spawn(registry.clone(), rx, overflowed, stop);
         Ok(registry)
     }

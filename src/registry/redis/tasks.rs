@@ -82,6 +82,7 @@ impl RedisRegistry {
             Ok(r) => r,
             Err(e) => {
                 self.inner.ready.store(false, Ordering::Relaxed);
+                self.health_changed();
                 return Err(e);
             }
         };
@@ -111,6 +112,7 @@ impl RedisRegistry {
             self.inner.registered.clear();
         }
         self.inner.ready.store(true, Ordering::Relaxed);
+        self.health_changed();
         Ok(r.due)
     }
 
@@ -439,6 +441,7 @@ impl RedisRegistry {
         }
         info!("redis subscription is back; reconciling");
         self.inner.subscription_ok.store(true, Ordering::Relaxed);
+        self.health_changed();
         true
     }
 
@@ -546,6 +549,7 @@ async fn bus(
             PushKind::Disconnection => {
                 warn!("lost the redis subscription; will reconcile when it is back");
                 reg.inner.subscription_ok.store(false, Ordering::Relaxed);
+                reg.health_changed();
                 reg.inner.resync.notify_one();
             }
             _ => {}
