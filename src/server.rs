@@ -223,14 +223,12 @@ impl RunningServer {
         self.registry.close().await;
     }
 
-    /// Tells this node's sockets `connectivity` as if its registry had said
-    /// so — for `turnstile demo` (which runs the embedded registry, never
-    /// degraded) and tests. A Redis registry's next change of its own
-    /// replaces it.
-    pub fn simulate_connectivity(&self, connectivity: Connectivity) {
-        use crate::registry::EventSink;
-        self.hub
-            .publish(crate::registry::Event::Connectivity(connectivity));
+    /// A switch that tells this node's sockets a connectivity as if the
+    /// registry had said so — for `turnstile demo` (which runs the embedded
+    /// registry, never degraded) and tests. A Redis registry's next change
+    /// of its own replaces what was set.
+    pub fn connectivity_switch(&self) -> ConnectivitySwitch {
+        ConnectivitySwitch(self.hub.clone())
     }
 
     /// Open WebSockets on this node (tests check it returns to baseline).
@@ -241,6 +239,27 @@ impl RunningServer {
     /// A token that, once cancelled, means the node is stopping.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// See [`RunningServer::connectivity_switch`]. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectivitySwitch(Arc<Hub>);
+
+impl ConnectivitySwitch {
+    /// Tells every socket `connectivity` (when it changed) and every later
+    /// socket after its welcome while degraded.
+    pub fn set(&self, connectivity: Connectivity) {
+        use crate::registry::EventSink;
+        if self.0.connectivity() != connectivity {
+            self.0
+                .publish(crate::registry::Event::Connectivity(connectivity));
+        }
+    }
+
+    /// What the node's sockets were last told.
+    pub fn get(&self) -> Connectivity {
+        self.0.connectivity()
     }
 }
 

@@ -105,7 +105,8 @@ async fn a_socket_opened_while_degraded_is_told_right_after_welcome() {
     before.expect_type("welcome").await;
 
     node.server()
-        .simulate_connectivity(Connectivity::degraded(Cause::SubscriptionLost));
+        .connectivity_switch()
+        .set(Connectivity::degraded(Cause::SubscriptionLost));
     let v = before.expect_type("connectivity").await;
     assert_eq!(v["cause"], "subscription_lost", "{v}");
 
@@ -115,7 +116,7 @@ async fn a_socket_opened_while_degraded_is_told_right_after_welcome() {
     assert_eq!(v["state"], "degraded", "{v}");
     assert_eq!(v["cause"], "subscription_lost", "{v}");
 
-    node.server().simulate_connectivity(Connectivity::Ok);
+    node.server().connectivity_switch().set(Connectivity::Ok);
     for ws in [&mut before, &mut after] {
         let v = ws.expect_type("connectivity").await;
         assert_eq!(v["state"], "ok", "{v}");
