@@ -9,11 +9,10 @@
 //! [`Health`] is the one owner of the state: the registry feeds it the
 //! cause it sees (or none) wherever its health flags flip; on every change
 //! it publishes [`Event::Connectivity`] to the hub, which tells every local
-//! socket, and sets the `turnstile_degraded` gauge.
+//! socket and sets the `turnstile_degraded` gauge.
 
 use std::sync::Mutex;
 
-use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
 use crate::session::now_ms;
 
@@ -111,7 +110,6 @@ impl Health {
     }
 
     fn publish(&self, next: Connectivity, sink: &dyn EventSink) {
-        metrics::gauge!(m::DEGRADED).set(if next.is_ok() { 0.0 } else { 1.0 });
         match next {
             Connectivity::Ok => {
                 tracing::info!("connectivity ok: this node vouches for its sessions again")

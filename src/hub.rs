@@ -279,6 +279,7 @@ impl Hub {
     fn connectivity_changed(&self, c: Connectivity) {
         let mut current = self.connectivity.lock().unwrap_or_else(|p| p.into_inner());
         *current = c;
+        metrics::gauge!(m::DEGRADED).set(if c.is_ok() { 0.0 } else { 1.0 });
         let frame = frames::connectivity(&c);
         for socket in self.by_conn.iter() {
             socket.send(Outbound::Text(frame.clone()));

@@ -35,6 +35,14 @@ async fn next_connectivity(ws: &mut Ws) -> Value {
     ws.expect_type("connectivity").await
 }
 
+/// `turnstile_degraded` on `node`'s `/metrics`.
+async fn degraded_gauge(node: &NodeProc) -> f64 {
+    let (_, body) = http_get(node.http, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("turnstile_degraded ")?.trim().parse().ok())
+        .expect("the turnstile_degraded gauge")
+}
+
 #[tokio::test]
 async fn sockets_are_told_when_redis_goes_away_and_when_it_is_back() {
     let mut redis = RedisServer::start().await;
@@ -64,6 +72,8 @@ async fn sockets_are_told_when_redis_goes_away_and_when_it_is_back() {
         );
     }
 
+    assert_eq!(degraded_gauge(&node).await, 1.0);
+
     redis.restart().await;
     // The lease comes back before the subscription: the cause may change
     // on the way, then the node is ok.
@@ -74,6 +84,7 @@ async fn sockets_are_told_when_redis_goes_away_and_when_it_is_back() {
                 v,
                 serde_json::json!({"type": "connectivity", "state": "ok"})
             );
+            assert_eq!(degraded_gauge(&node).await, 0.0);
             return;
         }
         assert_eq!(v["since_ms"].as_i64(), since, "{v}");
