@@ -26,10 +26,18 @@ struct Welcome {
 }
 
 impl Agent {
+    /// The next frame but `connectivity` (tests/connectivity.rs covers
+    /// those; the faults here cause them).
     async fn next(&mut self) -> ServerFrame {
-        within("a frame", self.0.next_frame())
-            .await
-            .expect("a protocol frame")
+        within("a frame", async {
+            loop {
+                match self.0.next_frame().await.expect("a protocol frame") {
+                    ServerFrame::Connectivity { .. } => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
     }
 
     async fn expect_forced_logout(&mut self, reason: &str, message: &str, code: u16) {

@@ -3,8 +3,22 @@
 import type { TabClient, TabRefused, TabSupport } from "./tabs.js";
 export type { TabClient, TabRefused, TabRole, TabSupport } from "./tabs.js";
 
-/** online: welcomed socket; degraded: connection lost, reconnecting; offline: not connected and not trying (before the first welcome, or stopped). */
+/** online: welcomed socket; degraded: connection lost and reconnecting (cause "network"), or the broker said it cannot vouch for the session now (cause "server"); offline: not connected and not trying (before the first welcome, or stopped). */
 export type Connectivity = "online" | "degraded" | "offline";
+
+/** Whose fault a degraded connectivity is: "network" when the SDK lost the socket itself, "server" when the broker said so. */
+export type ConnectivityCause = "network" | "server";
+
+/** The second argument of a `connectivity` listener. */
+export interface ConnectivityDetail {
+  state: Connectivity;
+  /** null when online or offline. */
+  cause: ConnectivityCause | null;
+  /** With cause "server": the broker's reason ("redis_unreachable", "subscription_lost", "lease_unconfirmed", or a newer one). */
+  serverCause?: string;
+  /** With cause "server": when the broker became degraded (Unix ms), or null if it did not say. */
+  sinceMs?: number | null;
+}
 
 /** The first frame of every live socket. */
 export interface Welcome {
@@ -84,6 +98,13 @@ export interface Stopped {
   code: number | null;
 }
 
+/** Extra arguments a listener of each event receives after the first. */
+export interface EventExtras {
+  connectivity: [detail: ConnectivityDetail];
+}
+
+type Extra<K> = K extends keyof EventExtras ? EventExtras[K] : [];
+
 export interface Events {
   welcome: Welcome;
   /** singleTab: another tab of this browser holds the session; this one opened no socket and stopped. */
@@ -158,9 +179,12 @@ export declare function backoffDelay(attempt: number, initialDelayMs?: number, m
 
 export declare class TurnstileClient {
   constructor(url: string, token: string, options?: Options);
-  on<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): () => void;
-  off<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): void;
+  /** `connectivity` listeners also get a {@link ConnectivityDetail} as a second argument. */
+  on<K extends keyof Events>(event: K, fn: (data: Events[K], ...extra: Extra<K>) => void): () => void;
+  off<K extends keyof Events>(event: K, fn: (data: Events[K], ...extra: Extra<K>) => void): void;
   readonly connectivity: Connectivity;
+  /** Why connectivity is degraded ("network" or "server"); null when online or offline. */
+  readonly connectivityCause: ConnectivityCause | null;
   readonly session: Welcome | null;
   readonly stopped: boolean;
   readonly rttMs: number | null;

@@ -105,6 +105,10 @@ export class TurnstileClient {
     this._welcomed = false; // the current socket got its welcome
     this._stopped = false;
     this._connectivity = "offline";
+    this._connectivityCause = null; // "network" | "server" | null
+    this._connectivityKey = JSON.stringify({ state: "offline", cause: null }); // the last detail emitted
+    this._socketState = "offline"; // what the socket alone says
+    this._serverDegraded = null; // {cause, sinceMs} while the broker says it is degraded
     this._session = null; // the last welcome
     this._attempt = 0; // reconnects in a row without a welcome
     this._heartbeatMs = opts.heartbeatMs;
@@ -149,6 +153,15 @@ export class TurnstileClient {
   /** "online" | "degraded" | "offline". */
   get connectivity() {
     return this._connectivity;
+  }
+
+  /**
+   * Why the connectivity is degraded: "network" when the SDK lost the
+   * socket itself, "server" when the broker said it cannot vouch for the
+   * session right now; null when online or offline.
+   */
+  get connectivityCause() {
+    return this._connectivityCause;
   }
 
   /** The last welcome frame (session_id, login, station, generation, ...), or null. */
@@ -302,6 +315,9 @@ export class TurnstileClient {
       case "logged_out":
         this._finish("logged_out", () => this._emit("loggedOut", {}));
         break;
+      case "connectivity":
+        this._onServerConnectivity(msg);
+        break;
       case "reconnect": {
         // The node is draining: go elsewhere after after_ms, without counting
         // this as a failure.
@@ -324,11 +340,30 @@ export class TurnstileClient {
     if (Number.isFinite(hb) && hb > 0) this._heartbeatMs = hb;
     this._armPing();
     this._armDead(2 * this._heartbeatMs);
+    // A degraded broker says so right after the welcome; a healthy one
+    // says nothing, so each socket starts out trusting its node.
+    this._serverDegraded = null;
     this._setConnectivity("online");
     if (this._watching) this._send({ type: "watch_presence" });
     if (this._pendingStatus !== null) this.setStatus(this._pendingStatus);
     for (const id of [...this._pendingAcks]) this.ack(id);
     if (ws === this._ws) this._emit("welcome", msg);
+  }
+
+  /** The broker's own word on whether it can vouch for the session. */
+  _onServerConnectivity(msg) {
+    if (msg.state === "degraded") {
+      const since = Number(msg.since_ms);
+      this._serverDegraded = {
+        cause: typeof msg.cause === "string" ? msg.cause : "unknown",
+        sinceMs: Number.isFinite(since) ? since : null,
+      };
+    } else if (msg.state === "ok") {
+      this._serverDegraded = null;
+    } else {
+      return; // newer broker, unknown state: ignore
+    }
+    this._setConnectivity(this._socketState);
   }
 
   _onNotice(notice) {
@@ -469,18 +504,38 @@ export class TurnstileClient {
     }
   }
 
-  _setConnectivity(state) {
-    if (this._connectivity === state) return;
+  /**
+   * Records what the socket says (`online`, `degraded` while reconnecting,
+   * `offline`) and emits `connectivity` with (state, detail) when either
+   * changes. A welcomed socket on a broker that said it is degraded is
+   * `degraded` with cause "server"; a lost socket is cause "network" (the
+   * broker cannot be heard then, whatever it said before).
+   */
+  _setConnectivity(socketState) {
+    this._socketState = socketState;
+    let state = socketState;
+    let cause = socketState === "degraded" ? "network" : null;
+    const detail = { state, cause };
+    if (socketState === "online" && this._serverDegraded) {
+      state = detail.state = "degraded";
+      cause = detail.cause = "server";
+      detail.serverCause = this._serverDegraded.cause;
+      detail.sinceMs = this._serverDegraded.sinceMs;
+    }
+    const key = JSON.stringify(detail);
+    if (this._connectivityKey === key) return;
+    this._connectivityKey = key;
     this._connectivity = state;
-    this._emit("connectivity", state);
+    this._connectivityCause = cause;
+    this._emit("connectivity", state, detail);
   }
 
-  _emit(event, data) {
+  _emit(event, data, extra) {
     const set = this._listeners.get(event);
     if (!set) return;
     for (const fn of [...set]) {
       try {
-        fn(data);
+        fn(data, extra);
       } catch (e) {
         // A listener's bug must not break the connection's state machine.
         (this._opts.onListenerError ?? ((err) => console.error("turnstile: listener of", event, "threw", err)))(e);

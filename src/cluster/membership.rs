@@ -43,7 +43,7 @@ pub(crate) struct Membership {
     node: RwLock<NodeId>,
     /// The Redis epoch this node last saw ('' before its first lease).
     epoch: RwLock<String>,
-    lease_ttl: Duration,
+    pub(super) lease_ttl: Duration,
     /// Milliseconds since `started` until which the lease is surely valid.
     lease_valid_ms: AtomicU64,
     started: Instant,
@@ -126,6 +126,11 @@ impl Membership {
     /// is fenced or Redis lost data).
     pub(crate) fn alarm(&self) {
         self.check_now.notify_one();
+    }
+
+    /// Whether the last lease refresh reached Redis.
+    pub(super) fn reached(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Whether the last refresh succeeded and the lease is surely valid.
@@ -361,7 +366,9 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(member.tick()) => {}
             _ = member.check_now.notified() => {}
         }
-        match member.renew(&node.store).await {
+        let renewed = member.renew(&node.store).await;
+        super::health::changed(&node);
+        match renewed {
             Ok(Lease::Renewed {
                 due: dead,
                 data_lost,

@@ -10,6 +10,7 @@
 //! | `GET /api/agents` | directory + live sessions (`ListSessions`), supervisor |
 //! | `POST /api/notify` | `{login?, kind, days}` → `Notify`, supervisor |
 //! | `GET`/`POST /api/netsim` | the simulated network's mode (`up`, `cut`, `stall`) |
+//! | `GET`/`POST /api/backend` | the simulated backend's state (`ok`, `degraded`): degraded, the broker tells every socket it cannot vouch for its session (as a node that lost Redis does) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,11 +22,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use turnstile::connectivity::{Cause, Connectivity};
+use turnstile::server::ConnectivitySwitch;
 
 use super::login::{DemoError, LoginService, Reply};
 use super::netsim::{Mode, NetSim};
@@ -45,11 +49,34 @@ const MAX_BODY: usize = 16 * 1024;
 pub struct App {
     login: LoginService,
     netsim: NetSim,
+    backend: ConnectivitySwitch,
 }
 
 impl App {
-    pub fn new(login: LoginService, netsim: NetSim) -> Self {
-        Self { login, netsim }
+    pub fn new(login: LoginService, netsim: NetSim, backend: ConnectivitySwitch) -> Self {
+        Self {
+            login,
+            netsim,
+            backend,
+        }
+    }
+}
+
+/// The simulated backend's state, as `/api/backend` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    Ok,
+    Degraded,
+}
+
+impl Backend {
+    fn of(c: Connectivity) -> Self {
+        if c.is_ok() {
+            Backend::Ok
+        } else {
+            Backend::Degraded
+        }
     }
 }
 
@@ -144,9 +171,31 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
             app.netsim.set(mode);
             Ok(json_response(StatusCode::OK, &json!({"mode": mode})))
         }
+        "/api/backend" if m == Method::GET => Ok(json_response(
+            StatusCode::OK,
+            &json!({"state": Backend::of(app.backend.get())}),
+        )),
+        "/api/backend" if m == Method::POST => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SetState {
+                state: Backend,
+            }
+            let SetState { state } = read_json(headers, body).await?;
+            // Kept as it is when already degraded, so the outage's start stays.
+            match (state, Backend::of(app.backend.get())) {
+                (Backend::Ok, _) => app.backend.set(Connectivity::Ok),
+                (Backend::Degraded, Backend::Ok) => app
+                    .backend
+                    .set(Connectivity::degraded(Cause::RedisUnreachable)),
+                (Backend::Degraded, Backend::Degraded) => {}
+            }
+            tracing::info!(?state, "demo: simulated backend state set");
+            Ok(json_response(StatusCode::OK, &json!({"state": state})))
+        }
         "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/tabs.js" | "/style.css"
         | "/api/stations" | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify"
-        | "/api/netsim" => Err(DemoError::MethodNotAllowed(format!(
+        | "/api/netsim" | "/api/backend" => Err(DemoError::MethodNotAllowed(format!(
             "{m} {}",
             parts.uri.path()
         ))),

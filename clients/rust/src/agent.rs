@@ -171,6 +171,15 @@ pub enum AgentEvent {
     Presence(Value),
     /// An `error` frame that left the socket up (e.g. `forbidden`).
     ServerError { code: String, message: String },
+    /// The broker's own word on whether it can vouch for the session:
+    /// `"degraded"` (with its `cause`, e.g. `"redis_unreachable"`, and
+    /// since when, Unix ms) or `"ok"`. The socket stays up either way; a
+    /// desktop shows a service notice rather than a network banner.
+    Connectivity {
+        state: String,
+        cause: Option<String>,
+        since_ms: Option<i64>,
+    },
     /// The socket was lost; the next attempt starts after `retry_in`.
     /// `attempt` counts failures since the last welcome.
     Disconnected {

@@ -332,6 +332,19 @@ impl<C: Connector> Driver<C> {
                 self.emit(AgentEvent::ServerError { code, message }).await;
                 None
             }
+            ServerFrame::Connectivity {
+                state,
+                cause,
+                since_ms,
+            } => {
+                self.emit(AgentEvent::Connectivity {
+                    state,
+                    cause,
+                    since_ms,
+                })
+                .await;
+                None
+            }
             ServerFrame::ForcedLogout { reason, message } => {
                 Some(Next::Stop(Stop::ForcedLogout { reason, message }))
             }

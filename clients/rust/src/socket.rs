@@ -48,6 +48,14 @@ pub enum ServerFrame {
     Reconnect {
         after_ms: u64,
     },
+    /// Whether the node can vouch for the session: `state` is `"ok"`, or
+    /// `"degraded"` with a `cause` and the Unix ms it began (`since_ms`).
+    /// The socket stays open either way.
+    Connectivity {
+        state: String,
+        cause: Option<String>,
+        since_ms: Option<i64>,
+    },
     /// The socket was closed, with the close code when there was one.
     Closed {
         code: Option<u16>,
@@ -82,6 +90,11 @@ impl ServerFrame {
             },
             "reconnect" => ServerFrame::Reconnect {
                 after_ms: n("after_ms"),
+            },
+            "connectivity" => ServerFrame::Connectivity {
+                state: s("state"),
+                cause: v["cause"].as_str().map(str::to_string),
+                since_ms: v["since_ms"].as_i64(),
             },
             other => return Err(Error::Protocol(format!("unknown frame type {other:?}"))),
         })

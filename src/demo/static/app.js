@@ -175,8 +175,11 @@ function start(login) {
   if (supervisor) client.watchPresence();
 }
 
-function setConnectivity(state) {
-  $("net-banner").hidden = state !== "degraded";
+/** Two banners: the agent's own network (cause "network") or our backend (cause "server"). */
+function setConnectivity(state, detail) {
+  const cause = detail?.cause ?? (state === "degraded" ? "network" : null);
+  $("net-banner").hidden = cause !== "network";
+  $("svc-banner").hidden = cause !== "server";
   $("conn").textContent = state;
   $("conn").className = `conn ${state}`;
 }
@@ -189,6 +192,7 @@ function ended(message, forget = true) {
   $("ended-title").textContent = forget ? "Signed out" : "Already open in another tab";
   $("who").textContent = "";
   $("net-banner").hidden = true;
+  $("svc-banner").hidden = true;
   $("ended-message").textContent = message;
   show(["ended"]);
 }
@@ -314,6 +318,11 @@ async function setNetwork(mode) {
   $("netsim-mode").textContent = r.data.mode ?? "?";
 }
 
+async function setBackend(state) {
+  const r = await api("POST", "/api/backend", { state });
+  $("backend-state").textContent = r.data.state ?? "?";
+}
+
 // --- wiring ---------------------------------------------------------------------
 
 $("signin-form").addEventListener("submit", (e) => {
@@ -342,9 +351,12 @@ $("reconnect-now").addEventListener("click", () => client?.reconnectNow());
 $("net-stall").addEventListener("click", () => setNetwork("stall"));
 $("net-cut").addEventListener("click", () => setNetwork("cut"));
 $("net-up").addEventListener("click", () => setNetwork("up"));
+$("backend-degrade").addEventListener("click", () => setBackend("degraded"));
+$("backend-ok").addEventListener("click", () => setBackend("ok"));
 $("notify-all-license").addEventListener("click", () => notify("", "license_expiry"));
 
 api("GET", "/api/netsim").then((r) => ($("netsim-mode").textContent = r.data.mode ?? "?"));
+api("GET", "/api/backend").then((r) => ($("backend-state").textContent = r.data.state ?? "?"));
 loadStations();
 // Another tab of this browser is signed in: join its session.
 const saved = savedSignIn();
