@@ -276,6 +276,10 @@ pub async fn spawn_serve(cmd: &mut Command) -> Served {
     }
 }
 
+/// libfaketime (Debian package `faketime`), preloaded into a node to skew
+/// its wall clock; the multi-threaded variant, as the node runs threads.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 /// A `turnstile serve` process.
 pub struct NodeProc {
     pub http: SocketAddr,
@@ -288,6 +292,17 @@ impl NodeProc {
     /// Starts a node on `redis` (URLs; `cluster` for a Redis Cluster) with
     /// short timers so faults show within a test, plus `extra` flags.
     pub async fn start(redis: &str, cluster: bool, extra: &[&str]) -> Self {
+        Self::launch(redis, cluster, extra, None).await
+    }
+
+    /// Like [`start`](Self::start) on one Redis, with the node's wall
+    /// clock `skew` off (libfaketime's offset syntax: `+8s`, `-8s`) and its
+    /// monotonic clock left alone, as on a host whose NTP is broken.
+    pub async fn start_skewed(redis: &str, skew: &str, extra: &[&str]) -> Self {
+        Self::launch(redis, false, extra, Some(skew)).await
+    }
+
+    async fn launch(redis: &str, cluster: bool, extra: &[&str], skew: Option<&str>) -> Self {
         let name = format!("n{:04x}", rand::random::<u16>());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
         cmd.arg("serve")
@@ -307,6 +322,11 @@ impl NodeProc {
             .kill_on_drop(true);
         if cluster {
             cmd.arg("--redis-cluster");
+        }
+        if let Some(skew) = skew {
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", skew)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         let served = spawn_serve(&mut cmd).await;
         NodeProc {
