@@ -1,6 +1,8 @@
 //! Logging (tracing) and metrics (Prometheus) set-up, each installed once
 //! per process so a test binary can start many nodes.
 
+mod log_queue;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -8,39 +10,36 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::config::LogFormat;
 use crate::metrics_names as m;
 
-/// Log lines (audit events included) waiting for the writer thread at most.
-/// Lines are short (a few hundred bytes: every logged field is a bounded
-/// id or a fixed text), so the queue holds ~2–4 MiB at the very most.
-pub const LOG_QUEUE_LINES: usize = 8_192;
+pub use log_queue::LOG_QUEUE_BYTES;
 
 /// Lines dropped because the log queue was full: the sink (stderr) stopped
 /// reading or fell behind. Set once by [`init_logging`].
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+static DROPPED: OnceLock<log_queue::Dropped> = OnceLock::new();
 
 /// Keeps the log writer thread running; dropping it flushes what is queued
 /// (for at most a second, so a stuck sink cannot hold up the exit).
-pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+pub struct LogGuard(#[allow(dead_code)] Option<log_queue::Flusher>);
 
 /// Installs the tracing subscriber (human or JSON, `RUST_LOG` filter,
 /// default `info`). Later calls do nothing.
 ///
-/// Lines go to stderr through a bounded queue and a dedicated thread, never
-/// from a runtime worker: when stderr blocks (a pipe nobody reads, a log
-/// driver that fell behind) lines are dropped and counted in
-/// `turnstile_log_lines_dropped_total` instead of stalling claims and
-/// heartbeats. Keep the returned guard alive for the life of the process.
+/// Lines go to stderr through a bounded queue ([`LOG_QUEUE_BYTES`]) and a
+/// dedicated thread, never from a runtime worker: when stderr blocks (a
+/// pipe nobody reads, a log driver that fell behind) lines are dropped and
+/// counted in `turnstile_log_lines_dropped_total` instead of stalling
+/// claims and heartbeats. Keep the returned guard alive for the life of the
+/// process.
 pub fn init_logging(format: LogFormat) -> LogGuard {
     if DROPPED.get().is_some() {
         return LogGuard(None);
     }
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("turnstile-log")
-        .finish(std::io::stderr());
+    let Ok((writer, dropped, flusher)) = log_queue::start(std::io::stderr(), LOG_QUEUE_BYTES)
+    else {
+        // No thread for the writer: log nothing rather than block workers.
+        return LogGuard(None);
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -51,14 +50,14 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
     if installed.is_err() {
         return LogGuard(None);
     }
-    let _ = DROPPED.set(counter);
-    LogGuard(Some(guard))
+    let _ = DROPPED.set(dropped);
+    LogGuard(Some(flusher))
 }
 
 /// Publishes how many log lines were dropped so far; called for every scrape.
 pub fn collect_log_metrics() {
     if let Some(dropped) = DROPPED.get() {
-        metrics::counter!(m::LOG_LINES_DROPPED).absolute(dropped.dropped_lines() as u64);
+        metrics::counter!(m::LOG_LINES_DROPPED).absolute(dropped.lines());
     }
 }
 
