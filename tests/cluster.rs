@@ -826,3 +826,74 @@ async fn events_are_published_only_to_the_node_holding_the_socket() {
         assert_eq!(event["k"], kind, "{payload}");
     }
 }
+
+/// Opens a socket on `node`: `Ok` when welcomed, `Err(code)` when closed
+/// before a welcome.
+async fn try_welcome_on(node: &NodeProc, token: &str) -> Result<Agent, u16> {
+    let socket = within(
+        "connect",
+        AgentSocket::connect(node.http, token, &ConnectOptions::default()),
+    )
+    .await
+    .expect("the socket opens");
+    let mut agent = Agent(socket);
+    // A refusal is an `error` frame, then the close.
+    for _ in 0..2 {
+        match agent.next().await {
+            ServerFrame::Welcome { .. } => return Ok(agent),
+            ServerFrame::Closed { code, .. } => return Err(code.expect("a close code")),
+            ServerFrame::Error { .. } => {}
+            other => panic!("expected welcome or close, got {other:?}"),
+        }
+    }
+    panic!("neither welcome nor close after an error frame");
+}
+
+/// A desktop and a phone hold a session's two sockets on node A; A is
+/// killed and both reconnect to node B at once, before A's lease has run
+/// out. The sockets of a dead node must not keep them out: each is
+/// admitted, or told to come back after a backoff — never closed 4403,
+/// which tells a client to stop for good. Retrying (as the SDK does, 10
+/// times at most) gets both in once A is buried.
+#[tokio::test]
+async fn a_dead_nodes_sockets_do_not_keep_the_session_from_reconnecting_elsewhere() {
+    use turnstile::close::{CloseClass, CloseCode};
+    let redis = RedisServer::start().await;
+    let limit = ["--max-sockets-per-session", "2", "--grace", "30s"];
+    let mut a = NodeProc::start(&redis.url(), false, &limit).await;
+    let b = NodeProc::start(&redis.url(), false, &limit).await;
+    let ana = grant_on(&a, "ana", "").await;
+    let (_desktop, _) = welcome_on(&a, &ana.token).await;
+    let (_phone, _) = welcome_on(&a, &ana.token).await;
+
+    a.kill9().await;
+    let mut back = Vec::new();
+    for device in ["desktop", "phone"] {
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            match try_welcome_on(&b, &ana.token).await {
+                Ok(agent) => {
+                    back.push(agent);
+                    break;
+                }
+                Err(code) => {
+                    let cause = CloseCode::ALL.into_iter().find(|c| c.as_u16() == code);
+                    assert!(
+                        cause.is_some_and(|c| c.class() != CloseClass::Stop),
+                        "{device} refused with {code} ({cause:?}), which tells it to stop"
+                    );
+                    refused.push(code);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        assert!(
+            back.len() == if device == "desktop" { 1 } else { 2 },
+            "{device} never got back in: {refused:?}"
+        );
+    }
+    let s = get_on(&mut b.client().await, T, &session_of(&ana).session_id)
+        .await
+        .expect("ana's session");
+    assert_eq!(s.state(), SessionState::Connected);
+}

@@ -7,7 +7,11 @@
 // says the session is over (forced logout, logout, final close codes).
 // The wire contract is docs/protocol.md; the API is docs/clients.md.
 
-/** Close codes after which reconnecting cannot help (docs/protocol.md). */
+/**
+ * Close codes after which reconnecting cannot help (docs/protocol.md). 4409
+ * (`sockets_elsewhere`) is not one: a dead node's sockets stop counting once
+ * the cluster declares it dead, so the SDK backs off and retries.
+ */
 export const FINAL_CLOSE_CODES = Object.freeze([4000, 4001, 4002, 4003, 4004, 4401, 4403]);
 
 /** Defaults of every option that has one. */
