@@ -21,14 +21,15 @@
 //! through the same instants.
 //!
 //! Assumptions: monotonic time runs at the same rate on every node (true to
-//! well under 0.1 % on any host with NTP rate discipline); the offset is
-//! right when the clock is made. Today the Redis registry passes this
-//! node's `now` into its scripts, so nodes of a cluster also assume their
-//! wall clocks agree to well within `grace` and the lease TTL. Anchoring
-//! the offset elsewhere — e.g. on Redis's `TIME`, estimated at the midpoint
-//! of the round trip and re-estimated now and then — is a matter of
-//! calling [`Clock::rebase`] from whoever measures it; callers keep calling
-//! [`Clock::now_ms`].
+//! well under 0.1 % on any host with NTP rate discipline). On one node the
+//! offset is the wall clock's when the clock is made. In a cluster it is
+//! Redis's: every lease refresh returns Redis's `TIME` and the membership
+//! task hands it to [`Clock::follow`], which re-anchors the clock at the
+//! midpoint of the round trip whenever it is provably off. So the `now`
+//! every node gives the scripts is Redis's time to within half a round
+//! trip (plus the monotonic drift of one lease tick), and no cross-node
+//! decision depends on the hosts' wall clocks (the membership script reads
+//! `TIME` itself). A manual clock is never re-anchored.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -108,6 +109,31 @@ impl Clock {
         s.offset_ms.store(offset, Ordering::Release);
     }
 
+    /// Follows another host's clock (the cluster's: Redis's `TIME`), read
+    /// as `epoch_ms` at some instant between `sent` and `received`. Steps
+    /// only when this clock is provably off — its readings at `sent` and
+    /// `received` (±1 ms of rounding) do not bracket `epoch_ms` — and then
+    /// re-anchors at the midpoint, so it is right to half a round trip
+    /// and one reading's noise never makes it jitter. Returns the step
+    /// taken (ms; 0 for none). A manual clock is left alone: its test
+    /// drives it.
+    pub fn follow(&self, epoch_ms: i64, sent: Instant, received: Instant) -> i64 {
+        let s = &self.source;
+        if !s.follows_monotonic || received < sent {
+            return 0;
+        }
+        let base = s.offset_ms.load(Ordering::Acquire);
+        let early = base.saturating_add(signed_ms(sent, s.origin));
+        let late = base.saturating_add(signed_ms(received, s.origin));
+        if (early - 1..=late + 1).contains(&epoch_ms) {
+            return 0;
+        }
+        let mid = sent + (received - sent) / 2;
+        let step = epoch_ms.saturating_sub(base.saturating_add(signed_ms(mid, s.origin)));
+        self.rebase(epoch_ms, mid);
+        step
+    }
+
     /// How long from now until `at_ms` (zero when it has passed).
     pub fn until(&self, at_ms: i64) -> Duration {
         Duration::from_millis(at_ms.saturating_sub(self.now_ms()).max(0) as u64)
@@ -181,6 +207,33 @@ mod tests {
         assert_eq!(c.until(1_000), Duration::ZERO);
         c.rebase(5_000, Instant::now());
         assert_eq!(c.now_ms(), 5_000);
+        // Another host's clock does not move it: the test does.
+        let t = Instant::now();
+        assert_eq!(c.follow(9_000, t, t), 0);
+        assert_eq!(c.now_ms(), 5_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_following_clock_steps_only_when_provably_off() {
+        let c = Clock::system();
+        let sent = Instant::now();
+        let at_sent = c.now_ms();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let received = Instant::now();
+        // Read anywhere inside the round trip: left alone.
+        assert_eq!(c.follow(at_sent + 7, sent, received), 0);
+        assert_eq!(c.now_ms(), at_sent + 10);
+        // 8 s ahead of this host: re-anchored at the midpoint.
+        assert_eq!(c.follow(at_sent + 8_000, sent, received), 7_995);
+        assert_eq!(c.now_ms(), at_sent + 8_005);
+        // And behind.
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(4)).await;
+        assert_eq!(
+            c.follow(1_000, sent, Instant::now()),
+            1_000 - (at_sent + 8_007)
+        );
+        assert_eq!(c.now_ms(), 1_002);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,13 +2,14 @@
 //! built here and only here.
 //!
 //! This module sits below both the hub (which queues `notice`, `presence`,
-//! `forced_logout` and `reconnect` frames) and the gateway (which writes
+//! `forced_logout`, `connectivity` and `reconnect` frames) and the gateway (which writes
 //! `welcome`, `pong` and `error`), so neither calls into the other to
 //! speak the protocol. Client frames are parsed in `gateway::protocol`.
 
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::connectivity::Connectivity;
 use crate::session::{EndReason, Notice, PresenceEvent, Session, SessionState, Tombstone};
 
 fn text(v: Value) -> Utf8Bytes {
@@ -103,6 +104,19 @@ pub fn error(code: &str, message: &str) -> Utf8Bytes {
     text(json!({"type": "error", "code": code, "message": message}))
 }
 
+/// `connectivity`: whether the node can vouch for the session now.
+pub fn connectivity(c: &Connectivity) -> Utf8Bytes {
+    match c {
+        Connectivity::Ok => text(json!({"type": "connectivity", "state": "ok"})),
+        Connectivity::Degraded { cause, since_ms } => text(json!({
+            "type": "connectivity",
+            "state": "degraded",
+            "cause": cause.as_str(),
+            "since_ms": since_ms,
+        })),
+    }
+}
+
 /// `reconnect`, sent by a draining node.
 pub fn reconnect(after_ms: u64) -> Utf8Bytes {
     text(json!({"type": "reconnect", "after_ms": after_ms}))
@@ -190,6 +204,17 @@ mod tests {
                 r#"{"code":"forbidden","message":"no","type":"error"}"#,
             ),
             (reconnect(350), r#"{"after_ms":350,"type":"reconnect"}"#),
+            (
+                connectivity(&Connectivity::Ok),
+                r#"{"state":"ok","type":"connectivity"}"#,
+            ),
+            (
+                connectivity(&Connectivity::Degraded {
+                    cause: crate::connectivity::Cause::SubscriptionLost,
+                    since_ms: 12,
+                }),
+                r#"{"cause":"subscription_lost","since_ms":12,"state":"degraded","type":"connectivity"}"#,
+            ),
         ];
         for (frame, expected) in frames {
             assert_eq!(frame.as_str(), expected);

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::close::CloseCode;
+use crate::connectivity::Connectivity;
 use crate::frames;
 use crate::metrics_names as m;
 use crate::registry::{Event, EventSink};
@@ -186,6 +187,9 @@ pub struct Hub {
     /// How long the registry's [`Event::Drain`] spreads reconnects over
     /// (the node's `drain_window`).
     drain_window: Duration,
+    /// The node's connectivity as last published (by the registry's
+    /// [`crate::connectivity::Health`]), for sockets that open while degraded.
+    connectivity: Mutex<Connectivity>,
 }
 
 impl Hub {
@@ -261,6 +265,24 @@ impl Hub {
     /// Every socket on this node (heartbeat sweeper, drain).
     pub fn sockets(&self) -> Vec<Arc<SocketShared>> {
         self.local.all()
+    }
+
+    /// The node's connectivity as last published.
+    pub fn connectivity(&self) -> Connectivity {
+        *self.connectivity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the node's connectivity and tells every local socket: one
+    /// frame, built once, queued per socket (never blocking). The lock is
+    /// held while queueing so two changes reach every socket in order.
+    fn connectivity_changed(&self, c: Connectivity) {
+        let mut current = self.connectivity.lock().unwrap_or_else(|p| p.into_inner());
+        *current = c;
+        metrics::gauge!(m::DEGRADED).set(if c.is_ok() { 0.0 } else { 1.0 });
+        let frame = frames::connectivity(&c);
+        for socket in self.sockets() {
+            socket.send(Outbound::Text(frame.clone()));
+        }
     }
 
     /// Tells every local socket to reconnect (elsewhere, after a random
@@ -348,6 +370,7 @@ impl EventSink for Hub {
                 }
             }
             Event::Presence(event) => self.presence(&event),
+            Event::Connectivity(c) => self.connectivity_changed(c),
             Event::Drain => {
                 self.local.disown_all();
                 self.drain(self.drain_window)

@@ -26,6 +26,7 @@ pub mod clock;
 pub mod close;
 mod cluster;
 pub mod config;
+pub mod connectivity;
 pub mod ctl;
 pub mod frames;
 pub mod fuzzing;

@@ -3,6 +3,9 @@
 
 /// Gauge: open WebSockets on this node.
 pub const SOCKETS: &str = "turnstile_sockets";
+/// Gauge: 1 while this node cannot vouch for its sessions (connectivity
+/// degraded: Redis unreachable, subscription lost, lease unconfirmed), else 0.
+pub const DEGRADED: &str = "turnstile_degraded";
 /// Gauge by `state`: live sessions known to this node's registry.
 pub const SESSIONS: &str = "turnstile_sessions";
 /// Counter by `outcome` (granted, login_in_use, station_in_use, error).

@@ -19,6 +19,7 @@ use crate::api::conn::GrpcConn;
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::connectivity::Connectivity;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
 use crate::registry::{MemoryRegistry, RedisRegistry, Registry};
@@ -106,6 +107,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     };
 
     let hub = Hub::new(config.drain_window);
+    metrics::gauge!(crate::metrics_names::DEGRADED).set(0.0);
     let stop = CancellationToken::new();
     let registry: Arc<dyn Registry> = match config.redis() {
         Some(redis) => {
@@ -217,6 +219,14 @@ impl RunningServer {
         self.registry.close().await;
     }
 
+    /// A switch that tells this node's sockets a connectivity as if the
+    /// registry had said so — for `turnstile demo` (which runs the embedded
+    /// registry, never degraded) and tests. A Redis registry's next change
+    /// of its own replaces what was set.
+    pub fn connectivity_switch(&self) -> ConnectivitySwitch {
+        ConnectivitySwitch(self.hub.clone())
+    }
+
     /// Open WebSockets on this node (tests check it returns to baseline).
     pub fn socket_count(&self) -> usize {
         self.hub.socket_count()
@@ -225,6 +235,27 @@ impl RunningServer {
     /// A token that, once cancelled, means the node is stopping.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// See [`RunningServer::connectivity_switch`]. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectivitySwitch(Arc<Hub>);
+
+impl ConnectivitySwitch {
+    /// Tells every socket `connectivity` (when it changed) and every later
+    /// socket after its welcome while degraded.
+    pub fn set(&self, connectivity: Connectivity) {
+        use crate::registry::EventSink;
+        if self.0.connectivity() != connectivity {
+            self.0
+                .publish(crate::registry::Event::Connectivity(connectivity));
+        }
+    }
+
+    /// What the node's sockets were last told.
+    pub fn get(&self) -> Connectivity {
+        self.0.connectivity()
     }
 }
 

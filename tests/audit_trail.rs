@@ -7,10 +7,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
 use serde_json::Value;
+use support::procs::{spawn_serve, Served};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -39,8 +39,8 @@ async fn refused_grpc_callers_are_audited_with_their_address() {
         format!("[[api_keys]]\nname = \"acme-login\"\nkey = \"{KEY}\"\ntenant = \"acme\"\n"),
     )
     .expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
+    cmd.args(["serve", "--config"])
         .arg(&cfg)
         .args([
             "--http-listen",
@@ -51,30 +51,10 @@ async fn refused_grpc_callers_are_audited_with_their_address() {
         .args(["--signing-key", SECRET, "--log-format", "json"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = within("the `turnstile listening` line", async {
-        loop {
-            let l = out
-                .next_line()
-                .await
-                .expect("stdout")
-                .expect("listening line");
-            if l.starts_with("turnstile listening ") {
-                return l;
-            }
-        }
-    })
-    .await;
-    let grpc: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .and_then(|v| v.parse().ok())
-        .expect("grpc address");
+        .stderr(Stdio::piped());
+    let Served {
+        mut child, grpc, ..
+    } = spawn_serve(&mut cmd).await;
     let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
 
     let mut client = grpc_client(grpc).await;

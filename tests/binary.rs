@@ -3,55 +3,35 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
+use support::procs::{spawn_serve, Served};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 #[tokio::test]
 async fn serve_starts_claims_and_reports_health_and_metrics() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args([
-            "serve",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("RUST_LOG")
-        // Settings from the environment reach the typed config too.
-        .env("TURNSTILE_NODE", "from-env")
-        .env("TURNSTILE_MAX_SOCKETS", "50")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("the `turnstile listening` line", async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("stdout readable")
-                .expect("the binary printed its listening line before exiting");
-            if line.starts_with("turnstile listening ") {
-                return line;
-            }
-        }
-    })
-    .await;
-    let field = |name: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
-            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-    };
-    let http: SocketAddr = field("http").parse().expect("http addr");
-    let grpc: SocketAddr = field("grpc").parse().expect("grpc addr");
-    assert_eq!(field("node"), "from-env");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
+    cmd.args([
+        "serve",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ])
+    .env_remove("RUST_LOG")
+    // Settings from the environment reach the typed config too.
+    .env("TURNSTILE_NODE", "from-env")
+    .env("TURNSTILE_MAX_SOCKETS", "50")
+    .stdin(Stdio::null())
+    .stderr(Stdio::null());
+    let Served {
+        mut child,
+        http,
+        grpc,
+        node,
+    } = spawn_serve(&mut cmd).await;
+    assert_eq!(node, "from-env");
     assert_ne!(http.port(), 0);
     assert_ne!(grpc.port(), 0);
 

@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use support::procs::{eventually, NodeProc, RedisCluster, RedisServer};
 use support::*;
 use turnstile::pb;
@@ -26,10 +28,18 @@ struct Welcome {
 }
 
 impl Agent {
+    /// The next frame but `connectivity` (tests/connectivity.rs covers
+    /// those; the faults here cause them).
     async fn next(&mut self) -> ServerFrame {
-        within("a frame", self.0.next_frame())
-            .await
-            .expect("a protocol frame")
+        within("a frame", async {
+            loop {
+                match self.0.next_frame().await.expect("a protocol frame") {
+                    ServerFrame::Connectivity { .. } => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
     }
 
     async fn expect_forced_logout(&mut self, reason: &str, message: &str, code: u16) {
@@ -509,6 +519,113 @@ async fn counter(node: &NodeProc, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Registry time is Redis's, whatever the hosts' wall clocks say: a node
+/// whose wall clock is `skew` off (its monotonic clock is right) beside a
+/// healthy one, on one Redis, with agents on both. For a few lease
+/// intervals nobody is fenced and no socket hears anything; and a session
+/// left DISCONNECTED on either node ends when its grace runs out, as the
+/// healthy node sees it — within one expiry round (200 ms) of it, with
+/// room for a loaded machine on the late side only.
+async fn a_skewed_node_disturbs_nobody(skew: &str) {
+    const GRACE: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start().await;
+    let grace = ["--grace", "3s"];
+    let healthy = NodeProc::start(&redis.url(), false, &grace).await;
+    let skewed = NodeProc::start_skewed(&redis.url(), skew, &grace).await;
+    let mut watch = watch_at(healthy.grpc, T).await;
+    // Each token is used on the node that issued it: connect tokens are
+    // judged by wall clocks (see docs/operations.md).
+    let ana = grant_on(&healthy, "ana", "desk-1").await;
+    let bob = grant_on(&skewed, "bob", "desk-2").await;
+    let carl = grant_on(&healthy, "carl", "desk-3").await;
+    let dave = grant_on(&skewed, "dave", "desk-4").await;
+    let (mut a, _) = welcome_on(&healthy, &ana.token).await;
+    let (mut b, _) = welcome_on(&skewed, &bob.token).await;
+    let (c, _) = welcome_on(&healthy, &carl.token).await;
+    let (d, _) = welcome_on(&skewed, &dave.token).await;
+    c.close().await;
+    d.close().await;
+
+    let leaving = [
+        session_of(&carl).session_id.clone(),
+        session_of(&dave).session_id.clone(),
+    ];
+    let graces = async {
+        let mut left: [Option<Instant>; 2] = [None; 2];
+        let mut lasted: [Option<Duration>; 2] = [None; 2];
+        while lasted.iter().any(Option::is_none) {
+            let ev = watch.next().await;
+            let sid = ev.session.as_ref().map(|s| s.session_id.as_str());
+            let Some(i) = leaving.iter().position(|l| Some(l.as_str()) == sid) else {
+                continue;
+            };
+            match ev.change() {
+                PresenceChange::Disconnected => left[i] = Some(Instant::now()),
+                PresenceChange::Ended => {
+                    let since = left[i].expect("DISCONNECTED before ENDED");
+                    lasted[i] = Some(since.elapsed());
+                }
+                _ => {}
+            }
+        }
+        lasted.map(|d| d.unwrap_or_default())
+    };
+    // Four lease intervals, longer than the grace.
+    let quiet = Duration::from_secs(4);
+    let (lasted, heard_a, heard_b) = tokio::join!(
+        graces,
+        a.0.next_frame_within(quiet),
+        b.0.next_frame_within(quiet)
+    );
+    assert!(
+        heard_a.is_err(),
+        "{skew}: healthy node's agent heard {heard_a:?}"
+    );
+    assert!(
+        heard_b.is_err(),
+        "{skew}: skewed node's agent heard {heard_b:?}"
+    );
+    for (who, lasted) in ["on the healthy node", "on the skewed node"]
+        .iter()
+        .zip(lasted)
+    {
+        assert!(
+            lasted + Duration::from_millis(400) >= GRACE
+                && lasted <= GRACE + Duration::from_secs(2),
+            "{skew}: a grace of {GRACE:?} {who} lasted {lasted:?}"
+        );
+    }
+    for node in [&healthy, &skewed] {
+        assert_eq!(
+            counter(node, "turnstile_redis_fenced_total").await,
+            0.0,
+            "{skew}"
+        );
+    }
+    let mut ch = healthy.client().await;
+    for r in [&ana, &bob] {
+        let s = get_on(&mut ch, T, &session_of(r).session_id)
+            .await
+            .expect("the session");
+        assert_eq!(s.state(), SessionState::Connected, "{skew}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_8s_ahead_disturbs_nobody() {
+    a_skewed_node_disturbs_nobody("+8s").await;
+}
+
+#[tokio::test]
+async fn a_node_8s_behind_disturbs_nobody() {
+    a_skewed_node_disturbs_nobody("-8s").await;
+}
+
+#[tokio::test]
+async fn a_node_2min_ahead_disturbs_nobody() {
+    a_skewed_node_disturbs_nobody("+120s").await;
 }
 
 /// A node holding more sessions than one script call handles (500):

@@ -7,11 +7,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
+use support::procs::{spawn_serve, Served};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// Audit events the node writes while nobody reads its stderr.
@@ -21,40 +20,21 @@ const IN_FLIGHT: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_stderr_is_never_read_keeps_answering() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnstile"))
-        .args(["serve", "--http-listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
+    cmd.args(["serve", "--http-listen", "127.0.0.1:0"])
         .args(["--grpc-listen", "127.0.0.1:0", "--signing-key", SECRET])
         // Every audit event is an `info` line on stderr.
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
+        .stderr(Stdio::piped());
+    let Served {
+        mut child,
+        http,
+        grpc,
+        ..
+    } = spawn_serve(&mut cmd).await;
     // Held, never read: the pipe's 64 KiB fill and writes to it would block.
     let _stuck_sink = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let line = within("the `turnstile listening` line", async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("stdout readable")
-                .expect("the binary printed its listening line before exiting");
-            if line.starts_with("turnstile listening ") {
-                return line;
-            }
-        }
-    })
-    .await;
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-    };
-    let (http, grpc) = (addr("http="), addr("grpc="));
 
     // Each takeover of the same login writes one `forced_logout` audit line
     // (~300 bytes): 10,000 of them are ~45 times what the pipe holds.

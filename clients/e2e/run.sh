@@ -39,4 +39,4 @@ echo "== clients/js: SDK unit tests" >&2
 echo "== clients/e2e: browser tests (screenshots in clients/e2e/screenshots/)" >&2
 cd "$HERE"
 npm ci --no-audit --no-fund --loglevel=error
-timeout 600 node --test --test-concurrency=1 test/demo.test.js
+timeout 600 node --test --test-concurrency=1 test/demo.test.js test/tabs.test.js

@@ -1,7 +1,24 @@
 // Types of the turnstile browser SDK (turnstile.js). See docs/clients.md.
 
-/** online: welcomed socket; degraded: connection lost, reconnecting; offline: not connected and not trying (before the first welcome, or stopped). */
+import type { TabClient, TabRefused, TabSupport } from "./tabs.js";
+export type { TabClient, TabRefused, TabRole, TabSupport } from "./tabs.js";
+
+/** online: welcomed socket; degraded: connection lost and reconnecting (cause "network"), or the broker said it cannot vouch for the session now (cause "server"); offline: not connected and not trying (before the first welcome, or stopped). */
 export type Connectivity = "online" | "degraded" | "offline";
+
+/** Whose fault a degraded connectivity is: "network" when the SDK lost the socket itself, "server" when the broker said so. */
+export type ConnectivityCause = "network" | "server";
+
+/** The second argument of a `connectivity` listener. */
+export interface ConnectivityDetail {
+  state: Connectivity;
+  /** null when online or offline. */
+  cause: ConnectivityCause | null;
+  /** With cause "server": the broker's reason ("redis_unreachable", "subscription_lost", "lease_unconfirmed", or a newer one). */
+  serverCause?: string;
+  /** With cause "server": when the broker became degraded (Unix ms), or null if it did not say. */
+  sinceMs?: number | null;
+}
 
 /** The first frame of every live socket. */
 export interface Welcome {
@@ -74,13 +91,24 @@ export interface Stopped {
     | "closed"
     | "rejected"
     | "gave_up"
-    | "connect_failed";
+    | "connect_failed"
+    /** singleTab: another tab holds the session. */
+    | "tab_refused";
   /** The close code that stopped the client, when one did. */
   code: number | null;
 }
 
+/** Extra arguments a listener of each event receives after the first. */
+export interface EventExtras {
+  connectivity: [detail: ConnectivityDetail];
+}
+
+type Extra<K> = K extends keyof EventExtras ? EventExtras[K] : [];
+
 export interface Events {
   welcome: Welcome;
+  /** singleTab: another tab of this browser holds the session; this one opened no socket and stopped. */
+  tabRefused: TabRefused;
   notice: Notice;
   forcedLogout: ForcedLogout;
   connectivity: Connectivity;
@@ -110,6 +138,14 @@ export interface Timers {
 }
 
 export interface Options {
+  /** Tabs of one browser using the same session share one socket (Web Locks + BroadcastChannel; no effect where missing). Default true. */
+  shareAcrossTabs?: boolean;
+  /** Refuse this tab (event tabRefused) when another tab of the browser holds the session. Default false; wins over shareAcrossTabs. */
+  singleTab?: boolean;
+  /** Name of the tab group; default derived from the url and token (tabs of one session). */
+  tabGroup?: string;
+  /** Web Locks and BroadcastChannel to use; default the browser's. For tests. */
+  tabs?: TabSupport;
   /** Ceiling of the first reconnect delay (ms), doubled per failed attempt. Default 500. */
   initialDelayMs?: number;
   /** Cap of the reconnect delay ceiling (ms). Default 30000. */
@@ -143,9 +179,12 @@ export declare function backoffDelay(attempt: number, initialDelayMs?: number, m
 
 export declare class TurnstileClient {
   constructor(url: string, token: string, options?: Options);
-  on<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): () => void;
-  off<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): void;
+  /** `connectivity` listeners also get a {@link ConnectivityDetail} as a second argument. */
+  on<K extends keyof Events>(event: K, fn: (data: Events[K], ...extra: Extra<K>) => void): () => void;
+  off<K extends keyof Events>(event: K, fn: (data: Events[K], ...extra: Extra<K>) => void): void;
   readonly connectivity: Connectivity;
+  /** Why connectivity is degraded ("network" or "server"); null when online or offline. */
+  readonly connectivityCause: ConnectivityCause | null;
   readonly session: Welcome | null;
   readonly stopped: boolean;
   readonly rttMs: number | null;
@@ -163,5 +202,8 @@ export declare class TurnstileClient {
   reconnectNow(): void;
 }
 
-/** Opens an agent connection to `url` (ws://host:7700/v1/ws) with the connect token from Claim. */
-export declare function connect(url: string, token: string, options?: Options): TurnstileClient;
+/**
+ * Opens an agent connection to `url` (ws://host:7700/v1/ws) with the connect token from Claim.
+ * In a browser, tabs of one session share one socket (a TabClient, same API) unless shareAcrossTabs is false.
+ */
+export declare function connect(url: string, token: string, options?: Options): TurnstileClient | TabClient;

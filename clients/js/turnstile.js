@@ -6,6 +6,9 @@
 // resume with the same connect token, and it stops for good when the broker
 // says the session is over (forced logout, logout, final close codes).
 // The wire contract is docs/protocol.md; the API is docs/clients.md.
+// Sharing one socket among a browser's tabs is tabs.js.
+
+import { connectAcrossTabs } from "./tabs.js";
 
 /**
  * Close codes after which reconnecting cannot help (docs/protocol.md). 4409
@@ -60,26 +63,36 @@ export function backoffDelay(attempt, initialDelayMs = DEFAULTS.initialDelayMs,
 /**
  * Opens an agent connection. `url` is the broker's WebSocket endpoint
  * (`ws://host:7700/v1/ws`), `token` the connect token from the login
- * service's Claim. Returns the client; it connects at once.
+ * service's Claim. Returns the client; it connects at once — in a browser,
+ * unless another tab of this session already holds the socket
+ * (`shareAcrossTabs`, tabs.js).
  */
 export function connect(url, token, options = {}) {
-  return new TurnstileClient(url, token, options);
+  checkedOptions(url, token, options);
+  return connectAcrossTabs(url, token, options, (own) => new TurnstileClient(url, token, own))
+    ?? new TurnstileClient(url, token, options);
+}
+
+/** The options with their defaults; throws a TypeError naming a bad argument. */
+function checkedOptions(url, token, options) {
+  if (typeof url !== "string" || url === "") throw new TypeError("turnstile: url must be a non-empty string");
+  if (typeof token !== "string" || token === "") throw new TypeError("turnstile: token must be a non-empty string");
+  const opts = { ...DEFAULTS, ...options };
+  for (const k of ["initialDelayMs", "maxDelayMs", "connectTimeoutMs", "heartbeatMs", "logoutTimeoutMs"]) {
+    if (!(typeof opts[k] === "number" && opts[k] > 0)) throw new TypeError(`turnstile: options.${k} must be a positive number`);
+  }
+  if (!(opts.maxAttempts >= 0)) throw new TypeError("turnstile: options.maxAttempts must be >= 0 (Infinity allowed)");
+  if (typeof (opts.WebSocket ?? globalThis.WebSocket) !== "function") {
+    throw new TypeError("turnstile: no WebSocket here; pass options.WebSocket (e.g. from the 'ws' package)");
+  }
+  return opts;
 }
 
 /** One agent's connection to the broker. Use {@link connect}. */
 export class TurnstileClient {
   constructor(url, token, options = {}) {
-    if (typeof url !== "string" || url === "") throw new TypeError("turnstile: url must be a non-empty string");
-    if (typeof token !== "string" || token === "") throw new TypeError("turnstile: token must be a non-empty string");
-    const opts = { ...DEFAULTS, ...options };
-    for (const k of ["initialDelayMs", "maxDelayMs", "connectTimeoutMs", "heartbeatMs", "logoutTimeoutMs"]) {
-      if (!(typeof opts[k] === "number" && opts[k] > 0)) throw new TypeError(`turnstile: options.${k} must be a positive number`);
-    }
-    if (!(opts.maxAttempts >= 0)) throw new TypeError("turnstile: options.maxAttempts must be >= 0 (Infinity allowed)");
+    const opts = checkedOptions(url, token, options);
     const WS = opts.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
-      throw new TypeError("turnstile: no WebSocket here; pass options.WebSocket (e.g. from the 'ws' package)");
-    }
     const t = opts.timers ?? {};
     this._timers = {
       setTimeout: t.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),
@@ -96,6 +109,10 @@ export class TurnstileClient {
     this._welcomed = false; // the current socket got its welcome
     this._stopped = false;
     this._connectivity = "offline";
+    this._connectivityCause = null; // "network" | "server" | null
+    this._connectivityKey = JSON.stringify({ state: "offline", cause: null }); // the last detail emitted
+    this._socketState = "offline"; // what the socket alone says
+    this._serverDegraded = null; // {cause, sinceMs} while the broker says it is degraded
     this._session = null; // the last welcome
     this._attempt = 0; // reconnects in a row without a welcome
     this._heartbeatMs = opts.heartbeatMs;
@@ -140,6 +157,15 @@ export class TurnstileClient {
   /** "online" | "degraded" | "offline". */
   get connectivity() {
     return this._connectivity;
+  }
+
+  /**
+   * Why the connectivity is degraded: "network" when the SDK lost the
+   * socket itself, "server" when the broker said it cannot vouch for the
+   * session right now; null when online or offline.
+   */
+  get connectivityCause() {
+    return this._connectivityCause;
   }
 
   /** The last welcome frame (session_id, login, station, generation, ...), or null. */
@@ -293,6 +319,9 @@ export class TurnstileClient {
       case "logged_out":
         this._finish("logged_out", () => this._emit("loggedOut", {}));
         break;
+      case "connectivity":
+        this._onServerConnectivity(msg);
+        break;
       case "reconnect": {
         // The node is draining: go elsewhere after after_ms, without counting
         // this as a failure.
@@ -315,11 +344,30 @@ export class TurnstileClient {
     if (Number.isFinite(hb) && hb > 0) this._heartbeatMs = hb;
     this._armPing();
     this._armDead(2 * this._heartbeatMs);
+    // A degraded broker says so right after the welcome; a healthy one
+    // says nothing, so each socket starts out trusting its node.
+    this._serverDegraded = null;
     this._setConnectivity("online");
     if (this._watching) this._send({ type: "watch_presence" });
     if (this._pendingStatus !== null) this.setStatus(this._pendingStatus);
     for (const id of [...this._pendingAcks]) this.ack(id);
     if (ws === this._ws) this._emit("welcome", msg);
+  }
+
+  /** The broker's own word on whether it can vouch for the session. */
+  _onServerConnectivity(msg) {
+    if (msg.state === "degraded") {
+      const since = Number(msg.since_ms);
+      this._serverDegraded = {
+        cause: typeof msg.cause === "string" ? msg.cause : "unknown",
+        sinceMs: Number.isFinite(since) ? since : null,
+      };
+    } else if (msg.state === "ok") {
+      this._serverDegraded = null;
+    } else {
+      return; // newer broker, unknown state: ignore
+    }
+    this._setConnectivity(this._socketState);
   }
 
   _onNotice(notice) {
@@ -460,18 +508,38 @@ export class TurnstileClient {
     }
   }
 
-  _setConnectivity(state) {
-    if (this._connectivity === state) return;
+  /**
+   * Records what the socket says (`online`, `degraded` while reconnecting,
+   * `offline`) and emits `connectivity` with (state, detail) when either
+   * changes. A welcomed socket on a broker that said it is degraded is
+   * `degraded` with cause "server"; a lost socket is cause "network" (the
+   * broker cannot be heard then, whatever it said before).
+   */
+  _setConnectivity(socketState) {
+    this._socketState = socketState;
+    let state = socketState;
+    let cause = socketState === "degraded" ? "network" : null;
+    const detail = { state, cause };
+    if (socketState === "online" && this._serverDegraded) {
+      state = detail.state = "degraded";
+      cause = detail.cause = "server";
+      detail.serverCause = this._serverDegraded.cause;
+      detail.sinceMs = this._serverDegraded.sinceMs;
+    }
+    const key = JSON.stringify(detail);
+    if (this._connectivityKey === key) return;
+    this._connectivityKey = key;
     this._connectivity = state;
-    this._emit("connectivity", state);
+    this._connectivityCause = cause;
+    this._emit("connectivity", state, detail);
   }
 
-  _emit(event, data) {
+  _emit(event, data, extra) {
     const set = this._listeners.get(event);
     if (!set) return;
     for (const fn of [...set]) {
       try {
-        fn(data);
+        fn(data, extra);
       } catch (e) {
         // A listener's bug must not break the connection's state machine.
         (this._opts.onListenerError ?? ((err) => console.error("turnstile: listener of", event, "threw", err)))(e);

@@ -256,6 +256,7 @@ pub(super) async fn run(
             PushKind::Disconnection => {
                 warn!("lost the redis subscription; will reconcile when it is back");
                 node.bus.lost();
+                super::health::changed(&node);
             }
             _ => {}
         }

@@ -8,10 +8,16 @@
 //! wait for it). Then it buries the nodes whose lease the refresh found
 //! run out: declares them dead and detaches their sockets everywhere
 //! (their sessions become DISCONNECTED), or finishes such a reap another
-//! node left unfinished. Burial stays on this task, right after the
-//! refresh that found the node due: the `bury` script does not check the
-//! lease again, so a due list must not wait in a queue while its node
-//! comes back. A reap costs ~11 ms per 500 sessions, far inside the lease.
+//! node left unfinished. The `bury` script re-checks the lease on Redis's
+//! clock before it buries, so a node that renewed since the round that
+//! found it due is left alone. A reap costs ~11 ms per 500 sessions, far
+//! inside the lease.
+//!
+//! Time: leases are written and judged by the script on Redis's `TIME`,
+//! and each refresh's reply re-anchors the registry [`Clock`] on it, so
+//! session deadlines written by any node are on that one clock too.
+//!
+//! [`Clock`]: crate::clock::Clock
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -43,7 +49,7 @@ pub(crate) struct Membership {
     node: RwLock<NodeId>,
     /// The Redis epoch this node last saw ('' before its first lease).
     epoch: RwLock<String>,
-    lease_ttl: Duration,
+    pub(super) lease_ttl: Duration,
     /// Milliseconds since `started` until which the lease is surely valid.
     lease_valid_ms: AtomicU64,
     started: Instant,
@@ -128,6 +134,11 @@ impl Membership {
         self.check_now.notify_one();
     }
 
+    /// Whether the last lease refresh reached Redis.
+    pub(super) fn reached(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     /// Whether the last refresh succeeded and the lease is surely valid.
     pub(super) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.lease_valid()
@@ -184,6 +195,7 @@ impl Membership {
     /// Refreshes the lease.
     pub(super) async fn renew(&self, store: &Store) -> Result<Lease, RegistryError> {
         let sent = self.started.elapsed();
+        let sent_at = tokio::time::Instant::now();
         let ttl = self.lease_ttl;
         let window = 2 * self.tick() + Duration::from_secs(1);
         let fresh = uuid::Uuid::new_v4().simple().to_string();
@@ -201,6 +213,9 @@ impl Membership {
                 return Err(e);
             }
         };
+        if let Some(redis_ms) = r.now {
+            follow_redis(store, redis_ms as i64, sent_at);
+        }
         if r.dead {
             return Ok(Lease::Fenced);
         }
@@ -297,7 +312,7 @@ impl Membership {
     /// sessions this node still held sockets for are detached now rather
     /// than after the lease runs out.
     pub(crate) async fn leave(&self, store: &Store) {
-        if let Ok(r) = self.nodes(store, "bury", &[]).await {
+        if let Ok(r) = self.nodes(store, "leave", &[]).await {
             let me = self.node();
             for t in r.t {
                 if let Err(e) = self.reap(store, &t, me.as_str()).await {
@@ -305,6 +320,22 @@ impl Membership {
                 }
             }
         }
+    }
+}
+
+/// Keeps the registry clock on Redis's time (`redis_ms`, read during the
+/// round trip that began at `sent`), so the `now` this node gives the
+/// scripts is the one every node gives them. A step of a second or more is
+/// this host's wall clock (or an old anchor) being off: worth a line.
+fn follow_redis(store: &Store, redis_ms: i64, sent: tokio::time::Instant) {
+    let step = store
+        .clock()
+        .follow(redis_ms, sent, tokio::time::Instant::now());
+    if step.abs() >= 1_000 {
+        info!(
+            step_ms = step,
+            "registry clock set to redis's time (this host's wall clock differs)"
+        );
     }
 }
 
@@ -361,7 +392,9 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(member.tick()) => {}
             _ = member.check_now.notified() => {}
         }
-        match member.renew(&node.store).await {
+        let renewed = member.renew(&node.store).await;
+        super::health::changed(&node);
+        match renewed {
             Ok(Lease::Renewed {
                 due: dead,
                 data_lost,

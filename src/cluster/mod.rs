@@ -19,6 +19,7 @@
 
 mod bus;
 mod expiry;
+mod health;
 mod membership;
 mod reconcile;
 mod recovery;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use membership::{fenced, Membership};
 
+use crate::connectivity::Health;
 use crate::hub::sockets::LocalSockets;
 use crate::registry::redis::conn;
 use crate::registry::redis::store::Store;
@@ -63,6 +65,8 @@ struct Node {
     local: Arc<LocalSockets>,
     /// Re-assertion after Redis lost its data.
     recover: Recovery,
+    /// The node's connectivity, as its sockets were told (see [`health`]).
+    health: Health,
 }
 
 impl Cluster {
@@ -91,6 +95,7 @@ impl Cluster {
             bus: Bus::new(Channels::new(&rcfg.namespace), sub),
             local,
             recover: Recovery::default(),
+            health: Health::new(),
         });
         membership::join(&node).await.map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::IoError, "lease", e.to_string()))
@@ -99,7 +104,8 @@ impl Cluster {
         tokio::spawn(expiry::run(node.clone(), stop.clone()));
         tokio::spawn(bus::run(node.clone(), rx, overflowed, stop.clone()));
         tokio::spawn(reconcile::run(node.clone(), stop.clone()));
-        tokio::spawn(recovery::run(node.clone(), stop));
+        tokio::spawn(recovery::run(node.clone(), stop.clone()));
+        tokio::spawn(health::run(node.clone(), stop));
         Ok(Cluster { node })
     }
 

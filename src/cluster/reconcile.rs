@@ -35,8 +35,12 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(node.member.tick()), if !node.bus.is_ok() => {}
             _ = node.bus.resync.notified() => {}
         }
-        if !node.bus.is_ok() && !node.bus.resubscribe().await {
-            continue;
+        if !node.bus.is_ok() {
+            let back = node.bus.resubscribe().await;
+            super::health::changed(&node);
+            if !back {
+                continue;
+            }
         }
         reconcile(&node).await;
     }

@@ -10,6 +10,10 @@
 //! shows forced logouts, the connectivity banner, notices and, for the
 //! supervisor, live presence.
 //!
+//! A backend outage can be shown too: `/api/backend` makes the broker tell
+//! every socket it cannot vouch for its session, as a node that lost Redis
+//! does (the demo runs the embedded registry, which never loses anything).
+//!
 //! The browser reaches the broker's WebSocket through [`netsim`], a small
 //! TCP relay that can cut or stall every connection on request, so a
 //! network outage can be shown (and tested) without touching the machine's
@@ -113,7 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let service = login::LoginService::new(&args.tenant, broker_api, netsim_addr)?;
     tracker.spawn(web::serve(
         web_listener,
-        web::App::new(service, netsim),
+        web::App::new(service, netsim, broker.connectivity_switch()),
         stop.clone(),
         tracker.clone(),
     ));

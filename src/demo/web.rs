@@ -3,13 +3,14 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js` | the page and the SDK |
+//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js`, `/tabs.js` | the page and the SDK |
 //! | `GET /api/stations` | registered stations, free or held (`StationStatus`) |
 //! | `POST /api/login` | `{login, password, station, confirm}` → `Claim` |
 //! | `POST /api/logout` | `Release` of the caller's session |
 //! | `GET /api/agents` | directory + live sessions (`ListSessions`), supervisor |
 //! | `POST /api/notify` | `{login?, kind, days}` → `Notify`, supervisor |
 //! | `GET`/`POST /api/netsim` | the simulated network's mode (`up`, `cut`, `stall`) |
+//! | `GET`/`POST /api/backend` | the simulated backend's state (`ok`, `degraded`): degraded, the broker tells every socket it cannot vouch for its session (as a node that lost Redis does) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,11 +22,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use turnstile::connectivity::{Cause, Connectivity};
+use turnstile::server::ConnectivitySwitch;
 
 use super::login::{DemoError, LoginService, Reply};
 use super::netsim::{Mode, NetSim};
@@ -35,6 +39,8 @@ const APP_JS: &str = include_str!("static/app.js");
 const STYLE_CSS: &str = include_str!("static/style.css");
 /// The browser SDK, served as is.
 const SDK_JS: &str = include_str!("../../clients/js/turnstile.js");
+/// The SDK's tab sharing, imported by `turnstile.js` as `./tabs.js`.
+const SDK_TABS_JS: &str = include_str!("../../clients/js/tabs.js");
 
 /// The largest request body the API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -43,11 +49,34 @@ const MAX_BODY: usize = 16 * 1024;
 pub struct App {
     login: LoginService,
     netsim: NetSim,
+    backend: ConnectivitySwitch,
 }
 
 impl App {
-    pub fn new(login: LoginService, netsim: NetSim) -> Self {
-        Self { login, netsim }
+    pub fn new(login: LoginService, netsim: NetSim, backend: ConnectivitySwitch) -> Self {
+        Self {
+            login,
+            netsim,
+            backend,
+        }
+    }
+}
+
+/// The simulated backend's state, as `/api/backend` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    Ok,
+    Degraded,
+}
+
+impl Backend {
+    fn of(c: Connectivity) -> Self {
+        if c.is_ok() {
+            Backend::Ok
+        } else {
+            Backend::Degraded
+        }
     }
 }
 
@@ -114,6 +143,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
         }
         "/app.js" if m == Method::GET => Ok(asset(APP_JS, "text/javascript; charset=utf-8")),
         "/turnstile.js" if m == Method::GET => Ok(asset(SDK_JS, "text/javascript; charset=utf-8")),
+        "/tabs.js" if m == Method::GET => Ok(asset(SDK_TABS_JS, "text/javascript; charset=utf-8")),
         "/style.css" if m == Method::GET => Ok(asset(STYLE_CSS, "text/css; charset=utf-8")),
         "/api/stations" if m == Method::GET => reply(app.login.stations().await),
         "/api/login" if m == Method::POST => {
@@ -141,10 +171,34 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
             app.netsim.set(mode);
             Ok(json_response(StatusCode::OK, &json!({"mode": mode})))
         }
-        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/style.css" | "/api/stations"
-        | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify" | "/api/netsim" => Err(
-            DemoError::MethodNotAllowed(format!("{m} {}", parts.uri.path())),
-        ),
+        "/api/backend" if m == Method::GET => Ok(json_response(
+            StatusCode::OK,
+            &json!({"state": Backend::of(app.backend.get())}),
+        )),
+        "/api/backend" if m == Method::POST => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SetState {
+                state: Backend,
+            }
+            let SetState { state } = read_json(headers, body).await?;
+            // Kept as it is when already degraded, so the outage's start stays.
+            match (state, Backend::of(app.backend.get())) {
+                (Backend::Ok, _) => app.backend.set(Connectivity::Ok),
+                (Backend::Degraded, Backend::Ok) => app
+                    .backend
+                    .set(Connectivity::degraded(Cause::RedisUnreachable)),
+                (Backend::Degraded, Backend::Degraded) => {}
+            }
+            tracing::info!(?state, "demo: simulated backend state set");
+            Ok(json_response(StatusCode::OK, &json!({"state": state})))
+        }
+        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/tabs.js" | "/style.css"
+        | "/api/stations" | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify"
+        | "/api/netsim" | "/api/backend" => Err(DemoError::MethodNotAllowed(format!(
+            "{m} {}",
+            parts.uri.path()
+        ))),
         other => Err(DemoError::NotFound(other.chars().take(200).collect())),
     }
 }

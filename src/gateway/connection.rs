@@ -199,6 +199,14 @@ where
                 shared.cfg.grace.as_millis() as u64,
             );
             let mut ok = write(&mut ws, Message::Text(welcome)).await;
+            // Told at once when the node cannot vouch for the session (a
+            // change after `register` may also be queued: the frame is a
+            // state, so hearing it twice is harmless).
+            let connectivity = shared.hub.connectivity();
+            if ok && !connectivity.is_ok() {
+                let frame = frames::connectivity(&connectivity);
+                ok = write(&mut ws, Message::Text(frame)).await;
+            }
             for notice in &pending {
                 ok = ok && write(&mut ws, Message::Text(frames::notice_frame(notice))).await;
             }

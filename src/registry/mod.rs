@@ -215,6 +215,9 @@ pub enum Event {
     },
     /// A presence change, for WatchPresence streams and watching sockets.
     Presence(Arc<PresenceEvent>),
+    /// The node's connectivity changed: every local socket is told with a
+    /// `connectivity` frame (its sockets stay open).
+    Connectivity(crate::connectivity::Connectivity),
     /// This node can no longer vouch for its sockets (the cluster declared
     /// it dead): every local socket is told to reconnect and closed (1012),
     /// and none is reconciled or re-asserted any more.

@@ -163,6 +163,11 @@ impl Node {
         within("server shutdown", self.server.shutdown()).await;
     }
 
+    /// The running server itself.
+    pub fn server(&self) -> &turnstile::server::RunningServer {
+        &self.server
+    }
+
     /// A second, independent gRPC client.
     /// Open WebSockets on the node.
     pub fn socket_count(&self) -> usize {

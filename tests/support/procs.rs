@@ -231,6 +231,55 @@ impl RedisCluster {
     }
 }
 
+/// A `turnstile serve` process that printed its listening line.
+pub struct Served {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub node: String,
+}
+
+/// Spawns `cmd` (a `turnstile serve` command; its stdout is taken here),
+/// waits, bounded, for its `turnstile listening http=… grpc=… node=…` line
+/// and keeps draining stdout so the node never blocks on a full pipe.
+pub async fn spawn_serve(cmd: &mut Command) -> Served {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the turnstile binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within("the node's listening line", async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("turnstile listening ") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the node printed its listening line before exiting");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_string()
+    };
+    let addr = |key: &str| -> SocketAddr { field(key).parse().expect("an address") };
+    Served {
+        http: addr("http="),
+        grpc: addr("grpc="),
+        node: field("node="),
+        child,
+    }
+}
+
+/// libfaketime (Debian package `faketime`), preloaded into a node to skew
+/// its wall clock; the multi-threaded variant, as the node runs threads.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 /// A `turnstile serve` process.
 pub struct NodeProc {
     pub http: SocketAddr,
@@ -243,6 +292,17 @@ impl NodeProc {
     /// Starts a node on `redis` (URLs; `cluster` for a Redis Cluster) with
     /// short timers so faults show within a test, plus `extra` flags.
     pub async fn start(redis: &str, cluster: bool, extra: &[&str]) -> Self {
+        Self::launch(redis, cluster, extra, None).await
+    }
+
+    /// Like [`start`](Self::start) on one Redis, with the node's wall
+    /// clock `skew` off (libfaketime's offset syntax: `+8s`, `-8s`) and its
+    /// monotonic clock left alone, as on a host whose NTP is broken.
+    pub async fn start_skewed(redis: &str, skew: &str, extra: &[&str]) -> Self {
+        Self::launch(redis, false, extra, Some(skew)).await
+    }
+
+    async fn launch(redis: &str, cluster: bool, extra: &[&str], skew: Option<&str>) -> Self {
         let name = format!("n{:04x}", rand::random::<u16>());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnstile"));
         cmd.arg("serve")
@@ -263,32 +323,17 @@ impl NodeProc {
         if cluster {
             cmd.arg("--redis-cluster");
         }
-        let mut child = cmd.spawn().expect("turnstile binary runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = within("the node's listening line", async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("turnstile listening") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .expect("the node printed its listening line");
-        // Keep draining stdout so the node never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .expect("address in the listening line")
-        };
+        if let Some(skew) = skew {
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", skew)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let served = spawn_serve(&mut cmd).await;
         NodeProc {
-            http: field("http="),
-            grpc: field("grpc="),
+            http: served.http,
+            grpc: served.grpc,
             name,
-            child,
+            child: served.child,
         }
     }
 

@@ -28,6 +28,7 @@ const TEST_MS = 90_000;
 const SUPERSEDED = "Another user has logged with your credentials. Multiple logins not allowed.";
 const STATION_CHANGED = "Your connection has been dropped due to a subsequent log on to a different station.";
 const NETWORK = "Experiencing network connectivity issues. Please check your internet connection.";
+const SERVICE = "Service notice: we are having trouble with our systems. Your session is safe — keep working; you stay signed in.";
 const LOGIN_IN_USE = "User already logged. Do you want to continue?";
 
 let browser;
@@ -210,6 +211,37 @@ test("a network outage shows the banner, which clears by itself after the reconn
     await ana.page.locator("#net-banner").waitFor({ state: "hidden" });
     await waitText(ana.page, "#conn", "online");
     assert.equal(await ana.page.locator("#agent").isVisible(), true);
+  });
+});
+
+test("a backend outage shows the service notice, not the network banner, to open and new desktops", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  const ana = await person(d, "ana");
+  const bob = await person(d, "bob");
+  await withPeople("backend", [ana, bob], async () => {
+    await signIn(ana, "ana", "desk-104");
+
+    // The broker says it cannot vouch for the session (as a node that lost
+    // Redis does): the socket stays up, the page says it is our side.
+    await ana.page.click("#backend-degrade");
+    await ana.page.locator("#svc-banner").waitFor({ state: "visible" });
+    assert.equal(await text(ana.page, "#svc-banner span"), SERVICE);
+    assert.equal(await ana.page.locator("#net-banner").isHidden(), true, "not the network banner");
+    assert.equal(await text(ana.page, "#conn"), "degraded");
+    await shot(ana.page, "12-service-notice-backend-degraded");
+
+    // A desktop signing in meanwhile is told right after its welcome.
+    await submitSignIn(bob.page, "bob", "desk-105");
+    await bob.page.locator("#agent").waitFor({ state: "visible" });
+    await bob.page.locator("#svc-banner").waitFor({ state: "visible" });
+    assert.equal(await text(bob.page, "#conn"), "degraded");
+
+    await ana.page.click("#backend-ok");
+    for (const p of [ana, bob]) {
+      await p.page.locator("#svc-banner").waitFor({ state: "hidden" });
+      await waitText(p.page, "#conn", "online");
+    }
+    assert.equal(await text(ana.page, "#agent-station"), "desk-104", "still the same session");
   });
 });
 

@@ -1,13 +1,79 @@
-//! A Rust client for turnstile: [`Broker`] speaks the gRPC API a login
-//! service uses; [`AgentSocket`] is an agent's WebSocket, speaking the JSON
-//! protocol of `docs/protocol.md` with typed frames.
+//! A Rust client for turnstile, the real-time session and presence broker.
 //!
-//! The load-test tool drives thousands of these; the shapes mirror the
-//! browser SDK so both are used the same way.
+//! - [`Agent`] is what an agent's desktop application (Rust, Tauri) embeds:
+//!   one connection for the whole shift that follows the browser SDK's
+//!   rules — reconnect with exponential backoff and full jitter, resume the
+//!   session within grace with the same connect token, detect a dead socket
+//!   from app pings, go to another node when one drains, and **never**
+//!   reconnect after a forced logout, a logout or a final close code.
+//! - [`AgentSocket`] is one raw agent WebSocket with typed [`ServerFrame`]s
+//!   (no reconnects), for tools and load generators.
+//! - [`Broker`] speaks the gRPC API a login service uses (`Claim`,
+//!   `Release`, `Evict`, `Notify`, `WatchPresence`, ...).
+//!
+//! The wire contract is `docs/protocol.md` in the broker's repository.
+//!
+//! ```no_run
+//! use turnstile_client::{pb, Agent, AgentEvent, AgentOptions, Broker, Stop};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The login service claims the session and hands the token to the app.
+//! let mut broker = Broker::connect("127.0.0.1:7701").await?;
+//! let granted = broker
+//!     .claim(pb::ClaimRequest {
+//!         tenant: "acme".into(),
+//!         login: "ana".into(),
+//!         station: "desk-4".into(),
+//!         client: "desktop".into(),
+//!         role: "agent".into(),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//!
+//! // The desktop app keeps one agent connection for the shift.
+//! let ws = "127.0.0.1:7700".parse().expect("an address");
+//! let (agent, mut events) = Agent::connect(ws, granted.token, AgentOptions::default())?;
+//! agent.set_status("available").await?;
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         AgentEvent::Connected(w) => println!("online (resumed: {})", w.resumed),
+//!         AgentEvent::Disconnected { cause, retry_in, .. } => {
+//!             println!("connectivity issues ({cause:?}); retrying in {retry_in:?}")
+//!         }
+//!         AgentEvent::Notice(n) => {
+//!             println!("{}", n["text"]);
+//!             if let Some(id) = n["id"].as_str() {
+//!                 agent.ack(id).await?;
+//!             }
+//!         }
+//!         AgentEvent::Stopped(Stop::ForcedLogout { message, .. }) => println!("{message}"),
+//!         AgentEvent::Stopped(why) => println!("signed out: {why:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// The README's example compiles too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+mod agent;
+#[cfg(test)]
+mod agent_tests;
+mod backoff;
+pub mod close_code;
+mod driver;
+mod pending;
 mod socket;
 
+pub use agent::{
+    Agent, AgentError, AgentEvent, AgentEvents, AgentOptions, Disconnect, Stop, Welcome,
+};
+pub use backoff::Backoff;
 pub use socket::{AgentSocket, ConnectOptions, ServerFrame};
 /// The WebSocket library, for matching on its errors.
 pub use tokio_tungstenite::tungstenite;

@@ -48,6 +48,14 @@ pub enum ServerFrame {
     Reconnect {
         after_ms: u64,
     },
+    /// Whether the node can vouch for the session: `state` is `"ok"`, or
+    /// `"degraded"` with a `cause` and the Unix ms it began (`since_ms`).
+    /// The socket stays open either way.
+    Connectivity {
+        state: String,
+        cause: Option<String>,
+        since_ms: Option<i64>,
+    },
     /// The socket was closed, with the close code when there was one.
     Closed {
         code: Option<u16>,
@@ -82,6 +90,11 @@ impl ServerFrame {
             },
             "reconnect" => ServerFrame::Reconnect {
                 after_ms: n("after_ms"),
+            },
+            "connectivity" => ServerFrame::Connectivity {
+                state: s("state"),
+                cause: v["cause"].as_str().map(str::to_string),
+                since_ms: v["since_ms"].as_i64(),
             },
             other => return Err(Error::Protocol(format!("unknown frame type {other:?}"))),
         })
@@ -163,28 +176,30 @@ impl AgentSocket {
     /// The next frame; WebSocket pings are answered on the way.
     pub async fn next_frame(&mut self) -> Result<ServerFrame, Error> {
         loop {
-            match self.ws.next().await {
-                None => {
-                    return Ok(ServerFrame::Closed {
-                        code: None,
-                        reason: "stream ended".into(),
-                    })
-                }
-                Some(Err(e)) => {
-                    return Ok(ServerFrame::Closed {
-                        code: None,
-                        reason: e.to_string(),
-                    })
-                }
-                Some(Ok(Message::Text(t))) => return ServerFrame::parse(t.as_str()),
-                Some(Ok(Message::Close(f))) => {
-                    return Ok(ServerFrame::Closed {
-                        code: f.as_ref().map(|f| u16::from(f.code)),
-                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    })
-                }
-                Some(Ok(_)) => continue,
+            if let Some(frame) = self.next_activity().await? {
+                return Ok(frame);
             }
+        }
+    }
+
+    /// The next thing that arrived: `Some` for a text or close frame (or the
+    /// end of the stream), `None` for a control frame — still a sign of life.
+    pub(crate) async fn next_activity(&mut self) -> Result<Option<ServerFrame>, Error> {
+        match self.ws.next().await {
+            None => Ok(Some(ServerFrame::Closed {
+                code: None,
+                reason: "stream ended".into(),
+            })),
+            Some(Err(e)) => Ok(Some(ServerFrame::Closed {
+                code: None,
+                reason: e.to_string(),
+            })),
+            Some(Ok(Message::Text(t))) => ServerFrame::parse(t.as_str()).map(Some),
+            Some(Ok(Message::Close(f))) => Ok(Some(ServerFrame::Closed {
+                code: f.as_ref().map(|f| u16::from(f.code)),
+                reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+            })),
+            Some(Ok(_)) => Ok(None),
         }
     }
 
@@ -195,34 +210,40 @@ impl AgentSocket {
             .map_err(|_| Error::Timeout("a frame"))?
     }
 
-    async fn send(&mut self, v: Value) -> Result<(), Error> {
+    pub(crate) async fn send_json(&mut self, v: Value) -> Result<(), Error> {
         self.ws.send(Message::text(v.to_string())).await?;
         Ok(())
     }
 
     pub async fn send_ping(&mut self, id: &str) -> Result<(), Error> {
-        self.send(json!({"type": "ping", "id": id})).await
+        self.send_json(json!({"type": "ping", "id": id})).await
     }
 
     pub async fn set_status(&mut self, status: &str) -> Result<(), Error> {
-        self.send(json!({"type": "status", "status": status})).await
+        self.send_json(json!({"type": "status", "status": status}))
+            .await
     }
 
     pub async fn ack(&mut self, notice_id: &str) -> Result<(), Error> {
-        self.send(json!({"type": "ack", "notice_id": notice_id}))
+        self.send_json(json!({"type": "ack", "notice_id": notice_id}))
             .await
     }
 
     pub async fn logout(&mut self) -> Result<(), Error> {
-        self.send(json!({"type": "logout"})).await
+        self.send_json(json!({"type": "logout"})).await
     }
 
     pub async fn watch_presence(&mut self) -> Result<(), Error> {
-        self.send(json!({"type": "watch_presence"})).await
+        self.send_json(json!({"type": "watch_presence"})).await
     }
 
     /// Closes normally (best effort).
     pub async fn close(mut self) {
+        self.close_in_place().await
+    }
+
+    /// Sends a close frame, waiting at most 2 s.
+    pub(crate) async fn close_in_place(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
     }
 }

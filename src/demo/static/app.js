@@ -1,6 +1,11 @@
 // The demo agent desktop: signs in through the demo login service
 // (/api/login → the broker's Claim), then holds the agent's WebSocket with
 // the turnstile SDK. Plain ES module, no build step.
+//
+// The sign-in is kept in localStorage, so a second tab of this browser opens
+// already signed in, with the same session: the SDK then shares the one
+// WebSocket among the tabs (shareAcrossTabs). `?single-tab` in the URL turns
+// on the SDK's singleTab option instead: a second tab is refused.
 
 import { connect } from "/turnstile.js";
 
@@ -12,6 +17,27 @@ let me = null;
 let client = null;
 /** Supervisor view: login -> row state. */
 const agents = new Map();
+/** Where the sign-in is kept for the other tabs of this browser. */
+const SAVED_SIGNIN = "turnstile-demo-signin";
+const SINGLE_TAB = new URLSearchParams(location.search).has("single-tab");
+
+function saveSignIn(login) {
+  try {
+    if (login) localStorage.setItem(SAVED_SIGNIN, JSON.stringify(login));
+    else localStorage.removeItem(SAVED_SIGNIN);
+  } catch {
+    // storage disabled: every tab signs in by itself
+  }
+}
+
+function savedSignIn() {
+  try {
+    const login = JSON.parse(localStorage.getItem(SAVED_SIGNIN) ?? "null");
+    return login && typeof login.token === "string" && typeof login.ws_url === "string" ? login : null;
+  } catch {
+    return null;
+  }
+}
 
 // --- HTTP -------------------------------------------------------------------
 
@@ -111,23 +137,30 @@ async function signIn(confirm) {
 
 function start(login) {
   me = login;
+  saveSignIn(login);
   $("who").textContent = `${login.name} (${login.login})`;
   $("agent-name").textContent = login.name;
   $("agent-station").textContent = login.station || "no station";
   $("agent-status").textContent = "—";
   $("session-info").textContent = "";
+  $("tab-role").textContent = "";
   $("notices").replaceChildren();
   markStatus(null);
   const supervisor = login.role === "supervisor";
   show(supervisor ? ["agent", "supervisor"] : ["agent"]);
 
-  client = connect(login.ws_url, login.token);
+  const c = connect(login.ws_url, login.token, { singleTab: SINGLE_TAB });
+  client = c;
   client.on("connectivity", setConnectivity);
   client.on("welcome", (w) => {
     $("session-info").textContent =
       `Session ${w.session_id.slice(0, 8)}…, generation ${w.generation}` + (w.resumed ? " — resumed after a reconnect" : "");
+    $("tab-role").textContent = c.tabRole === "leader"
+      ? "This tab holds the connection for every tab of this browser."
+      : c.tabRole === "follower" ? "This tab shares the connection of another tab." : "";
     if (supervisor) loadAgents();
   });
+  client.on("tabRefused", (r) => ended(r.message, false));
   client.on("notice", addNotice);
   client.on("forcedLogout", (f) => ended(f.message));
   client.on("presence", onPresence);
@@ -135,22 +168,31 @@ function start(login) {
   client.on("stopped", (s) => {
     if (s.reason === "rejected" || s.reason === "gave_up" || s.reason === "connect_failed") {
       ended("Your session has ended. Please sign in again.");
+    } else if (s.reason === "logged_out" && client === c) {
+      signedOut(); // signed out in another tab
     }
   });
   if (supervisor) client.watchPresence();
 }
 
-function setConnectivity(state) {
-  $("net-banner").hidden = state !== "degraded";
+/** Two banners: the agent's own network (cause "network") or our backend (cause "server"). */
+function setConnectivity(state, detail) {
+  const cause = detail?.cause ?? (state === "degraded" ? "network" : null);
+  $("net-banner").hidden = cause !== "network";
+  $("svc-banner").hidden = cause !== "server";
   $("conn").textContent = state;
   $("conn").className = `conn ${state}`;
 }
 
-function ended(message) {
+/** Shows the signed-out card; `forget`: the session is over, so other tabs must not reuse it either. */
+function ended(message, forget = true) {
   client = null;
   me = null;
+  if (forget) saveSignIn(null);
+  $("ended-title").textContent = forget ? "Signed out" : "Already open in another tab";
   $("who").textContent = "";
   $("net-banner").hidden = true;
+  $("svc-banner").hidden = true;
   $("ended-message").textContent = message;
   show(["ended"]);
 }
@@ -187,8 +229,15 @@ function addNotice(n) {
 async function signOut() {
   const c = client;
   client = null;
+  saveSignIn(null);
   const confirmed = c ? await c.logout() : false;
   if (!confirmed && me) await api("POST", "/api/logout", {}); // tell the broker through the login service
+  signedOut();
+}
+
+function signedOut() {
+  client = null;
+  saveSignIn(null);
   me = null;
   $("who").textContent = "";
   setConnectivity("offline");
@@ -269,6 +318,11 @@ async function setNetwork(mode) {
   $("netsim-mode").textContent = r.data.mode ?? "?";
 }
 
+async function setBackend(state) {
+  const r = await api("POST", "/api/backend", { state });
+  $("backend-state").textContent = r.data.state ?? "?";
+}
+
 // --- wiring ---------------------------------------------------------------------
 
 $("signin-form").addEventListener("submit", (e) => {
@@ -297,7 +351,13 @@ $("reconnect-now").addEventListener("click", () => client?.reconnectNow());
 $("net-stall").addEventListener("click", () => setNetwork("stall"));
 $("net-cut").addEventListener("click", () => setNetwork("cut"));
 $("net-up").addEventListener("click", () => setNetwork("up"));
+$("backend-degrade").addEventListener("click", () => setBackend("degraded"));
+$("backend-ok").addEventListener("click", () => setBackend("ok"));
 $("notify-all-license").addEventListener("click", () => notify("", "license_expiry"));
 
 api("GET", "/api/netsim").then((r) => ($("netsim-mode").textContent = r.data.mode ?? "?"));
+api("GET", "/api/backend").then((r) => ($("backend-state").textContent = r.data.state ?? "?"));
 loadStations();
+// Another tab of this browser is signed in: join its session.
+const saved = savedSignIn();
+if (saved) start(saved);

@@ -123,6 +123,11 @@ impl Store {
         self.clock.now_ms()
     }
 
+    /// The registry's clock, for the lease task to keep on Redis's time.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The command connection, for plain commands (SMEMBERS, SSCAN).
     pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
@@ -183,6 +188,7 @@ impl Store {
     }
 
     /// Runs the membership script about `node` (this one or a dead one).
+    /// It reads Redis's clock itself, never this node's.
     pub(crate) async fn nodes(
         &self,
         op: &str,
@@ -191,7 +197,7 @@ impl Store {
     ) -> Result<NodesReply, RegistryError> {
         let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.nodes.key(self.nodes_key("leases"));
-        inv.arg(op).arg(node).arg(self.clock.now_ms());
+        inv.arg(op).arg(node);
         for a in args {
             inv.arg(a);
         }

@@ -259,6 +259,9 @@ pub struct NodesReply {
     /// bury: the tenants to reap the buried node's sockets from.
     #[serde(default, deserialize_with = "list")]
     pub t: Vec<String>,
+    /// lease: Redis's clock when it ran the script (Unix ms).
+    #[serde(default)]
+    pub now: Option<f64>,
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {

@@ -1,15 +1,27 @@
 -- Node membership, all under the '{nodes}' hash tag.
---   KEYS[1] = '<ns>:{nodes}:leases' (zset node -> lease end, unix ms)
---   ARGV[1] = op: 'lease' | 'tenant' | 'bury' | 'reaped'
---   ARGV[2] = node incarnation, ARGV[3] = now, ARGV[4..] per op
+--   KEYS[1] = '<ns>:{nodes}:leases' (zset node -> lease end, Redis ms)
+--   ARGV[1] = op: 'lease' | 'tenant' | 'bury' | 'leave' | 'reaped'
+--   ARGV[2] = node incarnation, ARGV[3..] per op
+-- Every time here is Redis's own (TIME), never a node's: leases are
+-- written and judged on one clock, whatever the nodes' wall clocks say.
 local L = KEYS[1]
 local B = string.sub(L, 1, #L - 6)  -- '<ns>:{nodes}:'
-local op, node, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if op == 'bury' then
+local op, node = ARGV[1], ARGV[2]
+redis.replicate_commands()  -- writes after TIME (a no-op from Redis 7)
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if op == 'bury' or op == 'leave' then
   -- Declares a node dead for good; returns the tenants still to reap it
   -- from. Until each is reaped (op 'reaped') the node stays in 'reaping',
   -- which lease rounds offer to live nodes, so a reap cut short (Redis
-  -- error, the burying node dying) is finished by someone.
+  -- error, the burying node dying) is finished by someone. 'bury' first
+  -- re-checks the lease, here, atomically: a node that renewed since the
+  -- round that found it due is left alone ('leave' is a node burying
+  -- itself on its way out).
+  local lease = tonumber(redis.call('ZSCORE', L, node))
+  if op == 'bury' and lease and lease > now then
+    return cjson.encode({alive = true, t = {}})
+  end
   redis.call('ZADD', B .. 'dead', now, node)
   redis.call('ZREM', L, node)
   redis.call('ZREMRANGEBYSCORE', B .. 'dead', '-inf', now - 86400000)
@@ -19,8 +31,8 @@ if op == 'bury' then
   return cjson.encode({t = ts})
 end
 if op == 'reaped' then
-  -- ARGV[4] = a tenant the dead node's sockets are all detached from.
-  redis.call('SREM', B .. 't:' .. node, ARGV[4])
+  -- ARGV[3] = a tenant the dead node's sockets are all detached from.
+  redis.call('SREM', B .. 't:' .. node, ARGV[3])
   if redis.call('EXISTS', B .. 't:' .. node) == 0 then
     redis.call('SREM', B .. 'reaping', node)
   end
@@ -28,23 +40,25 @@ if op == 'reaped' then
 end
 if redis.call('ZSCORE', B .. 'dead', node) then return cjson.encode({dead = true}) end
 if op == 'tenant' then
-  redis.call('SADD', B .. 't:' .. node, ARGV[4])
-  redis.call('SADD', B .. 'tenants', ARGV[4])
+  redis.call('SADD', B .. 't:' .. node, ARGV[3])
+  redis.call('SADD', B .. 'tenants', ARGV[3])
   return cjson.encode({ok = true})
 end
--- op == 'lease': ARGV[4] = ttl ms, ARGV[5] = a fresh epoch to use if none,
--- ARGV[6] = recovery window ms, ARGV[7] = the epoch this node knew ('' at
+-- op == 'lease': ARGV[3] = ttl ms, ARGV[4] = a fresh epoch to use if none,
+-- ARGV[5] = recovery window ms, ARGV[6] = the epoch this node knew ('' at
 -- its start). A node that knew an epoch and finds none saw Redis lose its
 -- data: claims are refused for the recovery window while nodes re-assert.
+-- The reply carries Redis's time (`now`): every node's registry clock
+-- follows it, so the `now` tenant scripts are given is Redis's too.
 local known = redis.call('ZSCORE', L, node)
-redis.call('ZADD', L, now + tonumber(ARGV[4]), node)
+redis.call('ZADD', L, now + tonumber(ARGV[3]), node)
 local epoch = redis.call('GET', B .. 'epoch')
 local created = false
 if not epoch then
-  epoch = ARGV[5]
+  epoch = ARGV[4]
   redis.call('SET', B .. 'epoch', epoch)
-  if ARGV[7] ~= '' then
-    redis.call('SET', B .. 'epoch:recovering', '1', 'PX', tonumber(ARGV[6]))
+  if ARGV[6] ~= '' then
+    redis.call('SET', B .. 'epoch:recovering', '1', 'PX', tonumber(ARGV[5]))
   end
   created = true
 end
@@ -52,4 +66,5 @@ local due = redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, 16)
 for _, n in ipairs(redis.call('SRANDMEMBER', B .. 'reaping', 4)) do
   if n ~= node then table.insert(due, n) end
 end
-return cjson.encode({epoch = epoch, created = created, fresh = not known, due = due})
+return cjson.encode({epoch = epoch, created = created, fresh = not known, due = due,
+  now = now})
