@@ -62,6 +62,9 @@ pub enum CloseCode {
     InvalidToken,
     /// The session already has `max_sockets_per_session` sockets.
     TooManySockets,
+    /// The session is at `max_sockets_per_session`, but some sockets are on
+    /// other nodes, which may have died without being declared dead yet.
+    SocketsElsewhere,
     /// The client sent more than `messages_per_second`.
     RateLimited,
     /// The client did not read its frames: its outbound queue filled up.
@@ -80,7 +83,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, in the order of docs/protocol.md's table.
-    pub const ALL: [CloseCode; 15] = [
+    pub const ALL: [CloseCode; 16] = [
         CloseCode::LoggedOut,
         CloseCode::Superseded,
         CloseCode::StationChanged,
@@ -89,6 +92,7 @@ impl CloseCode {
         CloseCode::SessionUnknown,
         CloseCode::InvalidToken,
         CloseCode::TooManySockets,
+        CloseCode::SocketsElsewhere,
         CloseCode::RateLimited,
         CloseCode::SlowConsumer,
         CloseCode::TooManyBadFrames,
@@ -108,6 +112,7 @@ impl CloseCode {
             CloseCode::Expired | CloseCode::SessionUnknown => 4004,
             CloseCode::InvalidToken => 4401,
             CloseCode::TooManySockets => 4403,
+            CloseCode::SocketsElsewhere => 4409,
             CloseCode::RateLimited => 4429,
             CloseCode::SlowConsumer | CloseCode::TooManyBadFrames => 1008,
             CloseCode::MessageTooBig => 1009,
@@ -134,6 +139,7 @@ impl CloseCode {
             | CloseCode::SlowConsumer
             | CloseCode::TooManyBadFrames
             | CloseCode::MessageTooBig
+            | CloseCode::SocketsElsewhere
             | CloseCode::Unavailable => CloseClass::BackOff,
             CloseCode::HeartbeatTimeout | CloseCode::Restarting => CloseClass::ReconnectNow,
         }
@@ -151,6 +157,7 @@ impl CloseCode {
             CloseCode::SessionUnknown => "session_unknown",
             CloseCode::InvalidToken => "invalid token",
             CloseCode::TooManySockets => "too_many_sockets",
+            CloseCode::SocketsElsewhere => "sockets_elsewhere",
             CloseCode::RateLimited => "rate limited",
             CloseCode::SlowConsumer => "slow consumer: outbound queue full",
             CloseCode::TooManyBadFrames => "too many bad frames",
@@ -182,7 +189,10 @@ impl CloseCode {
             }
             CloseCode::InvalidToken => "the connect token was refused; sign in again",
             CloseCode::TooManySockets => {
-                "the session already has `max_sockets_per_session` sockets"
+                "the session already has `max_sockets_per_session` sockets, all on the node it asked"
+            }
+            CloseCode::SocketsElsewhere => {
+                "the session already has `max_sockets_per_session` sockets, some on other nodes that may have died; retry: they stop counting once the cluster declares such a node dead (`lease_ttl`)"
             }
             CloseCode::RateLimited => "more than `messages_per_second` client messages",
             CloseCode::SlowConsumer => "the client did not read: its outbound queue filled up",

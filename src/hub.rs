@@ -221,6 +221,7 @@ impl Hub {
             if let Some(mut ws) = self.watchers.get_mut(&socket.tenant) {
                 ws.retain(|w| !matches!(w, Watcher::Socket(s) if s.conn == socket.conn));
             }
+            self.forget_if_unwatched(&socket.tenant);
         }
     }
 
@@ -319,6 +320,12 @@ impl Hub {
         }
     }
 
+    /// Drops the tenant's watcher list once it is empty, so the map holds
+    /// only tenants watched now (the caller must hold no guard on it).
+    fn forget_if_unwatched(&self, tenant: &Tenant) {
+        self.watchers.remove_if(tenant, |_, ws| ws.is_empty());
+    }
+
     fn presence(&self, event: &Arc<PresenceEvent>) {
         let Some(mut watchers) = self.watchers.get_mut(&event.session.tenant) else {
             return;
@@ -339,6 +346,11 @@ impl Hub {
                 true
             }
         });
+        let unwatched = watchers.is_empty();
+        drop(watchers);
+        if unwatched {
+            self.forget_if_unwatched(&event.session.tenant);
+        }
     }
 }
 
@@ -397,6 +409,7 @@ impl Drop for PresenceWatch {
             if let Some(mut ws) = hub.watchers.get_mut(&self.tenant) {
                 ws.retain(|w| !matches!(w, Watcher::Stream { id, .. } if *id == self.id));
             }
+            hub.forget_if_unwatched(&self.tenant);
         }
     }
 }
@@ -470,5 +483,20 @@ mod tests {
         assert!(watch.recv().await.is_some(), "the first event arrives");
         assert!(watch.recv().await.is_none(), "then the stream ends");
         assert!(watch.lagged());
+        assert!(
+            hub.watchers.is_empty(),
+            "nobody watches the tenant any more"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tenant_nobody_watches_any_more_leaves_the_watcher_map() {
+        let hub = Hub::new(Duration::ZERO);
+        let tenant = session().tenant;
+        let (a, b) = (hub.watch(&tenant, 1), hub.watch(&tenant, 1));
+        drop(a);
+        assert_eq!(hub.watchers.len(), 1, "b still watches");
+        drop(b);
+        assert!(hub.watchers.is_empty());
     }
 }

@@ -66,11 +66,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = turnstile::server::start(config).await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(
+        write!(
             out,
             "turnstile listening http={} grpc={} node={}",
             server.http_addr, server.grpc_addr, server.node
         )?;
+        match server.metrics_addr {
+            Some(addr) => writeln!(out, " metrics={addr}")?,
+            None => writeln!(out)?,
+        }
         out.flush()?;
     }
     wait_for_signal().await?;

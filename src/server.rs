@@ -1,4 +1,4 @@
-//! Assembly of a node: binds both listeners, builds the registry, hub,
+//! Assembly of a node: binds its listeners, builds the registry, hub,
 //! gateway and gRPC service, and owns the shutdown sequence.
 //!
 //! `start` takes the whole [`Config`], checks it, hands each component the
@@ -46,6 +46,8 @@ pub enum ServerError {
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The `metrics_listen` listener's address, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub node: NodeId,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -72,7 +74,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         addr: config.grpc_listen,
         source,
     })?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(listen(addr).map_err(|source| ServerError::Bind {
+            what: "metrics",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
     let http_addr = http.local_addr().unwrap_or(config.http_listen);
+    let metrics_addr = metrics
+        .as_ref()
+        .zip(config.metrics_listen)
+        .map(|(l, addr)| l.local_addr().unwrap_or(addr));
     let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
 
     let keys = match config.token_keys()? {
@@ -119,6 +133,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         crate::telemetry::metrics(),
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
+    if let Some(listener) = metrics {
+        tracker.spawn(
+            gateway
+                .clone()
+                .serve_metrics(listener, stop.clone(), tracker.clone()),
+        );
+    }
 
     let api = Api::new(
         registry.clone(),
@@ -161,10 +182,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             warn!(error = %e, "grpc server ended");
         }
     });
-    info!(%http_addr, %grpc_addr, %node, "turnstile node started");
+    info!(%http_addr, %grpc_addr, ?metrics_addr, %node, "turnstile node started");
     Ok(RunningServer {
         http_addr,
         grpc_addr,
+        metrics_addr,
         node,
         stop,
         tracker,

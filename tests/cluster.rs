@@ -943,3 +943,114 @@ async fn events_are_published_only_to_the_node_holding_the_socket() {
         assert_eq!(event["k"], kind, "{payload}");
     }
 }
+
+/// Opens a socket on `node`: `Ok` when welcomed, `Err(code)` when closed
+/// before a welcome.
+async fn try_welcome_on(node: &NodeProc, token: &str) -> Result<Agent, u16> {
+    let socket = within(
+        "connect",
+        AgentSocket::connect(node.http, token, &ConnectOptions::default()),
+    )
+    .await
+    .expect("the socket opens");
+    let mut agent = Agent(socket);
+    // A refusal is an `error` frame, then the close.
+    for _ in 0..2 {
+        match agent.next().await {
+            ServerFrame::Welcome { .. } => return Ok(agent),
+            ServerFrame::Closed { code, .. } => return Err(code.expect("a close code")),
+            ServerFrame::Error { .. } => {}
+            other => panic!("expected welcome or close, got {other:?}"),
+        }
+    }
+    panic!("neither welcome nor close after an error frame");
+}
+
+/// A desktop and a phone hold a session's two sockets on node A; A is
+/// killed and both reconnect to node B at once, before A's lease has run
+/// out. The sockets of a dead node must not keep them out: each is
+/// admitted, or told to come back after a backoff — never closed 4403,
+/// which tells a client to stop for good. Retrying (as the SDK does, 10
+/// times at most) gets both in once A is buried.
+async fn dead_nodes_sockets_stop_counting(redis: &str, cluster: bool) {
+    use turnstile::close::{CloseClass, CloseCode};
+    let limit = ["--max-sockets-per-session", "2", "--grace", "30s"];
+    let mut a = NodeProc::start(redis, cluster, &limit).await;
+    let b = NodeProc::start(redis, cluster, &limit).await;
+    let ana = grant_on(&a, "ana", "").await;
+    let (_desktop, _) = welcome_on(&a, &ana.token).await;
+    let (_phone, _) = welcome_on(&a, &ana.token).await;
+
+    a.kill9().await;
+    let mut back = Vec::new();
+    for device in ["desktop", "phone"] {
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            match try_welcome_on(&b, &ana.token).await {
+                Ok(agent) => {
+                    back.push(agent);
+                    break;
+                }
+                Err(code) => {
+                    let cause = CloseCode::ALL.into_iter().find(|c| c.as_u16() == code);
+                    assert!(
+                        cause.is_some_and(|c| c.class() != CloseClass::Stop),
+                        "{device} refused with {code} ({cause:?}), which tells it to stop"
+                    );
+                    refused.push(code);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        assert!(
+            back.len() == if device == "desktop" { 1 } else { 2 },
+            "{device} never got back in: {refused:?}"
+        );
+    }
+    let s = get_on(&mut b.client().await, T, &session_of(&ana).session_id)
+        .await
+        .expect("ana's session");
+    assert_eq!(s.state(), SessionState::Connected);
+}
+
+#[tokio::test]
+async fn a_dead_nodes_sockets_do_not_keep_the_session_from_reconnecting_elsewhere() {
+    let redis = RedisServer::start().await;
+    dead_nodes_sockets_stop_counting(&redis.url(), false).await;
+}
+
+/// The same on a Redis Cluster, where the dead set is in another slot than
+/// the tenant's keys.
+#[tokio::test]
+async fn a_dead_nodes_sockets_stop_counting_on_a_redis_cluster_too() {
+    let cluster = RedisCluster::start().await;
+    dead_nodes_sockets_stop_counting(&cluster.urls(), true).await;
+}
+
+/// Declared dead but not yet reaped in this tenant (its reap is still on
+/// other tenants): the socket a node in the cluster's dead set holds no
+/// longer counts, though nothing in the tenant says so yet; a node that
+/// is not in it still does, and the refusal is the retryable 4409. The
+/// ghost's socket is written into Redis by hand.
+#[tokio::test]
+async fn a_buried_nodes_socket_stops_counting_before_its_reap_reaches_the_tenant() {
+    let redis = RedisServer::start().await;
+    let node = NodeProc::start(&redis.url(), false, &["--max-sockets-per-session", "1"]).await;
+    let ana = grant_on(&node, "ana", "").await;
+    let id = session_of(&ana).session_id.clone();
+    plant_socket(&redis, &id, "ghost:1", 1).await;
+    assert_eq!(try_welcome_on(&node, &ana.token).await.err(), Some(4409));
+
+    redis
+        .cmd(&["ZADD", "turnstile:{nodes}:dead", "1", "ghost:1"])
+        .await;
+    let _ws = try_welcome_on(&node, &ana.token)
+        .await
+        .expect("admitted: the ghost's socket no longer counts");
+    let fence = format!("turnstile:{{{T}}}:dead:ghost:1");
+    assert_eq!(
+        redis.cmd(&["EXISTS", &fence]).await,
+        redis::Value::Int(1),
+        "the ghost is fenced in the tenant, as its reap would"
+    );
+}

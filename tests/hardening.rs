@@ -356,3 +356,34 @@ fn rsa_is_not_compiled() {
         "rsa is back in Cargo.lock; `cargo tree -i rsa` shows who brings it"
     );
 }
+
+/// `metrics_listen` moves `/metrics` off the public WebSocket port: the
+/// separate listener serves it (with the session census), the public one
+/// answers 404 for it.
+#[tokio::test]
+async fn metrics_can_be_served_on_their_own_listener_only() {
+    let mut cfg = config();
+    cfg.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = within("server start", turnstile::server::start(cfg))
+        .await
+        .expect("server starts");
+    let metrics = server.metrics_addr.expect("a metrics listener");
+    assert_ne!(metrics, server.http_addr);
+    let mut c = grpc_client(server.grpc_addr).await;
+    let r = claim_on(&mut c, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    let mut ws = connect(server.http_addr, &r.token).await;
+    ws.expect_type("welcome").await;
+
+    let (status, body) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("turnstile_sessions{state=\"connected\"}")),
+        "no session census in:\n{body}"
+    );
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    let (status, body) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics_listen"), "{body}");
+    server.shutdown().await;
+}

@@ -10,7 +10,11 @@
 
 import { connectAcrossTabs } from "./tabs.js";
 
-/** Close codes after which reconnecting cannot help (docs/protocol.md). */
+/**
+ * Close codes after which reconnecting cannot help (docs/protocol.md). 4409
+ * (`sockets_elsewhere`) is not one: a dead node's sockets stop counting once
+ * the cluster declares it dead, so the SDK backs off and retries.
+ */
 export const FINAL_CLOSE_CODES = Object.freeze([4000, 4001, 4002, 4003, 4004, 4401, 4403]);
 
 /** Defaults of every option that has one. */

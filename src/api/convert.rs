@@ -261,6 +261,7 @@ pub fn status(e: RegistryError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         RegistryError::TooManySockets { .. } => Status::resource_exhausted(e.to_string()),
+        RegistryError::SocketsElsewhere { .. } => Status::unavailable(e.to_string()),
         RegistryError::IdempotencyKeyReused { .. } => Status::invalid_argument(e.to_string()),
         RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
     }

@@ -94,6 +94,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// gRPC (`turnstile.v1.SessionBrokerService`).
     pub grpc_listen: SocketAddr,
+    /// A separate plain-HTTP listener for `/metrics` (and the probes); when
+    /// set, `http_listen` no longer serves `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Server ping interval; a socket silent for twice this is dead.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
@@ -204,6 +207,7 @@ impl Default for Config {
             node: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            metrics_listen: None,
             heartbeat: Duration::from_secs(15),
             grace: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(60),
@@ -596,6 +600,7 @@ impl Config {
             },
             messages_per_second: self.messages_per_second,
             tls,
+            metrics_elsewhere: self.metrics_listen.is_some(),
         }
     }
 

@@ -79,6 +79,7 @@ pub const SETTINGS: &[Setting] = &[
     s("node", Text, "`<hostname>-<pid>`", "this node's name (`Session.node`)"),
     s("http_listen", Addr, "", "WebSocket (`/v1/ws`), `/metrics`, `/healthz`, `/readyz`"),
     s("grpc_listen", Addr, "", "gRPC `turnstile.v1.SessionBrokerService`"),
+    s("metrics_listen", Addr, "unset", "a separate plain-HTTP listener for `/metrics`, `/healthz`, `/readyz`; when set, `http_listen` no longer serves `/metrics`"),
     s("heartbeat", Duration, "", "server ping interval; a socket silent for twice this is dead"),
     s("grace", Duration, "", "how long a DISCONNECTED session waits for a socket"),
     s("connect_timeout", Duration, "", "how long a PENDING session waits for its first socket"),

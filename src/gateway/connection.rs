@@ -233,6 +233,7 @@ where
             // The `error` frame's code is the close's reason.
             let close = match &e {
                 RegistryError::TooManySockets { .. } => CloseCode::TooManySockets,
+                RegistryError::SocketsElsewhere { .. } => CloseCode::SocketsElsewhere,
                 RegistryError::Unavailable(_) => CloseCode::Unavailable,
                 _ => CloseCode::SessionUnknown,
             };

@@ -1,5 +1,6 @@
 //! The gateway: the node's HTTP listener — `GET /v1/ws` (the client
-//! WebSocket), `/metrics`, `/healthz`, `/readyz`.
+//! WebSocket), `/metrics`, `/healthz`, `/readyz` — and, with
+//! `metrics_listen`, a second one for `/metrics` and the probes only.
 //!
 //! It never decides who holds a session: it verifies the connect token,
 //! asks the registry to attach, and delivers what the hub hands it.
@@ -8,6 +9,7 @@ pub mod connection;
 pub mod heartbeat;
 pub mod limits;
 pub mod protocol;
+pub mod scrape;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +53,9 @@ pub struct GatewayConfig {
     pub messages_per_second: u32,
     /// When set, the listener speaks TLS (`wss://`, `https://`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// `/metrics` has its own listener ([`Gateway::serve_metrics`]): the
+    /// public one does not serve it.
+    pub metrics_elsewhere: bool,
 }
 
 /// State shared by every connection of the gateway.
@@ -64,6 +69,8 @@ pub struct Shared {
     /// Set when the node drains: `/readyz` answers 503.
     pub draining: AtomicBool,
     pub limits: Arc<limits::Limits>,
+    /// When `/metrics` last took the session census.
+    pub census: scrape::CensusCache,
 }
 
 /// The HTTP/WebSocket side of a node.
@@ -90,6 +97,7 @@ impl Gateway {
                 metrics,
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
+                census: scrape::CensusCache::new(scrape::CENSUS_EVERY),
             }),
         }
     }
@@ -116,18 +124,37 @@ impl Gateway {
             tracker.spawn(async move {
                 let handshake_timeout = shared.cfg.handshake_timeout;
                 match tls {
-                    None => serve_http(stream, peer, shared, tracker2, stop2).await,
+                    None => serve_http(stream, peer, shared, tracker2, stop2, false).await,
                     Some(cfg) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
-                            Ok(Ok(tls)) => serve_http(tls, peer, shared, tracker2, stop2).await,
+                            Ok(Ok(tls)) => {
+                                serve_http(tls, peer, shared, tracker2, stop2, false).await
+                            }
                             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
                     }
                 }
             });
+        }
+    }
+}
+
+impl Gateway {
+    /// Serves `/metrics`, `/healthz` and `/readyz` (plain HTTP) on the
+    /// `metrics_listen` listener until `stop`.
+    pub async fn serve_metrics(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        while let Some((stream, peer)) = accept(&listener, &stop, "metrics").await {
+            let shared = self.shared.clone();
+            let (tracker2, stop2) = (tracker.clone(), stop.clone());
+            tracker.spawn(serve_http(stream, peer, shared, tracker2, stop2, true));
         }
     }
 }
@@ -161,6 +188,7 @@ async fn serve_http<IO>(
     shared: Arc<Shared>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    metrics_only: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -169,7 +197,13 @@ async fn serve_http<IO>(
         let shared = shared.clone();
         let tracker = tracker.clone();
         let stop = stop.clone();
-        async move { Ok::<_, Infallible>(route(req, peer.ip(), shared, tracker, stop)) }
+        async move {
+            Ok::<_, Infallible>(if metrics_only {
+                route_metrics(req, &shared)
+            } else {
+                route(req, peer.ip(), shared, tracker, stop)
+            })
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -198,42 +232,40 @@ fn route(
 ) -> Response<Body> {
     match req.uri().path() {
         "/v1/ws" => upgrade(req, ip, shared, tracker, stop),
-        "/healthz" => respond(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
-                respond(StatusCode::OK, "ready\n")
-            } else {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
-        "/metrics" => match &shared.metrics {
-            Some(handle) => {
-                if let Some(c) = shared.registry.census() {
-                    use crate::metrics_names::SESSIONS;
-                    use crate::session::SessionState as S;
-                    for (state, n) in [
-                        (S::Pending, c.pending),
-                        (S::Connected, c.connected),
-                        (S::Disconnected, c.disconnected),
-                    ] {
-                        metrics::gauge!(SESSIONS, "state" => state.as_str()).set(n as f64);
-                    }
-                }
-                crate::telemetry::collect_process_metrics();
-                crate::telemetry::collect_log_metrics();
-                let mut r = respond(StatusCode::OK, handle.render());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
-            }
-            None => respond(StatusCode::NOT_FOUND, "metrics are disabled\n"),
-        },
+        "/metrics" if shared.cfg.metrics_elsewhere => respond(
+            StatusCode::NOT_FOUND,
+            "metrics are served on the metrics_listen address\n",
+        ),
+        "/metrics" => scrape::respond_metrics(&shared),
+        path @ ("/healthz" | "/readyz") => probe(path, &shared),
         _ => respond(
             StatusCode::NOT_FOUND,
             "not found: try /v1/ws, /metrics, /healthz, /readyz\n",
         ),
+    }
+}
+
+/// The `metrics_listen` listener's routes.
+fn route_metrics(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" => scrape::respond_metrics(shared),
+        path @ ("/healthz" | "/readyz") => probe(path, shared),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz\n",
+        ),
+    }
+}
+
+/// `/healthz` (the process answers) and `/readyz` (it can serve writes and
+/// is not draining).
+fn probe(path: &str, shared: &Shared) -> Response<Body> {
+    if path == "/healthz" {
+        respond(StatusCode::OK, "ok\n")
+    } else if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
+        respond(StatusCode::OK, "ready\n")
+    } else {
+        respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 

@@ -8,7 +8,10 @@
 //! Expiry is **one** background task over a deadline set, woken by a `Notify`
 //! only when an earlier deadline arrives — not a timer per session. Deadlines
 //! are hints: when one fires the state machine checks the session's real
-//! deadline, so a session that reconnected in time is left alone.
+//! deadline, so a session that reconnected in time is left alone. The same
+//! task prunes what a tenant stores with a lifetime (tombstones,
+//! idempotency keys, mailboxes) when it runs out, so a tenant that sees no
+//! further call does not keep them.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,8 +39,10 @@ struct Shared {
     cfg: RegistryConfig,
     sink: Arc<dyn EventSink>,
     tenants: DashMap<Tenant, Arc<Mutex<TenantState>>>,
-    /// Armed deadlines: (unix ms, tenant, session).
-    deadlines: Mutex<BTreeSet<(i64, Tenant, SessionId)>>,
+    /// Armed deadlines: (unix ms, tenant, session), or (unix ms, tenant,
+    /// `None`): prune the tenant then (rounded up to the second, so a
+    /// tenant has at most one such entry per second ahead).
+    deadlines: Mutex<BTreeSet<(i64, Tenant, Option<SessionId>)>>,
     /// Wakes the expiry task when an earlier deadline is armed.
     wake: Notify,
 }
@@ -100,11 +105,15 @@ impl Shared {
         for event in fx.events {
             self.sink.publish(event);
         }
-        if !fx.deadlines.is_empty() {
+        if !fx.deadlines.is_empty() || !fx.prune_at.is_empty() {
             let mut deadlines = lock(&self.deadlines);
             let earliest_before = deadlines.first().map(|d| d.0);
             for (at, id) in fx.deadlines {
-                deadlines.insert((at, tenant.clone(), id));
+                deadlines.insert((at, tenant.clone(), Some(id)));
+            }
+            for at in fx.prune_at {
+                let second = at.div_euclid(1000).saturating_add(1).saturating_mul(1000);
+                deadlines.insert((second, tenant.clone(), None));
             }
             if deadlines.first().map(|d| d.0) != earliest_before {
                 self.wake.notify_one();
@@ -167,9 +176,12 @@ impl Shared {
                 continue;
             };
             let mut guard = lock(&state);
-            self.apply(&tenant, &mut guard, |s, cfg, now, fx| {
-                s.expire(&id, cfg, now, fx)
-            });
+            match id {
+                Some(id) => self.apply(&tenant, &mut guard, |s, cfg, now, fx| {
+                    s.expire(&id, cfg, now, fx);
+                }),
+                None => self.apply(&tenant, &mut guard, |s, _, now, _| s.prune(now)),
+            }
         }
         next
     }
@@ -386,6 +398,48 @@ mod tests {
         })
         .await
         .expect("the session never ended")
+    }
+
+    /// What a tenant stores with a lifetime — a mailbox for a login that
+    /// never claims again, a tombstone, an idempotency key — is dropped
+    /// when it runs out, by the expiry task, though the tenant sees no
+    /// other call.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tenant_forgets_mailboxes_tombstones_and_idempotency_keys() {
+        let clock = crate::clock::Clock::manual(1_000_000);
+        let (reg, _rx) = start(RegistryConfig {
+            clock: clock.clone(),
+            tombstone_ttl: Duration::from_secs(60),
+            idempotency_ttl: Duration::from_secs(60),
+            ..RegistryConfig::default()
+        });
+        let t = Tenant::parse("acme").unwrap();
+        let notice = Notice {
+            id: "pw".into(),
+            kind: "password_expiry".into(),
+            severity: "warning".into(),
+            text: "Your password expires in 3 days".into(),
+            data_json: String::new(),
+            expires_at_ms: clock.now_ms() + 30_000,
+        };
+        let gone = NotifyTarget::Login(Login::parse("gone").unwrap());
+        reg.notify(&t, gone, notice).await.unwrap();
+        let mut keyed = req("ana");
+        keyed.idempotency_key = Some("k1".into());
+        let ana = match reg.claim(keyed).await.unwrap() {
+            ClaimOutcome::Granted { session, .. } => session,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        reg.release(&t, &ana.id).await.unwrap();
+        let stored = || reg.read(&t, |s| s.stored()).unwrap();
+        assert_eq!(stored(), [0, 1, 1, 1, 1]);
+
+        clock.advance(Duration::from_secs(31));
+        reg.expire_due().await;
+        assert_eq!(stored(), [0, 1, 1, 0, 0], "the mailbox outlived its notice");
+        clock.advance(Duration::from_secs(30));
+        reg.expire_due().await;
+        assert_eq!(stored(), [0, 0, 0, 0, 0]);
     }
 
     #[tokio::test(start_paused = true)]

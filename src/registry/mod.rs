@@ -182,6 +182,10 @@ pub enum RegistryError {
     },
     #[error("session {id} already has {limit} sockets open, the most allowed")]
     TooManySockets { id: SessionId, limit: usize },
+    /// At the limit, but some of the sockets are on other nodes, one of
+    /// which may have died and not been declared dead yet: transient.
+    #[error("session {id} already has {limit} sockets open, some on other nodes that may have gone; retry in a few seconds")]
+    SocketsElsewhere { id: SessionId, limit: usize },
     #[error("idempotency_key {key:?} was already used for a claim of login {login}")]
     IdempotencyKeyReused { key: String, login: Login },
     #[error("session {id} has ended")]

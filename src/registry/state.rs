@@ -7,7 +7,7 @@
 //! the events to publish and the deadlines to arm into [`Effects`], which
 //! makes it testable (and property-tested) without a runtime or a clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -27,6 +27,10 @@ pub(crate) struct Effects {
     pub events: Vec<Event>,
     /// (unix ms, session) pairs; a deadline that turns out stale is ignored.
     pub deadlines: Vec<(i64, SessionId)>,
+    /// When something stored (a tombstone, an idempotency key, a mailbox)
+    /// runs out: [`TenantState::prune`] must run then even if the tenant
+    /// sees no other call.
+    pub prune_at: Vec<i64>,
 }
 
 /// A live session and what only the registry needs to know about it.
@@ -61,8 +65,19 @@ pub(crate) struct TenantState {
     tombstone_expiry: VecDeque<(i64, SessionId)>,
     idempotency: HashMap<String, IdempotentClaim>,
     idempotency_expiry: VecDeque<(i64, String)>,
-    /// Notices for logins that have no live session, handed to the next one.
-    mailbox: HashMap<Login, Vec<Notice>>,
+    /// Notices for logins that have no live session, handed to the next
+    /// one; dropped when their last notice expires (`mailbox_expiry`).
+    mailbox: HashMap<Login, Mailbox>,
+    /// Mailboxes by when their last notice expires.
+    mailbox_expiry: BTreeSet<(i64, Login)>,
+}
+
+/// The notices queued for a login without a live session.
+#[derive(Debug, Default)]
+struct Mailbox {
+    notices: Vec<Notice>,
+    /// When the last of them expires (unix ms).
+    until: i64,
 }
 
 impl TenantState {
@@ -78,6 +93,7 @@ impl TenantState {
             idempotency: HashMap::new(),
             idempotency_expiry: VecDeque::new(),
             mailbox: HashMap::new(),
+            mailbox_expiry: BTreeSet::new(),
         }
     }
 
@@ -103,8 +119,9 @@ impl TenantState {
         }
         let outcome = self.claim_fresh(&req, cfg, now, fx);
         if let Some(key) = req.idempotency_key {
-            self.idempotency_expiry
-                .push_back((now + cfg.idempotency_ttl.as_millis() as i64, key.clone()));
+            let until = now + cfg.idempotency_ttl.as_millis() as i64;
+            fx.prune_at.push(until);
+            self.idempotency_expiry.push_back((until, key.clone()));
             self.idempotency.insert(
                 key,
                 IdempotentClaim {
@@ -177,10 +194,11 @@ impl TenantState {
             status: String::new(),
         };
         let deadline = now + cfg.connect_timeout.as_millis() as i64;
-        let notices = self
-            .mailbox
-            .remove(&req.login)
-            .unwrap_or_default()
+        let mailbox = self.mailbox.remove(&req.login).unwrap_or_default();
+        self.mailbox_expiry
+            .remove(&(mailbox.until, req.login.clone()));
+        let notices = mailbox
+            .notices
             .into_iter()
             .filter(|n| n.expires_at_ms > now)
             .collect();
@@ -250,16 +268,25 @@ impl TenantState {
                 message: message.unwrap_or_else(|| reason.default_message().to_string()),
             },
         });
-        self.tombstone_expiry
-            .push_back((now + cfg.tombstone_ttl.as_millis() as i64, id.clone()));
+        let until = now + cfg.tombstone_ttl.as_millis() as i64;
+        fx.prune_at.push(until);
+        self.tombstone_expiry.push_back((until, id.clone()));
         self.tombstones.insert(id.clone(), tombstone.clone());
         fx.events.push(Event::Ended(tombstone));
         presence(fx, &session, PresenceChange::Ended, now);
         Some(session)
     }
 
-    /// Drops tombstones and idempotency keys whose time is over.
-    fn prune(&mut self, now: i64) {
+    /// Drops tombstones, idempotency keys and mailboxes whose time is over.
+    pub fn prune(&mut self, now: i64) {
+        while let Some((at, _)) = self.mailbox_expiry.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, login)) = self.mailbox_expiry.pop_first() {
+                self.mailbox.remove(&login);
+            }
+        }
         while let Some((at, _)) = self.tombstone_expiry.front() {
             if *at > now {
                 break;
@@ -452,8 +479,18 @@ impl TenantState {
             NotifyTarget::Login(login) => match self.by_login.get(login) {
                 Some(id) => vec![id.clone()],
                 None => {
-                    let queue = self.mailbox.entry(login.clone()).or_default();
-                    push_notice(queue, notice, cfg.max_notices_per_session, now);
+                    let mailbox = self.mailbox.entry(login.clone()).or_default();
+                    push_notice(
+                        &mut mailbox.notices,
+                        notice,
+                        cfg.max_notices_per_session,
+                        now,
+                    );
+                    let until = mailbox.notices.iter().map(|n| n.expires_at_ms).max();
+                    let before = std::mem::replace(&mut mailbox.until, until.unwrap_or(now));
+                    self.mailbox_expiry.remove(&(before, login.clone()));
+                    self.mailbox_expiry.insert((mailbox.until, login.clone()));
+                    fx.prune_at.push(mailbox.until);
                     counts.queued = 1;
                     return Ok(counts);
                 }
@@ -635,6 +672,19 @@ impl TenantState {
                 SessionState::Ended(_) => {}
             }
         }
+    }
+
+    /// How many entries each map holds: sessions, tombstones, idempotency
+    /// keys, mailboxes (and their expiry index) — for tests of the bounds.
+    #[cfg(test)]
+    pub fn stored(&self) -> [usize; 5] {
+        [
+            self.sessions.len(),
+            self.tombstones.len(),
+            self.idempotency.len(),
+            self.mailbox.len(),
+            self.mailbox_expiry.len(),
+        ]
     }
 
     /// Checks that the indexes agree with the sessions (tests and debug builds).

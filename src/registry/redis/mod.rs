@@ -67,6 +67,7 @@ fn socket_req<'a>(
         conn: None,
         status: None,
         nid: None,
+        dead: &[],
     }
 }
 
@@ -208,6 +209,13 @@ impl RedisRegistry {
                     id,
                     current: reply.cur.unwrap_or(0),
                     presented: 0,
+                },
+                Err(e) => RegistryError::Unavailable(e.to_string()),
+            },
+            "toomany" if !reply.elsewhere.is_empty() => match sid() {
+                Ok(id) => RegistryError::SocketsElsewhere {
+                    id,
+                    limit: self.inner.max_sockets_per_session,
                 },
                 Err(e) => RegistryError::Unavailable(e.to_string()),
             },
@@ -443,7 +451,20 @@ impl Registry for RedisRegistry {
             conn: Some(socket.conn),
             ..socket_req("attach", id, generation, &node)
         };
-        let r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        let mut r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+        if !r.elsewhere.is_empty() {
+            // At the limit with sockets on other nodes: those the cluster
+            // has declared dead stop counting (their reap may not have
+            // reached this tenant yet), and the attach is tried once more.
+            let dead = self.inner.store.dead_among(&r.elsewhere).await?;
+            if !dead.is_empty() {
+                let body = wire::SocketReq {
+                    dead: &dead,
+                    ..body
+                };
+                r = self.run(&SCRIPTS.socket, tenant, &body).await?;
+            }
+        }
         if r.err.is_some() {
             let mut e = self.error(tenant, &r, id.as_str());
             if let RegistryError::StaleGeneration { presented, .. } = &mut e {

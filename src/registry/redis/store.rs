@@ -165,6 +165,28 @@ impl Store {
         Ok(reply)
     }
 
+    /// Which of `nodes` the cluster has declared dead (the `{nodes}` dead
+    /// set): one command, in the membership's slot, so it is also right on
+    /// a Redis Cluster, where no tenant script may read that slot.
+    pub(crate) async fn dead_among(&self, nodes: &[String]) -> Result<Vec<String>, RegistryError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(self.nodes_key("dead"))
+            .arg(nodes)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(nodes
+            .iter()
+            .zip(scores)
+            .filter(|(_, score)| score.is_some())
+            .map(|(node, _)| node.clone())
+            .collect())
+    }
+
     /// Runs the membership script about `node` (this one or a dead one).
     /// It reads Redis's clock itself, never this node's.
     pub(crate) async fn nodes(

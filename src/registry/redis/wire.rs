@@ -145,6 +145,10 @@ pub struct SocketReq<'a> {
     /// The notice id acked (ack).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nid: Option<&'a str>,
+    /// attach: nodes found in the `{nodes}` dead set whose sockets the
+    /// session still lists; they no longer count against its limit.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub dead: &'a [String],
 }
 
 /// A message on a tenant's event channel; `k` names the kind.
@@ -176,6 +180,10 @@ pub struct Reply {
     /// `stale`: the session's current generation.
     #[serde(default)]
     pub cur: Option<u64>,
+    /// `toomany`: the other nodes holding the session's sockets (which may
+    /// have died without being declared dead yet).
+    #[serde(default, deserialize_with = "list")]
+    pub elsewhere: Vec<String>,
     /// claim: granted | login | station; attach: live | ended; reassert:
     /// ok | ended | conflict.
     #[serde(default)]

@@ -1,7 +1,7 @@
 -- A node's writes for its sockets, each fenced: a node that was declared
 -- dead (its lease ran out) can change nothing, and the token's generation
 -- must be the session's. R = {op = 'attach'|'detach'|'status'|'ack', sid,
--- gen, node, conn, status, nid}.
+-- gen, node, conn, status, nid, dead (attach: nodes known dead)}.
 if fenced(R.node) then return err('fenced') end
 local r = rec(R.sid)
 if not r then
@@ -16,8 +16,39 @@ if R.op ~= 'ack' and r.s.gen ~= R.gen then return err('stale', {cur = r.s.gen}) 
 if R.op == 'attach' then
   local present = false
   for _, k in ipairs(r.k) do if k.n == R.node and k.c == R.conn then present = true end end
+  if not present and #r.k >= tonumber(C.ms) then
+    -- At the limit: sockets of a node that is dead do not count. Dead is
+    -- this tenant's fence (a reap began here) or R.dead, nodes the caller
+    -- found in the `{nodes}` dead set (another slot on a Redis Cluster,
+    -- so the caller asks, and only when the limit is hit). Their sockets
+    -- are dropped now and the node fenced here, as its reap would.
+    local gone = {}
+    for _, n in ipairs(R.dead or {}) do gone[n] = true end
+    for _, k in ipairs(r.k) do
+      if k.n ~= R.node and gone[k.n] == nil then gone[k.n] = fenced(k.n) end
+    end
+    for n, dead in pairs(gone) do
+      if dead and n ~= R.node then
+        redis.call('SET', P .. 'dead:' .. n, '1', 'PX', C.tt)
+        drop_sockets(r, n, nil)
+      end
+    end
+    if #r.k >= tonumber(C.ms) then
+      -- Sockets on other nodes may be on one that died and is not yet
+      -- declared dead: the caller checks and retries, or tells the client
+      -- to come back later; only this node's own sockets are sure.
+      local elsewhere, seen = {}, {}
+      for _, k in ipairs(r.k) do
+        if k.n ~= R.node and not seen[k.n] then
+          seen[k.n] = true
+          table.insert(elsewhere, k.n)
+        end
+      end
+      if #elsewhere > 0 then return err('toomany', {elsewhere = elsewhere}) end
+      return err('toomany')
+    end
+  end
   if not present then
-    if #r.k >= tonumber(C.ms) then return err('toomany') end
     table.insert(r.k, {n = R.node, c = R.conn, t = NOW})
     redis.call('SADD', P .. 'n:' .. R.node, R.sid)
   end
