@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use support::*;
+use turnstile::connectivity::{Cause, Connectivity};
 use turnstile::pb;
 
 const T: &str = "acme";
@@ -246,6 +247,14 @@ async fn every_server_frame_a_real_node_sends_matches_the_schema() {
     let bo = node.grant(T, "bo", "").await;
     let (mut bo_ws, welcome) = node.connect_welcome(&bo.token).await;
     seen.keep(welcome);
+    // Before that, the node cannot vouch for its sessions, then can again.
+    let switch = node.server().connectivity_switch();
+    switch.set(Connectivity::degraded(Cause::RedisUnreachable));
+    let degraded = seen.keep(bo_ws.wait_type("connectivity").await);
+    assert_eq!(degraded["state"], "degraded", "{degraded}");
+    switch.set(Connectivity::Ok);
+    let ok = seen.keep(bo_ws.wait_type("connectivity").await);
+    assert_eq!(ok["state"], "ok", "{ok}");
     let reader = tokio::spawn(async move {
         let f = bo_ws.wait_type("reconnect").await;
         bo_ws.expect_close(1012).await;
