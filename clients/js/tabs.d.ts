@@ -1,6 +1,6 @@
 // Types of tabs.js: one socket per browser for all its tabs. See docs/clients.md.
 
-import type { Connectivity, Events, Options, Welcome } from "./turnstile.js";
+import type { Connectivity, ConnectivityCause, Events, Options, Welcome } from "./turnstile.js";
 
 /** leader: this tab holds the session's socket; follower: another tab does and relays. */
 export type TabRole = "leader" | "follower";
@@ -40,6 +40,8 @@ export declare class TabClient {
   on<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): () => void;
   off<K extends keyof Events>(event: K, fn: (data: Events[K]) => void): void;
   readonly connectivity: Connectivity;
+  /** Whose fault a degraded connectivity is ("network" or "server"), as the leader tab's client saw it; null when online or offline. */
+  readonly connectivityCause: ConnectivityCause | null;
   readonly session: Welcome | null;
   readonly stopped: boolean;
   readonly rttMs: number | null;

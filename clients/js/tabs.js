@@ -19,6 +19,8 @@
 // the caller falls back to one socket per tab. docs/clients.md has the
 // details.
 
+import { Emitter } from "./emitter.js";
+
 /** The events of a client, relayed from the leader to every tab. */
 export const EVENTS = Object.freeze(["welcome", "notice", "forcedLogout", "connectivity", "presence",
   "loggedOut", "error", "reconnecting", "stopped"]);
@@ -87,14 +89,14 @@ function randomId() {
  * One tab's view of the shared connection: the same API and events as
  * TurnstileClient, plus `tabRole` and the `tabRefused` event.
  */
-export class TabClient {
+export class TabClient extends Emitter {
   constructor(name, mode, support, options, makeClient) {
+    super();
     this._name = name;
     this._mode = mode;
     this._opts = options;
     this._makeClient = makeClient;
     this._tabId = randomId();
-    this._listeners = new Map();
     const t = options.timers ?? {};
     this._timers = {
       setTimeout: t.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),
@@ -107,6 +109,7 @@ export class TabClient {
     this._stopped = false;
     this._closing = false; // this tab's own close(): the others carry on
     this._connectivity = "offline";
+    this._connectivityDetail = { state: "offline", cause: null };
     this._session = null;
     this._sessionKey = null;
     this._rttMs = null;
@@ -160,20 +163,12 @@ export class TabClient {
 
   // --- public API: the same as TurnstileClient -------------------------------
 
-  on(event, fn) {
-    if (typeof fn !== "function") throw new TypeError("turnstile: listener must be a function");
-    let set = this._listeners.get(event);
-    if (!set) this._listeners.set(event, (set = new Set()));
-    set.add(fn);
-    return () => this.off(event, fn);
-  }
-
-  off(event, fn) {
-    this._listeners.get(event)?.delete(fn);
-  }
-
   get connectivity() {
     return this._connectivity;
+  }
+
+  get connectivityCause() {
+    return this._connectivityDetail.cause;
   }
 
   get session() {
@@ -274,7 +269,7 @@ export class TabClient {
       return;
     }
     this._client = client;
-    for (const name of EVENTS) client.on(name, (data) => this._fromClient(name, data));
+    for (const name of EVENTS) client.on(name, (data, extra) => this._fromClient(name, data, extra));
     // Taking over from another tab: the session is being resumed.
     if (this._connectivity === "online") this._mirror("connectivity", "degraded");
     this._post({ kind: "leader", state: this._state() });
@@ -303,7 +298,7 @@ export class TabClient {
   }
 
   /** Everything the real client emits: mirrored here and relayed to the other tabs. */
-  _fromClient(name, data) {
+  _fromClient(name, data, extra) {
     if (name === "stopped") {
       if (this._closing) return; // this tab's own close(): not the others' business
       this._finish(data, true);
@@ -311,8 +306,8 @@ export class TabClient {
     }
     if (name === "connectivity" && data === "offline") return; // only ever before a stop
     if (FINAL_EVENTS.has(name)) this._final = { announce: [name, data], stopped: null };
-    this._post({ kind: "event", name, data, rttMs: this._client?.rttMs ?? null });
-    this._mirror(name, data);
+    this._post({ kind: "event", name, data, extra, rttMs: this._client?.rttMs ?? null });
+    this._mirror(name, data, extra);
     if (name === "welcome" && this._logoutOnWelcome && this._client) {
       this._logoutOnWelcome = false;
       const waiters = [...this._logoutWaiters.values()];
@@ -327,6 +322,7 @@ export class TabClient {
     const notices = [...this._notices.values()].filter((n) => !(n.expires_at_ms > 0 && n.expires_at_ms < now));
     return {
       connectivity: this._connectivity,
+      connectivityDetail: this._connectivityDetail,
       session: this._session,
       rttMs: this.rttMs,
       notices,
@@ -372,7 +368,7 @@ export class TabClient {
           this._finish(msg.data);
         } else if (EVENTS.includes(msg.name)) {
           if (FINAL_EVENTS.has(msg.name)) this._final = { announce: [msg.name, msg.data], stopped: null };
-          this._mirror(msg.name, msg.data);
+          this._mirror(msg.name, msg.data, msg.extra);
         }
         break;
       case "done": {
@@ -443,7 +439,9 @@ export class TabClient {
   _applyState(state) {
     if (!state || typeof state !== "object") return;
     if (typeof state.rttMs === "number") this._rttMs = state.rttMs;
-    if (["online", "degraded", "offline"].includes(state.connectivity)) this._mirror("connectivity", state.connectivity);
+    if (["online", "degraded", "offline"].includes(state.connectivity)) {
+      this._mirror("connectivity", state.connectivity, state.connectivityDetail);
+    }
     if (state.session && typeof state.session === "object") this._mirror("welcome", state.session);
     for (const n of Array.isArray(state.notices) ? state.notices : []) this._mirror("notice", n);
     const f = state.final;
@@ -454,12 +452,18 @@ export class TabClient {
   }
 
   /** Applies one event to this tab's state and emits it, once. */
-  _mirror(name, data) {
+  _mirror(name, data, extra) {
     switch (name) {
-      case "connectivity":
-        if (data === this._connectivity) return;
+      case "connectivity": {
+        // The same state with another cause (the network, then the broker's
+        // word) is news; the detail travels with it.
+        const detail = extra && typeof extra === "object" ? extra : { state: data, cause: data === "degraded" ? "network" : null };
+        if (data === this._connectivity && detail.cause === this._connectivityDetail.cause) return;
         this._connectivity = data;
-        break;
+        this._connectivityDetail = detail;
+        this._emit(name, data, detail);
+        return;
+      }
       case "welcome": {
         const key = JSON.stringify(data);
         if (key === this._sessionKey) return;
@@ -510,7 +514,8 @@ export class TabClient {
     this._client = null;
     if (this._connectivity !== "offline") {
       this._connectivity = "offline";
-      this._emit("connectivity", "offline");
+      this._connectivityDetail = { state: "offline", cause: null };
+      this._emit("connectivity", "offline", this._connectivityDetail);
     }
     this._emit("stopped", data);
   }
@@ -519,18 +524,6 @@ export class TabClient {
     if (this._logoutTimer !== null) {
       this._timers.clearTimeout(this._logoutTimer);
       this._logoutTimer = null;
-    }
-  }
-
-  _emit(event, data) {
-    const set = this._listeners.get(event);
-    if (!set) return;
-    for (const fn of [...set]) {
-      try {
-        fn(data);
-      } catch (e) {
-        (this._opts.onListenerError ?? ((err) => console.error("turnstile: listener of", event, "threw", err)))(e);
-      }
     }
   }
 }

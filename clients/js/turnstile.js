@@ -8,6 +8,7 @@
 // The wire contract is docs/protocol.md; the API is docs/clients.md.
 // Sharing one socket among a browser's tabs is tabs.js.
 
+import { Emitter } from "./emitter.js";
 import { connectAcrossTabs } from "./tabs.js";
 
 /**
@@ -89,8 +90,9 @@ function checkedOptions(url, token, options) {
 }
 
 /** One agent's connection to the broker. Use {@link connect}. */
-export class TurnstileClient {
+export class TurnstileClient extends Emitter {
   constructor(url, token, options = {}) {
+    super();
     const opts = checkedOptions(url, token, options);
     const WS = opts.WebSocket ?? globalThis.WebSocket;
     const t = opts.timers ?? {};
@@ -103,7 +105,6 @@ export class TurnstileClient {
     this._WS = WS;
     this._random = opts.random ?? Math.random;
     this._url = url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-    this._listeners = new Map();
 
     this._ws = null; // the current socket, or null between sockets
     this._welcomed = false; // the current socket got its welcome
@@ -139,20 +140,6 @@ export class TurnstileClient {
   }
 
   // --- public API ---------------------------------------------------------
-
-  /** Adds a listener; returns a function that removes it. */
-  on(event, fn) {
-    if (typeof fn !== "function") throw new TypeError("turnstile: listener must be a function");
-    let set = this._listeners.get(event);
-    if (!set) this._listeners.set(event, (set = new Set()));
-    set.add(fn);
-    return () => this.off(event, fn);
-  }
-
-  /** Removes a listener added with {@link on}. */
-  off(event, fn) {
-    this._listeners.get(event)?.delete(fn);
-  }
 
   /** "online" | "degraded" | "offline". */
   get connectivity() {
@@ -532,18 +519,5 @@ export class TurnstileClient {
     this._connectivity = state;
     this._connectivityCause = cause;
     this._emit("connectivity", state, detail);
-  }
-
-  _emit(event, data, extra) {
-    const set = this._listeners.get(event);
-    if (!set) return;
-    for (const fn of [...set]) {
-      try {
-        fn(data, extra);
-      } catch (e) {
-        // A listener's bug must not break the connection's state machine.
-        (this._opts.onListenerError ?? ((err) => console.error("turnstile: listener of", event, "threw", err)))(e);
-      }
-    }
   }
 }

@@ -23,7 +23,7 @@ test("npm pack yields an importable package with its types", (t) => {
 
   const [packed] = JSON.parse(run("npm", ["pack", "--json", "--pack-destination", tmp], PKG_DIR));
   const files = packed.files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["README.md", "package.json", "schema/frames.schema.json", "tabs.d.ts", "tabs.js", "turnstile.d.ts", "turnstile.js"]);
+  assert.deepEqual(files, ["README.md", "emitter.js", "package.json", "schema/frames.schema.json", "tabs.d.ts", "tabs.js", "turnstile.d.ts", "turnstile.js"]);
 
   // The consumer: node_modules/turnstile-client is the unpacked tarball.
   const consumer = join(tmp, "consumer");

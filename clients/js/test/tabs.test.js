@@ -269,3 +269,25 @@ test("tabs of different sessions do not share", async () => {
   assert.deepEqual([a.client.tabRole, b.client.tabRole], ["leader", "leader"]);
   assert.equal(openSockets([a, b]).length, 2);
 });
+
+test("the broker's connectivity word reaches every tab with its cause, and a late tab sees it too", async () => {
+  const { browser, tabs } = await threeTabs();
+  const details = tabs.map(() => []);
+  tabs.forEach((t, i) => t.client.on("connectivity", (_state, detail) => details[i].push(detail)));
+  tabs[0].socket().receive({ type: "connectivity", state: "degraded", cause: "redis_unreachable", since_ms: 7 });
+  await browser.settle();
+  for (const [i, t] of tabs.entries()) {
+    assert.equal(t.client.connectivity, "degraded", t.name);
+    assert.equal(t.client.connectivityCause, "server", t.name);
+    assert.equal(details[i].at(-1)?.serverCause, "redis_unreachable", t.name);
+  }
+  const d = openTab(browser, "d");
+  await browser.settle();
+  assert.equal(d.client.connectivityCause, "server");
+  tabs[0].socket().receive({ type: "connectivity", state: "ok" });
+  await browser.settle();
+  for (const t of [...tabs, d]) {
+    assert.equal(t.client.connectivity, "online", t.name);
+    assert.equal(t.client.connectivityCause, null, t.name);
+  }
+});
