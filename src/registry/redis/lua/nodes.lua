@@ -29,7 +29,6 @@ end
 if redis.call('ZSCORE', B .. 'dead', node) then return cjson.encode({dead = true}) end
 if op == 'tenant' then
   redis.call('SADD', B .. 't:' .. node, ARGV[4])
-  redis.call('SADD', B .. 'tenants', ARGV[4])
   return cjson.encode({ok = true})
 end
 -- op == 'lease': ARGV[4] = ttl ms, ARGV[5] = a fresh epoch to use if none,
