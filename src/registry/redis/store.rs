@@ -228,7 +228,12 @@ impl Store {
         for a in args {
             inv.arg(a);
         }
+        let sent = tokio::time::Instant::now();
         let raw: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        if op == "lease" {
+            metrics::histogram!(crate::metrics_names::REDIS_LEASE_REFRESH_SECONDS)
+                .record(sent.elapsed().as_secs_f64());
+        }
         serde_json::from_str(&raw)
             .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))
     }
