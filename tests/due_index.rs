@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::procs::{eventually, NodeProc, RedisServer};
+use support::procs::{eventually, NodeProc, RedisCluster, RedisServer};
 use support::*;
 
 /// Idle tenants, one PENDING session each.
@@ -79,6 +79,9 @@ async fn indexed(redis: &RedisServer, key: &str, member: &str) -> bool {
 #[tokio::test]
 async fn idle_tenants_cost_no_expiry_work_and_due_ones_still_expire() {
     let redis = RedisServer::start().await;
+    // A tenant recorded by an older version, in the set it no longer uses.
+    let legacy = "turnstile:{nodes}:tenants";
+    redis.cmd(&["SADD", legacy, "old-tenant"]).await;
     let idle = NodeProc::start(&redis.url(), false, &["--connect-timeout", "10m"]).await;
     let quick = NodeProc::start(&redis.url(), false, &["--connect-timeout", "1s"]).await;
 
@@ -133,5 +136,30 @@ async fn idle_tenants_cost_no_expiry_work_and_due_ones_still_expire() {
     assert!(
         indexed(&redis, due, "idle7").await,
         "an idle tenant is due-indexed"
+    );
+    // The legacy set was emptied into the index, and its tenant, with
+    // nothing left, dropped from it.
+    assert!(!indexed(&redis, legacy, "old-tenant").await);
+    eventually("the legacy tenant to leave the due-index", || async {
+        !indexed(&redis, due, "old-tenant").await
+    })
+    .await;
+}
+
+/// On a Redis Cluster the due-index lives in the `{nodes}` slot, apart
+/// from the tenant's: a PENDING session still expires.
+#[tokio::test]
+async fn a_due_session_expires_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let node = NodeProc::start(&cluster.urls(), true, &["--connect-timeout", "1s"]).await;
+    let mut c = node.client().await;
+    let mut watch = watch_at(node.grpc, "due").await;
+    let r = claim_on(&mut c, claim_req("due", "bob", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    let id = r.session.expect("session").session_id;
+    let ended = watch.expect_for(&id, PresenceChange::Ended).await;
+    assert_eq!(
+        ended.session.expect("session").end_reason(),
+        EndReason::Expired
     );
 }
