@@ -36,6 +36,9 @@ fn tenant_script(body: &str) -> Script {
 /// earliest one earlier (or gave it its first), or — `always` — whenever the
 /// tenant has one. Scripts that must re-index their tenant whatever they
 /// changed (expiry, the reap of a dead node, re-assertion) use `always`.
+/// On one Redis (ARGV[15..17] = the index's keys and the tenant; empty on
+/// a cluster, where they live in another slot) the script lowers the index
+/// itself and answers `{reply, deadline, 1}`: no follow-up needed.
 fn indexed_script(body: &str, always: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
@@ -45,6 +48,11 @@ local reply = (function()
 end)()
 local due_after = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 if due_after and ({always} or not due_before or tonumber(due_after) < tonumber(due_before)) then
+  if ARGV[15] ~= '' then
+    redis.call('ZADD', ARGV[15], 'LT', due_after, ARGV[17])
+    redis.call('HINCRBY', ARGV[16], ARGV[17], 1)
+    return {{reply, due_after, '1'}}
+  end
   return {{reply, due_after}}
 end
 return {{reply}}"
@@ -110,6 +118,9 @@ pub(crate) struct Store {
     /// The global epoch key on one Redis; empty on a cluster (tenants'
     /// markers stand alone there).
     epoch_key: String,
+    /// The due-index keys on one Redis, where scripts update it
+    /// themselves; empty on a cluster.
+    due_keys: [String; 2],
     /// The registry's clock: every script's `now`.
     clock: Clock,
     /// Tenants whose due-index follow-up failed, to retry (bounded).
@@ -129,11 +140,13 @@ impl Store {
             pubcmd: conn::publish_command(target),
             limits: script_limits(cfg),
             epoch_key: String::new(),
+            due_keys: Default::default(),
             clock: cfg.clock.clone(),
             unindexed: due::Unindexed::default(),
         };
         if !target.cluster {
             store.epoch_key = store.nodes_key("epoch");
+            store.due_keys = [store.nodes_key("due"), store.nodes_key("due:v")];
         }
         Ok(store)
     }
@@ -202,14 +215,22 @@ impl Store {
             .arg(epoch)
             .arg(&self.epoch_key)
             .arg(req)
+            .arg(&self.due_keys[..])
+            .arg(if self.due_keys[0].is_empty() {
+                ""
+            } else {
+                tenant.as_str()
+            })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let indexed = raw.len() > 2;
+        raw.truncate(2);
         let earliest = if raw.len() > 1 { raw.pop() } else { None };
         let raw = raw.pop().unwrap_or_default();
         let reply: Reply = serde_json::from_str(&raw)
             .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))?;
-        if let Some(at) = &earliest {
+        if let (Some(at), false) = (&earliest, indexed) {
             due::lower(self, &[(tenant.as_str(), at.as_str())]).await;
         }
         Ok((reply, earliest))
