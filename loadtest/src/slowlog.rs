@@ -1,5 +1,6 @@
-//! Redis' own view of a run: the `SLOWLOG` entries written during it, read
-//! from the Redis the nodes share (a plain connection, no broker involved).
+//! Redis' own view of a run: the `SLOWLOG` entries written during it and
+//! its CPU time (`INFO cpu`), read from the Redis the nodes share (a plain
+//! connection, no broker involved).
 
 use redis::Value;
 
@@ -35,6 +36,23 @@ impl Slowlog {
         let last = entries(&mut conn, 1).await?;
         let since = last.first().map(|e| e.0).unwrap_or(-1);
         Ok(Slowlog { conn, since })
+    }
+
+    /// Redis' CPU time so far (user + system), seconds.
+    pub async fn cpu_seconds(&mut self) -> Result<f64, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| format!("INFO cpu: {e}"))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        };
+        match (field("used_cpu_user:"), field("used_cpu_sys:")) {
+            (Some(u), Some(s)) => Ok(u + s),
+            _ => Err("INFO cpu has no used_cpu_user / used_cpu_sys".into()),
+        }
     }
 
     /// The entries written since [`open`](Self::open).

@@ -2,7 +2,8 @@
 //! a cluster — what many quiet tenants cost when nothing happens. Reports
 //! the nodes' lease refresh health (`turnstile_redis_lease_refresh_seconds`,
 //! `turnstile_redis_fenced_total`), each node's CPU while idle (from its
-//! `/metrics`), and the Redis `SLOWLOG` entries written during the run.
+//! `/metrics`), and Redis' CPU while idle and the `SLOWLOG` entries written
+//! during the run (with `--redis`).
 //!
 //! The sessions are claimed and never connected: run the nodes with a
 //! connect timeout longer than the hold, or expiry ends them mid-run.
@@ -91,11 +92,23 @@ pub async fn tenants(t: &Target, plan: &Plan) -> Report {
         }
         out
     };
+    let redis_cpu0 = match slowlog.as_mut() {
+        Some(s) => s.cpu_seconds().await.ok(),
+        None => None,
+    };
     let before = sample().await;
     let hold_start = Instant::now();
     tokio::time::sleep(plan.hold).await;
     let held_for = hold_start.elapsed().as_secs_f64().max(1e-9);
     let after = sample().await;
+    if let (Some(c0), Some(s)) = (redis_cpu0, slowlog.as_mut()) {
+        if let Ok(c1) = s.cpu_seconds().await {
+            report.machine.insert(
+                "redis_cpu_percent_of_one_core_while_idle".into(),
+                100.0 * (c1 - c0) / held_for,
+            );
+        }
+    }
     let mut cpu_max: f64 = 0.0;
     let mut lease_p99: f64 = 0.0;
     let mut lease_max: f64 = 0.0;

@@ -82,6 +82,7 @@ async fn tenants_holds_sessions_across_tenants_and_reads_lease_cpu_and_slowlog()
         "node0_cpu_percent_of_one_core_while_idle",
         "lease_refresh_p99_ms_max_over_nodes",
         "redis_slowlog_max_ms",
+        "redis_cpu_percent_of_one_core_while_idle",
     ] {
         assert!(
             r.machine.contains_key(key),
