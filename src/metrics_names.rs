@@ -30,6 +30,13 @@ pub const REDIS_FENCED: &str = "turnstile_redis_fenced_total";
 pub const REDIS_RECONCILED: &str = "turnstile_redis_reconciled_total";
 /// Counter: completed reconciliation rounds (local sockets against Redis).
 pub const REDIS_RECONCILE_ROUNDS: &str = "turnstile_redis_reconcile_rounds_total";
+/// Summary: lease refresh round trips (the membership script), seconds.
+pub const REDIS_LEASE_REFRESH_SECONDS: &str = "turnstile_redis_lease_refresh_seconds";
+/// Counter: completed expiry rounds (one per lease tick while the lease
+/// holds).
+pub const REDIS_EXPIRY_ROUNDS: &str = "turnstile_redis_expiry_rounds_total";
+/// Counter: tenants an expiry round woke (had work due, per the due-index).
+pub const REDIS_EXPIRY_TENANTS: &str = "turnstile_redis_expiry_tenants_total";
 /// Counter: sessions whose sockets Redis listed under this node after it
 /// had let them go (a missed detach); reconciliation dropped them.
 pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";

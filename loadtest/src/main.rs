@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
-use turnstile_loadtest::sys;
+use turnstile_loadtest::{sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -112,6 +112,23 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         s: usize,
     },
+    /// N tenants × M PENDING sessions held idle for T: lease refresh
+    /// health, node CPU, Redis SLOWLOG (run the nodes with a connect
+    /// timeout longer than the hold).
+    Tenants {
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 2)]
+        sessions: usize,
+        /// How long to hold, e.g. 5m.
+        #[arg(long, default_value = "5m", value_parser = humantime_secs)]
+        hold: Duration,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The Redis the nodes share (URL), for its SLOWLOG.
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Random connect / drop / resume / logout / takeover for T.
     Churn {
         #[arg(long, default_value_t = 100)]
@@ -203,6 +220,22 @@ fn main() -> anyhow::Result<()> {
             Scenario::Stations { m, s } => scenarios::stations(&target, m, s).await,
             Scenario::Churn { agents, duration } => {
                 scenarios::churn(&target, agents, duration).await
+            }
+            Scenario::Tenants {
+                tenants,
+                sessions,
+                hold,
+                concurrency,
+                redis,
+            } => {
+                let plan = tenants::Plan {
+                    tenants,
+                    sessions,
+                    hold,
+                    concurrency,
+                    redis,
+                };
+                tenants::tenants(&target, &plan).await
             }
         }
     });

@@ -83,8 +83,9 @@ impl Probe {
     }
 }
 
-/// The value of an unlabelled sample `name` in a Prometheus text body.
-fn metric(body: &str, name: &str) -> Option<f64> {
+/// The value of an unlabelled sample `name` in a Prometheus text body (or
+/// of one labelled sample, `name` spelt with its labels).
+pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?;
         rest.starts_with(' ').then(|| rest.trim().parse().ok())?
@@ -92,7 +93,7 @@ fn metric(body: &str, name: &str) -> Option<f64> {
 }
 
 /// `GET /metrics` over HTTP/1.1, bounded in time and size.
-async fn scrape(node: SocketAddr) -> Result<String, String> {
+pub async fn scrape(node: SocketAddr) -> Result<String, String> {
     let get = async {
         let mut s = TcpStream::connect(node).await?;
         let req = format!("GET /metrics HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n");

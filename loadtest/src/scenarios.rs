@@ -47,7 +47,7 @@ impl Target {
     }
 
     /// One client per channel, `channels_per_node` per node.
-    async fn brokers(&self) -> Result<Vec<Broker>, Error> {
+    pub(crate) async fn brokers(&self) -> Result<Vec<Broker>, Error> {
         let mut out = Vec::new();
         for addr in &self.grpc {
             for _ in 0..self.channels_per_node.max(1) {
@@ -73,7 +73,7 @@ impl Target {
         }
     }
 
-    fn bar(&self, n: u64, what: &str) -> ProgressBar {
+    pub(crate) fn bar(&self, n: u64, what: &str) -> ProgressBar {
         if !self.progress {
             return ProgressBar::hidden();
         }
@@ -111,7 +111,12 @@ pub fn classify(e: &Error) -> String {
     }
 }
 
-fn finish(report: &mut Report, started: Instant, cpu0: Option<Duration>, threads: usize) {
+pub(crate) fn finish(
+    report: &mut Report,
+    started: Instant,
+    cpu0: Option<Duration>,
+    threads: usize,
+) {
     let wall = started.elapsed().as_secs_f64();
     report.wall_seconds = wall;
     if let (Some(c0), Some(c1)) = (cpu0, sys::cpu_time("self")) {
@@ -129,7 +134,7 @@ fn finish(report: &mut Report, started: Instant, cpu0: Option<Duration>, threads
 }
 
 /// The generator's worker threads (`--threads`, or its default).
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     tokio::runtime::Handle::current().metrics().num_workers()
 }
 

@@ -12,6 +12,7 @@
 //! subscribed to a tenant before it attaches a socket there.
 
 pub(crate) mod conn;
+pub(crate) mod due;
 pub(crate) mod store;
 pub(crate) mod wire;
 

@@ -41,7 +41,6 @@ end
 if redis.call('ZSCORE', B .. 'dead', node) then return cjson.encode({dead = true}) end
 if op == 'tenant' then
   redis.call('SADD', B .. 't:' .. node, ARGV[3])
-  redis.call('SADD', B .. 'tenants', ARGV[3])
   return cjson.encode({ok = true})
 end
 -- op == 'lease': ARGV[3] = ttl ms, ARGV[4] = a fresh epoch to use if none,

@@ -10,6 +10,8 @@
 --                 it (idempotency ttl ms), mn (max notices), nt (default
 --                 notice ttl ms), epoch, ge (global epoch key, '' on a cluster)
 --   ARGV[14] = request JSON
+--   ARGV[15..17] = the due-index keys and the tenant, for the wrapper in
+--                 store.rs ('' on a cluster: the node updates the index)
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
 -- t = attached at}], nt = notices, dl}
 local P = ARGV[1]

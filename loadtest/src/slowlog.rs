@@ -1,0 +1,113 @@
+//! Redis' own view of a run: the `SLOWLOG` entries written during it and
+//! its CPU time (`INFO cpu`), read from the Redis the nodes share (a plain
+//! connection, no broker involved).
+
+use redis::Value;
+
+/// The most entries read back (Redis keeps 128 by default).
+const MAX_ENTRIES: i64 = 1024;
+
+/// A connection to the Redis the nodes use.
+pub struct Slowlog {
+    conn: redis::aio::MultiplexedConnection,
+    /// The id of the last entry before the run (-1: none).
+    since: i64,
+}
+
+/// What the slow log recorded during the run.
+#[derive(Debug, Default)]
+pub struct Slow {
+    pub entries: u64,
+    pub max_us: u64,
+    /// The command of the slowest entry.
+    pub worst: String,
+    /// Redis' `slowlog-log-slower-than` (µs), if it may be read.
+    pub threshold_us: Option<i64>,
+}
+
+impl Slowlog {
+    /// Connects to `url` and notes where the slow log stands.
+    pub async fn open(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("connecting to {url}: {e}"))?;
+        let last = entries(&mut conn, 1).await?;
+        let since = last.first().map(|e| e.0).unwrap_or(-1);
+        Ok(Slowlog { conn, since })
+    }
+
+    /// Redis' CPU time so far (user + system), seconds.
+    pub async fn cpu_seconds(&mut self) -> Result<f64, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| format!("INFO cpu: {e}"))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        };
+        match (field("used_cpu_user:"), field("used_cpu_sys:")) {
+            (Some(u), Some(s)) => Ok(u + s),
+            _ => Err("INFO cpu has no used_cpu_user / used_cpu_sys".into()),
+        }
+    }
+
+    /// The entries written since [`open`](Self::open).
+    pub async fn read(&mut self) -> Result<Slow, String> {
+        let mut out = Slow::default();
+        for (id, us, cmd) in entries(&mut self.conn, MAX_ENTRIES).await? {
+            if id <= self.since {
+                continue;
+            }
+            out.entries += 1;
+            if us >= out.max_us {
+                out.max_us = us;
+                out.worst = cmd;
+            }
+        }
+        let cfg: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("slowlog-log-slower-than")
+            .query_async(&mut self.conn)
+            .await;
+        out.threshold_us = cfg.ok().and_then(|v| v.get(1)?.parse().ok());
+        Ok(out)
+    }
+}
+
+/// `(id, duration µs, command)` of the newest `n` entries.
+async fn entries(
+    conn: &mut redis::aio::MultiplexedConnection,
+    n: i64,
+) -> Result<Vec<(i64, u64, String)>, String> {
+    let v: Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(n)
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("SLOWLOG GET: {e}"))?;
+    let Value::Array(list) = v else {
+        return Err(format!("SLOWLOG GET replied {v:?}"));
+    };
+    Ok(list
+        .iter()
+        .filter_map(|e| {
+            let Value::Array(f) = e else { return None };
+            let int = |v: &Value| match v {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            };
+            let cmd = match f.get(3)? {
+                Value::Array(args) => match args.first()? {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            Some((int(f.first()?)?, int(f.get(2)?)?.max(0) as u64, cmd))
+        })
+        .collect())
+}
