@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js`, `/tabs.js` | the page and the SDK |
+//! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js`, `/tabs.js`, `/emitter.js` | the page and the SDK |
 //! | `GET /api/stations` | registered stations, free or held (`StationStatus`) |
 //! | `POST /api/login` | `{login, password, station, confirm}` → `Claim` |
 //! | `POST /api/logout` | `Release` of the caller's session |
@@ -41,6 +41,8 @@ const STYLE_CSS: &str = include_str!("static/style.css");
 const SDK_JS: &str = include_str!("../../clients/js/turnstile.js");
 /// The SDK's tab sharing, imported by `turnstile.js` as `./tabs.js`.
 const SDK_TABS_JS: &str = include_str!("../../clients/js/tabs.js");
+/// The SDK's listener bookkeeping, imported by both as `./emitter.js`.
+const SDK_EMITTER_JS: &str = include_str!("../../clients/js/emitter.js");
 
 /// The largest request body the API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -144,6 +146,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
         "/app.js" if m == Method::GET => Ok(asset(APP_JS, "text/javascript; charset=utf-8")),
         "/turnstile.js" if m == Method::GET => Ok(asset(SDK_JS, "text/javascript; charset=utf-8")),
         "/tabs.js" if m == Method::GET => Ok(asset(SDK_TABS_JS, "text/javascript; charset=utf-8")),
+        "/emitter.js" if m == Method::GET => {
+            Ok(asset(SDK_EMITTER_JS, "text/javascript; charset=utf-8"))
+        }
         "/style.css" if m == Method::GET => Ok(asset(STYLE_CSS, "text/css; charset=utf-8")),
         "/api/stations" if m == Method::GET => reply(app.login.stations().await),
         "/api/login" if m == Method::POST => {
@@ -193,12 +198,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Demo
             tracing::info!(?state, "demo: simulated backend state set");
             Ok(json_response(StatusCode::OK, &json!({"state": state})))
         }
-        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/tabs.js" | "/style.css"
-        | "/api/stations" | "/api/login" | "/api/logout" | "/api/agents" | "/api/notify"
-        | "/api/netsim" | "/api/backend" => Err(DemoError::MethodNotAllowed(format!(
-            "{m} {}",
-            parts.uri.path()
-        ))),
+        "/" | "/index.html" | "/app.js" | "/turnstile.js" | "/tabs.js" | "/emitter.js"
+        | "/style.css" | "/api/stations" | "/api/login" | "/api/logout" | "/api/agents"
+        | "/api/notify" | "/api/netsim" | "/api/backend" => Err(DemoError::MethodNotAllowed(
+            format!("{m} {}", parts.uri.path()),
+        )),
         other => Err(DemoError::NotFound(other.chars().take(200).collect())),
     }
 }
