@@ -158,7 +158,7 @@ test("three tabs share one socket, all get every notice, and closing the leader 
     for (const page of [first, second, third]) {
       await page.locator(".notice", { hasText: "Your license expires in 1 day" }).waitFor({ state: "visible" });
     }
-    await second.screenshot({ path: resolve(SHOTS, "12-three-tabs-one-socket.png") });
+    await second.screenshot({ path: resolve(SHOTS, "13-three-tabs-one-socket.png") });
 
     // The leader tab goes: the next tab takes the lock and resumes the session.
     await first.close();
@@ -171,7 +171,7 @@ test("three tabs share one socket, all get every notice, and closing the leader 
     await waitText(second, "#tab-role", "holds the connection");
     await waitText(third, "#tab-role", "shares the connection");
     await socketsSettleAt(d, 1);
-    await second.screenshot({ path: resolve(SHOTS, "13-tab-took-over.png") });
+    await second.screenshot({ path: resolve(SHOTS, "14-tab-took-over.png") });
   });
 });
 
@@ -186,7 +186,7 @@ test("singleTab: a second tab of the session is refused and opens no socket", { 
     const second = await open(url);
     await second.locator("#ended").waitFor({ state: "visible" });
     assert.match(await text(second, "#ended-message"), /already open in another tab/);
-    await second.screenshot({ path: resolve(SHOTS, "14-single-tab-refused.png") });
+    await second.screenshot({ path: resolve(SHOTS, "15-single-tab-refused.png") });
     assert.equal(await sockets(d), 1, "the refused tab opened no socket");
     assert.equal(await text(first, "#conn"), "online");
   });
