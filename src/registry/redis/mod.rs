@@ -36,8 +36,7 @@ use super::{
 use crate::cluster::{fenced, Cluster};
 use crate::hub::sockets::LocalSockets;
 use crate::session::{
-    ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, Session, SessionId, Station,
-    Tenant,
+    ClaimRequest, Generation, Login, NodeId, Notice, Session, SessionId, Station, Tenant,
 };
 
 /// Settings of the Redis registry beyond the common ones.
@@ -259,10 +258,7 @@ impl Registry for RedisRegistry {
             station: req.station.as_ref().map(|s| s.as_str()).unwrap_or(""),
             client: &req.client,
             role: &req.role,
-            policy: match req.policy {
-                ConflictPolicy::Reject => "reject",
-                ConflictPolicy::Takeover => "takeover",
-            },
+            policy: req.policy.as_str(),
             attrs: &req.attributes,
             idem: req.idempotency_key.as_deref().unwrap_or(""),
             kep: self.known(&tenant),

@@ -269,26 +269,11 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {
 }
 
 pub fn end_reason(s: &str) -> Result<EndReason, RegistryError> {
-    Ok(match s {
-        "logged_out" => EndReason::LoggedOut,
-        "superseded" => EndReason::Superseded,
-        "station_changed" => EndReason::StationChanged,
-        "evicted" => EndReason::Evicted,
-        "expired" => EndReason::Expired,
-        other => return Err(corrupt("end reason", other)),
-    })
+    s.parse().map_err(|e| corrupt("end reason", e))
 }
 
 fn presence_change(s: &str) -> Result<PresenceChange, RegistryError> {
-    Ok(match s {
-        "claimed" => PresenceChange::Claimed,
-        "connected" => PresenceChange::Connected,
-        "disconnected" => PresenceChange::Disconnected,
-        "reconnected" => PresenceChange::Reconnected,
-        "status_changed" => PresenceChange::StatusChanged,
-        "ended" => PresenceChange::Ended,
-        other => return Err(corrupt("presence change", other)),
-    })
+    s.parse().map_err(|e| corrupt("presence change", e))
 }
 
 fn opt_station(s: &str) -> Result<Option<Station>, RegistryError> {
@@ -303,13 +288,8 @@ fn opt_station(s: &str) -> Result<Option<Station>, RegistryError> {
 
 impl WSession {
     pub fn to_session(&self, tenant: &Tenant) -> Result<Session, RegistryError> {
-        let state = match self.state.as_str() {
-            "pending" => SessionState::Pending,
-            "connected" => SessionState::Connected,
-            "disconnected" => SessionState::Disconnected,
-            "ended" => SessionState::Ended(end_reason(&self.reason)?),
-            other => return Err(corrupt("session state", other)),
-        };
+        let state = SessionState::parse(&self.state, &self.reason)
+            .map_err(|e| corrupt("session state", e))?;
         Ok(Session {
             id: SessionId::parse(&self.id).map_err(|e| corrupt("session id", e))?,
             tenant: tenant.clone(),
@@ -328,12 +308,10 @@ impl WSession {
     }
 
     pub fn from_session(s: &Session) -> Self {
-        let (state, reason) = match s.state {
-            SessionState::Pending => ("pending", ""),
-            SessionState::Connected => ("connected", ""),
-            SessionState::Disconnected => ("disconnected", ""),
-            SessionState::Ended(r) => ("ended", r.as_str()),
-        };
+        let (state, reason) = (
+            s.state.as_str(),
+            s.state.end_reason().map(EndReason::as_str).unwrap_or(""),
+        );
         WSession {
             id: s.id.as_str().to_string(),
             login: s.login.as_str().to_string(),
