@@ -6,24 +6,11 @@
 // Every wait is bounded (WAIT_MS, or the test's own timeout), and every
 // process started here is stopped in an after hook.
 
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
 
-import { launch } from "../lib/browser.js";
-import { startDemo } from "../lib/demo.js";
-
-const HERE = dirname(fileURLToPath(import.meta.url));
-// SCREENSHOT_DIR lets CI write elsewhere, keeping the committed set intact.
-const SHOTS = process.env.SCREENSHOT_DIR ? resolve(process.env.SCREENSHOT_DIR) : resolve(HERE, "../screenshots");
-const ARTIFACTS = resolve(HERE, "../artifacts");
-
-/** The bound on each single wait for the page. */
-const WAIT_MS = 15_000;
-/** The bound on each whole test. */
-const TEST_MS = 90_000;
+import { ARTIFACTS, SHOTS, suite, TEST_MS, WAIT_MS } from "../lib/suite.js";
 
 const SUPERSEDED = "Another user has logged with your credentials. Multiple logins not allowed.";
 const STATION_CHANGED = "Your connection has been dropped due to a subsequent log on to a different station.";
@@ -31,30 +18,11 @@ const NETWORK = "Experiencing network connectivity issues. Please check your int
 const SERVICE = "Service notice: we are having trouble with our systems. Your session is safe — keep working; you stay signed in.";
 const LOGIN_IN_USE = "User already logged. Do you want to continue?";
 
-let browser;
-const demos = [];
-
-before(async () => {
-  await mkdir(SHOTS, { recursive: true });
-  await mkdir(ARTIFACTS, { recursive: true });
-  browser = await launch();
-});
-
-after(async () => {
-  await Promise.allSettled(demos.map((d) => d.stop()));
-  await browser?.close();
-});
-
-/** A demo for one test, stopped at the end of the file at the latest. */
-async function demo() {
-  const d = await startDemo({ heartbeat: "1s" });
-  demos.push(d);
-  return d;
-}
+const { browser, demo } = suite();
 
 /** A person: an isolated browser context with one page on the demo. */
 async function person(d, name) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
+  const context = await browser().newContext({ viewport: { width: 1000, height: 720 } });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));

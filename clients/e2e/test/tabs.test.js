@@ -6,47 +6,17 @@
 // Every wait is bounded (WAIT_MS, or the test's own timeout), and every
 // process started here is stopped in an after hook.
 
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
 
-import { launch } from "../lib/browser.js";
-import { startDemo } from "../lib/demo.js";
+import { ARTIFACTS, SHOTS, suite, TEST_MS, WAIT_MS } from "../lib/suite.js";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const SHOTS = process.env.SCREENSHOT_DIR ? resolve(process.env.SCREENSHOT_DIR) : resolve(HERE, "../screenshots");
-const ARTIFACTS = resolve(HERE, "../artifacts");
-
-/** The bound on each single wait for a page or the broker. */
-const WAIT_MS = 15_000;
-/** The bound on each whole test. */
-const TEST_MS = 90_000;
-
-let browser;
-const demos = [];
-
-before(async () => {
-  await mkdir(SHOTS, { recursive: true });
-  await mkdir(ARTIFACTS, { recursive: true });
-  browser = await launch();
-});
-
-after(async () => {
-  await Promise.allSettled(demos.map((d) => d.stop()));
-  await browser?.close();
-});
-
-async function demo() {
-  const d = await startDemo({ heartbeat: "1s" });
-  demos.push(d);
-  return d;
-}
+const { browser, demo } = suite();
 
 /** One browser profile; its pages are the tabs. Closed at the end of `body`, with screenshots on failure. */
 async function withProfile(name, body) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
+  const context = await browser().newContext({ viewport: { width: 1000, height: 720 } });
   const tabs = [];
   const open = async (url) => {
     const page = await context.newPage();
