@@ -76,11 +76,6 @@ impl Health {
         Self::default()
     }
 
-    /// The current state.
-    pub fn current(&self) -> Connectivity {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records what the registry sees now: `None` when all is well, else
     /// the cause. A change is published to `sink`; an outage keeps the
     /// `since_ms` of its start when only its cause changes.
@@ -93,16 +88,6 @@ impl Health {
             }
             (Some(cause), Connectivity::Ok) => Connectivity::degraded(cause),
         };
-        if next != *state {
-            *state = next;
-            self.publish(next, sink);
-        }
-    }
-
-    /// Sets the state as given (the demo's simulated outage), publishing
-    /// it when it changed.
-    pub fn set(&self, next: Connectivity, sink: &dyn EventSink) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if next != *state {
             *state = next;
             self.publish(next, sink);

@@ -118,16 +118,7 @@ async fn idle_tenants_cost_no_expiry_work_and_due_ones_still_expire() {
 
     // A tenant with a due session is still expired, and then leaves every
     // index; the idle ones stay indexed.
-    let mut c = quick.client().await;
-    let mut watch = watch_at(quick.grpc, "due").await;
-    let r = claim_on(&mut c, claim_req("due", "bob", "", ConflictPolicy::Reject)).await;
-    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    let id = r.session.expect("session").session_id;
-    let ended = watch.expect_for(&id, PresenceChange::Ended).await;
-    assert_eq!(
-        ended.session.expect("session").end_reason(),
-        EndReason::Expired
-    );
+    claim_and_see_it_expire(quick.grpc).await;
     let (due, tenants) = ("turnstile:{nodes}:due", "turnstile:{nodes}:tenants");
     eventually("the expired tenant to leave the indexes", || async {
         !indexed(&redis, due, "due").await && !indexed(&redis, tenants, "due").await
@@ -152,8 +143,14 @@ async fn idle_tenants_cost_no_expiry_work_and_due_ones_still_expire() {
 async fn a_due_session_expires_on_a_redis_cluster() {
     let cluster = RedisCluster::start().await;
     let node = NodeProc::start(&cluster.urls(), true, &["--connect-timeout", "1s"]).await;
-    let mut c = node.client().await;
-    let mut watch = watch_at(node.grpc, "due").await;
+    claim_and_see_it_expire(node.grpc).await;
+}
+
+/// Claims login bob of tenant `due` on the node at `grpc` and waits, bounded,
+/// for its session to end EXPIRED (nobody connects to it).
+async fn claim_and_see_it_expire(grpc: std::net::SocketAddr) {
+    let mut c = grpc_client(grpc).await;
+    let mut watch = watch_at(grpc, "due").await;
     let r = claim_on(&mut c, claim_req("due", "bob", "", ConflictPolicy::Reject)).await;
     assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
     let id = r.session.expect("session").session_id;
