@@ -169,9 +169,35 @@ impl SessionId {
 }
 
 /// Per-login grant counter: a fencing token. Every grant for a login gets a
-/// larger generation than any earlier grant for that login.
+/// larger generation than any earlier grant for that login — also after
+/// the counter itself was lost (Redis lost its data, failed over to a
+/// replica that was behind, an embedded node restarted): see [`Generation::next`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Generation(pub u64);
+
+impl Generation {
+    /// Generations per millisecond of the floor: up to this many grants of
+    /// one login per millisecond stay on the floor (more run ahead of it,
+    /// and are still increasing).
+    pub const PER_MS: u64 = 10;
+
+    /// The rule both registries apply (Rust here, `next_generation` in
+    /// `lua/prelude.lua`): one more than the login's stored counter, but
+    /// never below a floor that time raises, `now_ms × PER_MS`. A counter
+    /// that is gone starts again at the floor, which is above every
+    /// generation granted before as long as the clock now reads later than
+    /// it did at that grant (the assumptions are in docs/operations.md).
+    ///
+    /// The floor stays below 10^14 until the year 2286: Redis's Lua prints
+    /// numbers with 14 significant digits, and JavaScript reads JSON
+    /// numbers exactly only below 2^53.
+    pub fn next(stored: u64, now_ms: i64) -> Generation {
+        let floor = u64::try_from(now_ms)
+            .unwrap_or(0)
+            .saturating_mul(Self::PER_MS);
+        Generation(stored.saturating_add(1).max(floor))
+    }
+}
 
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -444,6 +470,23 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generation_is_one_more_than_the_last_but_never_below_the_floor() {
+        let now = 1_795_396_000_123;
+        assert_eq!(Generation::next(0, now), Generation(17_953_960_001_230));
+        assert_eq!(
+            Generation::next(17_953_960_001_230, now),
+            Generation(17_953_960_001_231)
+        );
+        assert_eq!(Generation::next(u64::MAX - 1, now), Generation(u64::MAX));
+        assert_eq!(Generation::next(41, -5), Generation(42));
+        // The floor stays exact in Redis's Lua (< 10^14) and in JavaScript
+        // (< 2^53) until the year 2286.
+        let year_2286_ms = 9_999_999_999_999;
+        assert!(Generation::next(0, year_2286_ms).0 < 100_000_000_000_000);
+        assert!(Generation::next(0, year_2286_ms).0 < 1 << 53);
+    }
 
     #[test]
     fn random_session_ids_are_distinct_v4_uuids_that_parse_as_ids() {

@@ -176,8 +176,7 @@ impl TenantState {
                 evicted.push(ended);
             }
         }
-        let generation = self.generations.entry(req.login.clone()).or_insert(0);
-        *generation += 1;
+        let generation = self.next_generation(&req.login, now);
         let session = Session {
             id: new_id.clone(),
             tenant: self.tenant.clone(),
@@ -185,7 +184,7 @@ impl TenantState {
             station: req.station.clone(),
             client: req.client.clone(),
             role: req.role.clone(),
-            generation: Generation(*generation),
+            generation,
             state: SessionState::Pending,
             created_at_ms: now,
             last_seen_ms: now,
@@ -218,6 +217,14 @@ impl TenantState {
         fx.deadlines.push((deadline, new_id));
         presence(fx, &session, PresenceChange::Claimed, now);
         ClaimOutcome::Granted { session, evicted }
+    }
+
+    /// The login's next generation ([`Generation::next`]), recorded.
+    fn next_generation(&mut self, login: &Login, now: i64) -> Generation {
+        let stored = self.generations.entry(login.clone()).or_insert(0);
+        let next = Generation::next(*stored, now);
+        *stored = next.0;
+        next
     }
 
     /// A replayed idempotent outcome, with the granted session as it is now.

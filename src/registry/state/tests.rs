@@ -213,6 +213,24 @@ fn sockets_are_bounded_and_fenced_by_generation() {
     assert!(matches!(err, RegistryError::StaleGeneration { .. }));
 }
 
+/// A tenant state that starts empty — an embedded node restarted, or a
+/// Redis that lost its counters — still grants every login a generation
+/// above the ones it granted before, because time raised the floor; and
+/// grants faster than the floor moves keep increasing.
+#[test]
+fn generations_keep_increasing_across_a_lost_counter() {
+    let mut s = state();
+    let mut last = Generation(0);
+    for _ in 0..(Generation::PER_MS + 5) {
+        let (a, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Takeover), T0);
+        assert!(a.generation > last, "{:?} after {last:?}", a.generation);
+        last = a.generation;
+    }
+    let mut restarted = state();
+    let (b, _, _) = grant(&mut restarted, req("ana", None, ConflictPolicy::Reject), T0 + 2);
+    assert!(b.generation > last, "{:?} after {last:?}", b.generation);
+}
+
 #[test]
 fn notices_queue_until_acked_and_a_login_mailbox_feeds_the_next_session() {
     let mut s = state();

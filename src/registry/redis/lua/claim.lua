@@ -48,7 +48,7 @@ if not out then
       table.insert(evicted, es)
       table.insert(evj, esj)
     end
-    local gen = redis.call('INCR', P .. 'g:' .. R.login)
+    local gen = next_generation(R.login)
     local s = {id = R.sid, login = R.login, station = R.station, client = R.client,
       role = R.role, gen = gen, state = 'pending', created = NOW, seen = NOW,
       node = C.node, attrs = R.attrs, status = '', reason = ''}

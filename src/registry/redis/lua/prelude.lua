@@ -146,3 +146,23 @@ local function ensure_epoch()
   redis.call('SET', P .. 'ep', C.epoch)
   return nil
 end
+
+-- Generations (Generation::next in session.rs): one more than the login's
+-- counter, never below a floor time raises, ms x 10, so a counter Redis
+-- lost (restart, failover to a replica that was behind) starts again above
+-- every generation granted before. The floor's clock is the earlier of
+-- Redis's own (TIME) and the caller's registry clock, which follows
+-- Redis's to half a round trip: a node whose clock runs ahead cannot push
+-- generations beyond what the floor reaches after a loss, and on a test's
+-- manual clock (set in the past) the embedded and Redis registries agree.
+-- Stays below 1e14, which Lua prints exactly (14 significant digits).
+local function next_generation(login)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if NOW < ms then ms = NOW end
+  local k = P .. 'g:' .. login
+  local g = tonumber(redis.call('GET', k) or '0') + 1
+  if g < ms * 10 then g = ms * 10 end
+  redis.call('SET', k, string.format('%d', g))
+  return g
+end
