@@ -53,7 +53,12 @@ async fn embedded_node() -> Served {
     spawn_serve(
         Command::new(env!("CARGO_BIN_EXE_turnstile"))
             .arg("serve")
-            .args(["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--signing-key", SECRET, "--node", "solo"])
             .env("RUST_LOG", "warn")
             .kill_on_drop(true),

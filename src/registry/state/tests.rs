@@ -227,7 +227,11 @@ fn generations_keep_increasing_across_a_lost_counter() {
         last = a.generation;
     }
     let mut restarted = state();
-    let (b, _, _) = grant(&mut restarted, req("ana", None, ConflictPolicy::Reject), T0 + 2);
+    let (b, _, _) = grant(
+        &mut restarted,
+        req("ana", None, ConflictPolicy::Reject),
+        T0 + 2,
+    );
     assert!(b.generation > last, "{:?} after {last:?}", b.generation);
 }
 
