@@ -4,7 +4,9 @@
 //! Commands and subscriptions never share a connection, so Redis dropping
 //! a slow subscriber (`client-output-buffer-limit pubsub`) cannot fail a
 //! claim in flight. Both reconnect by themselves; every command has a
-//! response timeout so a Redis that went away fails a claim fast.
+//! response timeout so a Redis that went away fails a claim fast. Neither
+//! resends a command whose connection failed: whether a script may run
+//! again is the store's decision (`store::may_resend`).
 
 use std::time::Duration;
 
@@ -68,7 +70,10 @@ pub async fn commands(target: &Target) -> redis::RedisResult<Conn> {
         let client = redis::cluster::ClusterClientBuilder::new(target.urls.clone())
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .retries(2)
+            // The cluster client would resend a script whose connection
+            // reset, not knowing whether it ran: resending is explicit,
+            // and only for scripts that may run twice (`store::may_resend`).
+            .retries(0)
             .build()?;
         Ok(Conn::Cluster(client.get_async_connection().await?))
     } else {
@@ -76,7 +81,7 @@ pub async fn commands(target: &Target) -> redis::RedisResult<Conn> {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_number_of_retries(1)
+            .set_number_of_retries(1) // reconnection attempts, not resends
             .set_max_delay(500);
         Ok(Conn::Single(
             ConnectionManager::new_with_config(client, cfg).await?,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use redis::Script;
 use serde::Serialize;
+use tracing::debug;
 
 use super::conn::{self, Conn, Target};
 use super::due;
@@ -73,6 +74,20 @@ pub(crate) struct Scripts {
     pub reassert: Script,
     pub nodes: Script,
     pub due: Script,
+}
+
+impl Scripts {
+    /// Scripts that may run twice for one call with the effect and answer
+    /// of one run, so a call whose connection reset may be sent again: a
+    /// claim recognises its own request by the session id it carries
+    /// (`claimed_before` in `prelude.lua`), a read changes nothing, and
+    /// releasing an ended session answers it unchanged. Every other
+    /// script is sent once; its caller hears UNAVAILABLE.
+    pub(crate) fn rerunnable(&self, script: &Script) -> bool {
+        [&self.claim, &self.read, &self.release]
+            .iter()
+            .any(|s| s.get_hash() == script.get_hash())
+    }
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -210,25 +225,36 @@ impl Store {
         let req = serde_json::to_string(req)
             .map_err(|e| RegistryError::Unavailable(format!("encoding a request: {e}")))?;
         let mut conn = self.conn.clone();
-        let mut raw: Vec<String> = script
-            .key(format!("{p}ep"))
-            .arg(&p)
-            .arg(self.clock.now_ms())
-            .arg(self.pubcmd)
-            .arg(node.as_str())
-            .arg(&self.limits[..])
-            .arg(epoch)
-            .arg(&self.epoch_key)
-            .arg(req)
-            .arg(&self.due_keys[..])
-            .arg(if self.due_keys[0].is_empty() {
-                ""
-            } else {
-                tenant.as_str()
-            })
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let rerunnable = SCRIPTS.rerunnable(script);
+        let mut resent = 0;
+        let mut raw: Vec<String> = loop {
+            let result = script
+                .key(format!("{p}ep"))
+                .arg(&p)
+                .arg(self.clock.now_ms())
+                .arg(self.pubcmd)
+                .arg(node.as_str())
+                .arg(&self.limits[..])
+                .arg(epoch)
+                .arg(&self.epoch_key)
+                .arg(&req)
+                .arg(&self.due_keys[..])
+                .arg(if self.due_keys[0].is_empty() {
+                    ""
+                } else {
+                    tenant.as_str()
+                })
+                .invoke_async(&mut conn)
+                .await;
+            match result {
+                Ok(raw) => break raw,
+                Err(e) if resent < MAX_RESENDS && may_resend(&e, rerunnable) => {
+                    debug!(error = %e, %tenant, "resending a script call");
+                    resent += 1;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
         let indexed = raw.len() > 2;
         raw.truncate(2);
         let earliest = if raw.len() > 1 { raw.pop() } else { None };
@@ -285,6 +311,30 @@ impl Store {
         }
         serde_json::from_str(&raw)
             .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))
+    }
+}
+
+/// Times a failed script call is sent again (see [`may_resend`]).
+const MAX_RESENDS: usize = 1;
+
+/// Whether a script call that failed with `e` may be sent again. Always
+/// when Redis provably did not run it (a cluster redirect, a refused
+/// connection). When it may have run — the connection reset or the reply
+/// timed out after the call left — only if the script is
+/// [`rerunnable`](Scripts::rerunnable): a second run of anything else could
+/// end or grant a session twice. The connections themselves never resend
+/// (see `conn.rs`); this is the one place that does.
+fn may_resend(e: &redis::RedisError, rerunnable: bool) -> bool {
+    use redis::RetryMethod;
+    if e.is_connection_refusal() {
+        return true;
+    }
+    match e.retry_method() {
+        RetryMethod::MovedRedirect | RetryMethod::AskRedirect => true,
+        RetryMethod::Reconnect
+        | RetryMethod::ReconnectFromInitialConnections
+        | RetryMethod::RetryImmediately => rerunnable,
+        _ => false,
     }
 }
 

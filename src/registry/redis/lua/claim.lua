@@ -1,5 +1,7 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
 -- attrs, idem, kep}. Returns {o = 'granted'|'login'|'station', s, ev, h}.
+local again = claimed_before(R.sid)
+if again then return again end
 if C.ge ~= '' then
   -- One Redis (not a cluster): refuse while the data set is being rebuilt.
   if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
@@ -66,6 +68,7 @@ if not out then
     redis.call('ZADD', P .. 'live', 0, R.sid)
     redis.call('ZADD', P .. 'dl', r.dl, R.sid)
     presence_j(sj, 'claimed')
+    remember_evicted(R.sid, evj)
     if R.idem == '' then
       return '{"o":"granted","s":' .. sj .. ',"ev":[' .. table.concat(evj, ',') .. ']}'
     end

@@ -166,3 +166,23 @@ local function next_generation(login)
   redis.call('SET', k, string.format('%d', g))
   return g
 end
+
+-- A claim run a second time for one request: the node retries a claim
+-- whose connection reset, not knowing whether it ran. The session id a
+-- claim carries is minted for that one request (its implicit request id),
+-- so a record or tombstone under it means the request was granted already:
+-- answers that grant (the session as it is now, and whom it displaced), or
+-- nil.
+local function claimed_before(sid)
+  local r = rec(sid) or tomb(sid)
+  if not r then return nil end
+  local ev = redis.call('GET', P .. 'r:' .. sid) or ''
+  return '{"o":"granted","s":' .. cjson.encode(r.s) .. ',"ev":[' .. ev .. ']}'
+end
+-- What a grant displaced (the sessions' JSON), kept for claimed_before as
+-- long as the grant may be waited for (connect timeout).
+local function remember_evicted(sid, evj)
+  if #evj > 0 then
+    redis.call('SET', P .. 'r:' .. sid, table.concat(evj, ','), 'PX', C.ct)
+  end
+end
