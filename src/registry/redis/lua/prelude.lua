@@ -156,14 +156,15 @@ end
 -- generations beyond what the floor reaches after a loss, and on a test's
 -- manual clock (set in the past) the embedded and Redis registries agree.
 -- Stays below 1e14, which Lua prints exactly (14 significant digits).
+-- (Arithmetic coerces TIME's and GET's strings: no tonumber, see C.)
 local function next_generation(login)
   local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms = t[1] * 1000 + math.floor(t[2] / 1000)
   if NOW < ms then ms = NOW end
   local k = P .. 'g:' .. login
-  local g = tonumber(redis.call('GET', k) or '0') + 1
+  local g = (redis.call('GET', k) or 0) + 1
   if g < ms * 10 then g = ms * 10 end
-  redis.call('SET', k, string.format('%d', g))
+  redis.call('SET', k, g)
   return g
 end
 
@@ -174,6 +175,7 @@ end
 -- answers that grant (the session as it is now, and whom it displaced), or
 -- nil.
 local function claimed_before(sid)
+  if redis.call('EXISTS', P .. 's:' .. sid, P .. 't:' .. sid) == 0 then return nil end
   local r = rec(sid) or tomb(sid)
   if not r then return nil end
   local ev = redis.call('GET', P .. 'r:' .. sid) or ''
