@@ -341,3 +341,50 @@ fn may_resend(e: &redis::RedisError, rerunnable: bool) -> bool {
 pub(crate) fn unavailable(e: redis::RedisError) -> RegistryError {
     RegistryError::Unavailable(format!("redis: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use redis::{ErrorKind, RedisError};
+
+    use super::*;
+
+    #[test]
+    fn only_a_script_that_may_run_twice_is_resent_after_a_reset() {
+        let io = |kind| RedisError::from(io::Error::from(kind));
+        let may_have_run = [
+            io(io::ErrorKind::ConnectionReset),
+            io(io::ErrorKind::BrokenPipe),
+            io(io::ErrorKind::UnexpectedEof),
+            io(io::ErrorKind::TimedOut),
+        ];
+        for e in &may_have_run {
+            assert!(may_resend(e, true), "{e}");
+            assert!(!may_resend(e, false), "{e}");
+        }
+        let did_not_run = [
+            io(io::ErrorKind::ConnectionRefused),
+            RedisError::from((ErrorKind::Moved, "moved", "1 127.0.0.1:7001".into())),
+        ];
+        for e in &did_not_run {
+            assert!(may_resend(e, false), "{e}");
+        }
+        let answered = RedisError::from((ErrorKind::ResponseError, "script error"));
+        assert!(!may_resend(&answered, true));
+        let busy = RedisError::from((ErrorKind::BusyLoadingError, "loading"));
+        assert!(!may_resend(&busy, true), "fails fast: the caller retries");
+
+        assert!(SCRIPTS.rerunnable(&SCRIPTS.claim));
+        assert!(SCRIPTS.rerunnable(&SCRIPTS.read));
+        assert!(SCRIPTS.rerunnable(&SCRIPTS.release));
+        for s in [
+            &SCRIPTS.evict,
+            &SCRIPTS.notify,
+            &SCRIPTS.socket,
+            &SCRIPTS.reap,
+        ] {
+            assert!(!SCRIPTS.rerunnable(s));
+        }
+    }
+}
