@@ -11,6 +11,9 @@
 //! tenant's earliest deadline earlier; [`Store::run`] then lowers the
 //! tenant in the global due-index (see [`due`](super::due)) in a follow-up
 //! command.
+//!
+//! A script call that fails is sent again only here, once, and only when
+//! that cannot make it run twice ([`may_resend`]).
 
 use std::sync::LazyLock;
 use std::time::Duration;
