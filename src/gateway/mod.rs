@@ -1,5 +1,6 @@
 //! The gateway: the node's HTTP listener — `GET /v1/ws` (the client
-//! WebSocket), `/metrics`, `/healthz`, `/readyz` — and, with
+//! WebSocket), `/v1/api/` (the HTTP/JSON API, [`crate::api::http`]),
+//! `/metrics`, `/healthz`, `/readyz` — and, with
 //! `metrics_listen`, a second one for `/metrics` and the probes only.
 //!
 //! It never decides who holds a session: it verifies the connect token,
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::api::http::HttpApi;
 use crate::auth::{TokenError, TokenKeys};
 use crate::hub::Hub;
 use crate::registry::Registry;
@@ -71,6 +73,8 @@ pub struct Shared {
     pub limits: Arc<limits::Limits>,
     /// When `/metrics` last took the session census.
     pub census: scrape::CensusCache,
+    /// `/v1/api/`: the gRPC service over HTTP/JSON.
+    pub http_api: HttpApi,
 }
 
 /// The HTTP/WebSocket side of a node.
@@ -86,6 +90,7 @@ impl Gateway {
         hub: Arc<Hub>,
         keys: TokenKeys,
         metrics: Option<PrometheusHandle>,
+        http_api: HttpApi,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -98,6 +103,7 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 census: scrape::CensusCache::new(scrape::CENSUS_EVERY),
+                http_api,
             }),
         }
     }
@@ -200,6 +206,9 @@ async fn serve_http<IO>(
         async move {
             Ok::<_, Infallible>(if metrics_only {
                 route_metrics(req, &shared)
+            } else if req.uri().path().starts_with(crate::api::http::PREFIX) {
+                let timeout = shared.cfg.handshake_timeout;
+                shared.http_api.handle(req, peer, timeout).await
             } else {
                 route(req, peer.ip(), shared, tracker, stop)
             })
@@ -215,10 +224,10 @@ async fn serve_http<IO>(
     }
 }
 
-type Body = Full<Bytes>;
+use crate::api::http::Body;
 
 fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Body::new(Full::new(body.into())));
     *r.status_mut() = status;
     r
 }
@@ -240,7 +249,7 @@ fn route(
         path @ ("/healthz" | "/readyz") => probe(path, &shared),
         _ => respond(
             StatusCode::NOT_FOUND,
-            "not found: try /v1/ws, /metrics, /healthz, /readyz\n",
+            "not found: try /v1/ws, /v1/api/<Method>, /metrics, /healthz, /readyz\n",
         ),
     }
 }
