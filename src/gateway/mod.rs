@@ -271,11 +271,17 @@ fn route_metrics(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
 fn probe(path: &str, shared: &Shared) -> Response<Body> {
     if path == "/healthz" {
         respond(StatusCode::OK, "ok\n")
-    } else if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
+    } else if ready(shared) {
         respond(StatusCode::OK, "ready\n")
     } else {
         respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+/// What `/readyz` answers: the registry can serve writes and the node is
+/// not draining.
+fn ready(shared: &Shared) -> bool {
+    shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed)
 }
 
 /// The connect token from `Authorization: Bearer` or `?token=`.
