@@ -583,3 +583,40 @@ async fn the_openapi_document_is_served_and_docs_hold_the_same_copy() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_when_the_node_stops() {
+    // Login services keep connections open between calls (PHP's curl, Node's
+    // keep-alive agents); a stopping node must not wait for them. Bounds
+    // past the test's own, so only closing the connection passes.
+    let node = start_with(|c| {
+        c.handshake_timeout = std::time::Duration::from_secs(60);
+        c.shutdown_grace = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let addr = node.http;
+    let tcp = TcpStream::connect(addr).await.expect("HTTP connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{addr}/v1/api/ListSessions"))
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(r#"{"tenant":"acme"}"#)))
+        .expect("request");
+    let resp = within("ListSessions", sender.send_request(req))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    within("the body", resp.into_body().collect())
+        .await
+        .expect("body");
+
+    node.shutdown().await;
+    within("the node to close the idle connection", conn)
+        .await
+        .expect("connection task")
+        .expect("a clean close");
+    drop(sender);
+}

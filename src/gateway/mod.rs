@@ -199,6 +199,7 @@ async fn serve_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handshake_timeout = shared.cfg.handshake_timeout;
+    let stopping = stop.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -219,7 +220,19 @@ async fn serve_http<IO>(
         .header_read_timeout(handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    // When the node stops, a keep-alive connection (an HTTP/JSON API
+    // caller's, between calls) is closed once its current response is
+    // done, instead of holding shutdown for its grace period. An upgraded
+    // WebSocket has left this future already.
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stopping.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         debug!(%peer, error = %e, "http connection ended");
     }
 }
