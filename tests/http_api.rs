@@ -1,7 +1,8 @@
 //! The HTTP/JSON API (`POST /v1/api/<Method>`) over real HTTP against a real
 //! node: every method, every error class with the same message gRPC gives,
 //! a forbidden tenant, the request-size limits, and WatchPresence as
-//! newline-delimited JSON until the node stops.
+//! newline-delimited JSON until the node stops. Every answer is checked
+//! against the OpenAPI document generated from the proto.
 
 mod support;
 
@@ -61,6 +62,9 @@ async fn call(addr: SocketAddr, method: &str, key: Option<&str>, body: &Value) -
     let (status, bytes) = call_raw(addr, method, key, "application/json", body.to_string()).await;
     let json = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{method}: body is not JSON ({e}): {bytes:?}"));
+    if status == 200 {
+        assert_response_conforms(method, &json);
+    }
     (status, json)
 }
 
@@ -100,8 +104,60 @@ fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
     r
 }
 
+/// Checks `body` against `schema` of the OpenAPI document, closed: a
+/// field the document does not list fails too (every object schema gets
+/// `additionalProperties: false`; responses use only the JSON names).
+fn assert_conforms(what: &str, schema: &Value, body: &Value) {
+    let errors = schema_errors(schema, body);
+    assert!(
+        errors.is_empty(),
+        "{what}: {body} breaks openapi.json: {errors:#?}"
+    );
+}
+
+/// How `body` breaks `schema` (closed, see [`assert_conforms`]).
+fn schema_errors(schema: &Value, body: &Value) -> Vec<String> {
+    fn close(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+                    o.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                o.values_mut().for_each(close);
+            }
+            Value::Array(a) => a.iter_mut().for_each(close),
+            _ => {}
+        }
+    }
+    let doc: Value = serde_json::from_str(turnstile::api::http::OPENAPI_JSON).expect("json");
+    let mut root = json!({ "components": doc["components"], "allOf": [schema] });
+    close(&mut root);
+    let v = jsonschema::draft202012::new(&root).expect("the OpenAPI schemas compile");
+    v.iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
+}
+
+/// Checks a 200 response (or one NDJSON line) of `method` against the
+/// OpenAPI document.
+fn assert_response_conforms(method: &str, body: &Value) {
+    let doc: Value = serde_json::from_str(turnstile::api::http::OPENAPI_JSON).expect("json");
+    let content = &doc["paths"][format!("/v1/api/{method}")]["post"]["responses"]["200"]["content"];
+    let schema = content
+        .get("application/json")
+        .or_else(|| content.get("application/x-ndjson"))
+        .map(|c| c["schema"].clone())
+        .unwrap_or_else(|| panic!("{method}: no 200 schema in openapi.json"));
+    assert_conforms(method, &schema, body);
+}
+
 /// Asserts an HTTP error has `status`, `code` and exactly gRPC's message.
 fn assert_error(got: &(u16, Value), status: u16, code: &str, grpc: &tonic::Status) {
+    assert_conforms(
+        "error",
+        &json!({"$ref": "#/components/schemas/Status"}),
+        &got.1,
+    );
     assert_eq!(got.0, status, "{}", got.1);
     assert_eq!(got.1["status"], code, "{}", got.1);
     assert_eq!(got.1["code"], grpc.code() as i32, "{}", got.1);
@@ -121,7 +177,9 @@ impl Lines {
             loop {
                 if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = self.buf.drain(..=i).collect();
-                    return Some(serde_json::from_slice(&line).expect("a JSON line"));
+                    let line = serde_json::from_slice(&line).expect("a JSON line");
+                    assert_response_conforms("WatchPresence", &line);
+                    return Some(line);
                 }
                 match self.body.frame().await {
                     None => {
@@ -569,6 +627,17 @@ async fn the_openapi_document_is_served_and_docs_hold_the_same_copy() {
         "docs/openapi.json differs from the document generated from the proto: \
          run `TS_WRITE_OPENAPI=1 cargo test -p turnstile --test http_api openapi`"
     );
+    // The response check bites: an unlisted field, a wrong type, an
+    // unknown enum name.
+    let claim = json!({"$ref": "#/components/schemas/ClaimResponse"});
+    assert!(schema_errors(&claim, &json!({"outcome": "CLAIM_OUTCOME_GRANTED"})).is_empty());
+    for bad in [
+        json!({"outcome": "CLAIM_OUTCOME_GRANTED", "bogus": 1}),
+        json!({"session": {"login": 5}}),
+        json!({"outcome": "CLAIM_OUTCOME_MAYBE"}),
+    ] {
+        assert!(!schema_errors(&claim, &bad).is_empty(), "{bad} passed");
+    }
     // Every method, with its request and response schemas.
     for m in turnstile::api::http::METHODS {
         let op = &served["paths"][format!("/v1/api/{}", m.name)]["post"];
