@@ -689,3 +689,103 @@ async fn an_idle_keep_alive_connection_is_closed_when_the_node_stops() {
         .expect("a clean close");
     drop(sender);
 }
+
+#[tokio::test]
+async fn an_ended_session_an_unknown_tenant_and_a_lost_redis_answer_as_on_grpc() {
+    let mut redis = support::procs::RedisServer::start().await;
+    let node = start_with(|c| {
+        c.redis = Some(redis.url().parse().expect("a redis URL"));
+        c.tenants = Some(vec![
+            turnstile::session::Tenant::parse("acme").expect("tenant")
+        ]);
+    })
+    .await;
+    let addr = node.http;
+    let mut grpc = node.new_client().await;
+
+    // FAILED_PRECONDITION: notifying a session that has ended.
+    let (_, granted) = call(
+        addr,
+        "Claim",
+        None,
+        &json!({"tenant": "acme", "login": "ana"}),
+    )
+    .await;
+    let id = granted["session"]["sessionId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, _) = call(
+        addr,
+        "Release",
+        None,
+        &json!({"tenant": "acme", "sessionId": id}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let notice = pb::Notice {
+        id: "n1".into(),
+        kind: "info".into(),
+        severity: "info".into(),
+        text: "hello".into(),
+        ..Default::default()
+    };
+    let want = grpc
+        .notify(pb::NotifyRequest {
+            tenant: "acme".into(),
+            target: Some(pb::notify_request::Target::SessionId(id.clone())),
+            notice: Some(notice),
+        })
+        .await
+        .expect_err("ended");
+    let got = call(
+        addr,
+        "Notify",
+        None,
+        &json!({"tenant": "acme", "sessionId": id,
+                "notice": {"id": "n1", "kind": "info", "severity": "info", "text": "hello"}}),
+    )
+    .await;
+    assert_error(&got, 400, "FAILED_PRECONDITION", &want);
+
+    // NOT_FOUND: a tenant this node does not serve.
+    let want = grpc
+        .list_sessions(pb::ListSessionsRequest {
+            tenant: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown tenant");
+    let got = call(addr, "ListSessions", None, &json!({"tenant": "globex"})).await;
+    assert_error(&got, 404, "NOT_FOUND", &want);
+
+    // UNAVAILABLE: Redis is gone. The message names the failure, which
+    // may change between two calls (lease, then connection), so only the
+    // code is compared with gRPC's.
+    redis.kill().await;
+    let want = grpc
+        .get_session(pb::GetSessionRequest {
+            tenant: "acme".into(),
+            key: Some(pb::get_session_request::Key::Login("ana".into())),
+        })
+        .await
+        .expect_err("redis is down");
+    assert_eq!(want.code(), tonic::Code::Unavailable, "{want}");
+    let (status, body) = call(
+        addr,
+        "GetSession",
+        None,
+        &json!({"tenant": "acme", "login": "ana"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    node.shutdown().await;
+}
