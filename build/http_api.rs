@@ -15,7 +15,7 @@ use std::path::Path;
 
 use prost::Message as _;
 use prost_types::field_descriptor_proto::{Label, Type};
-use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
+use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto, FileDescriptorSet};
 use serde_json::{json, Map, Value};
 
 const PACKAGE: &str = "turnstile.v1";
@@ -143,8 +143,17 @@ fn with_description(mut schema: Value, description: Option<String>) -> Value {
     schema
 }
 
+/// `.turnstile.v1.Session` → a `$ref` to `Session`; a nested type is
+/// named with its parent (`Outer.Inner`).
 fn schema_ref(full: &str) -> Result<Value, BoxError> {
-    Ok(json!({ "$ref": format!("#/components/schemas/{}", local_type(full)?) }))
+    let prefix = format!(".{PACKAGE}.");
+    let name = full.strip_prefix(&prefix).ok_or_else(|| {
+        format!(
+            "{full}: the HTTP/JSON API maps the types of {PACKAGE} only (a well-known \
+             type would need pbjson-types registered in build.rs and a schema here)"
+        )
+    })?;
+    Ok(json!({ "$ref": format!("#/components/schemas/{name}") }))
 }
 
 /// The JSON schema of one value of `field`'s type (not the repetition).
@@ -239,24 +248,53 @@ fn message_schema(
     Ok(with_description(schema, comment(file, path)))
 }
 
+/// `msg`'s schema, and those of the messages and enums nested in it (map
+/// entries excepted: they are inlined as objects).
+fn add_message(
+    file: &FileDescriptorProto,
+    msg: &DescriptorProto,
+    path: &[i32],
+    parent: &str,
+    schemas: &mut Map<String, Value>,
+) -> Result<(), BoxError> {
+    let name = format!("{parent}{}", msg.name());
+    schemas.insert(name.clone(), message_schema(file, msg, path)?);
+    for (k, nested) in msg.nested_type.iter().enumerate() {
+        if nested.options.as_ref().is_some_and(|o| o.map_entry()) {
+            continue;
+        }
+        let nested_path = [path, &[3, k as i32]].concat();
+        add_message(file, nested, &nested_path, &format!("{name}."), schemas)?;
+    }
+    for (k, e) in msg.enum_type.iter().enumerate() {
+        let enum_path = [path, &[4, k as i32]].concat();
+        schemas.insert(
+            format!("{name}.{}", e.name()),
+            enum_schema(file, e, &enum_path),
+        );
+    }
+    Ok(())
+}
+
+fn enum_schema(file: &FileDescriptorProto, e: &EnumDescriptorProto, path: &[i32]) -> Value {
+    let names: Vec<&str> = e.value.iter().map(|v| v.name()).collect();
+    let schema = json!({
+        "type": "string",
+        "enum": names,
+        "x-enum-numbers": e.value.iter().map(|v| v.number()).collect::<Vec<_>>(),
+    });
+    let d = comment(file, path)
+        .map(|d| format!("{d} Written as the value's name; its number is accepted on input."));
+    with_description(schema, d)
+}
+
 fn openapi(file: &FileDescriptorProto) -> Result<Value, BoxError> {
     let mut schemas = Map::new();
     for (i, msg) in file.message_type.iter().enumerate() {
-        schemas.insert(
-            msg.name().into(),
-            message_schema(file, msg, &[4, i as i32])?,
-        );
+        add_message(file, msg, &[4, i as i32], "", &mut schemas)?;
     }
     for (i, e) in file.enum_type.iter().enumerate() {
-        let names: Vec<&str> = e.value.iter().map(|v| v.name()).collect();
-        let schema = json!({
-            "type": "string",
-            "enum": names,
-            "x-enum-numbers": e.value.iter().map(|v| v.number()).collect::<Vec<_>>(),
-        });
-        let d = comment(file, &[5, i as i32])
-            .map(|d| format!("{d} Written as the value's name; its number is accepted on input."));
-        schemas.insert(e.name().into(), with_description(schema, d));
+        schemas.insert(e.name().into(), enum_schema(file, e, &[5, i as i32]));
     }
     schemas.insert(
         "Status".into(),
