@@ -40,8 +40,10 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 
-/// Code generated from `proto/turnstile/v1/broker.proto`.
+/// Code generated from `proto/turnstile/v1/broker.proto`, with canonical
+/// proto3 JSON (serde) for every message (pbjson-build).
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("turnstile.v1");
+    include!(concat!(env!("OUT_DIR"), "/turnstile.v1.serde.rs"));
 }

@@ -6,6 +6,9 @@ pub const SOCKETS: &str = "turnstile_sockets";
 /// Gauge: 1 while this node cannot vouch for its sessions (connectivity
 /// degraded: Redis unreachable, subscription lost, lease unconfirmed), else 0.
 pub const DEGRADED: &str = "turnstile_degraded";
+/// Gauge: 1 when `/readyz` would answer 200 (the registry can serve writes
+/// and the node is not draining), else 0; set at each scrape.
+pub const READY: &str = "turnstile_ready";
 /// Gauge by `state`: live sessions known to this node's registry.
 pub const SESSIONS: &str = "turnstile_sessions";
 /// Counter by `outcome` (granted, login_in_use, station_in_use, error).

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::conn::GrpcConn;
+use crate::api::http::HttpApi;
 use crate::api::Api;
 use crate::auth::TokenKeys;
 use crate::config::Config;
@@ -125,12 +126,23 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     };
     let tracker = TaskTracker::new();
 
+    // One service for both transports: gRPC, and HTTP/JSON on the gateway.
+    let api = Arc::new(Api::new(
+        registry.clone(),
+        hub.clone(),
+        keys.clone(),
+        config.tenants.clone(),
+        stop.clone(),
+        config.watch_buffer,
+    ));
+    let api_keys = crate::api::keys::ApiKeys::new(config.api_keys());
     let gateway = Gateway::new(
         config.gateway(node.clone(), ws_tls),
         registry.clone(),
         hub.clone(),
-        keys.clone(),
+        keys,
         crate::telemetry::metrics(),
+        HttpApi::new(api.clone(), api_keys.clone()),
     );
     tracker.spawn(gateway.clone().serve(http, stop.clone(), tracker.clone()));
     if let Some(listener) = metrics {
@@ -141,15 +153,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
     }
 
-    let api = Api::new(
-        registry.clone(),
-        hub.clone(),
-        keys,
-        config.tenants.clone(),
-        stop.clone(),
-        config.watch_buffer,
-    )
-    .into_authenticated(crate::api::keys::ApiKeys::new(config.api_keys()));
+    let api = api.into_authenticated(api_keys);
     let max_streams = config.grpc_max_concurrent_streams;
     let grpc_stop = stop.clone();
     // The builder's tcp_nodelay applies only to listeners it binds itself.

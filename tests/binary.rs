@@ -55,6 +55,8 @@ async fn serve_starts_claims_and_reports_health_and_metrics() {
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("turnstile_claims_total"), "metrics: {body}");
+    // What /readyz says, for the TurnstileNodeNotReady alert.
+    assert!(body.contains("turnstile_ready 1"), "metrics: {body}");
     // The process's own figures, which a remote load test reads.
     let rss = body
         .lines()

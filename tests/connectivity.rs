@@ -43,6 +43,14 @@ async fn degraded_gauge(node: &NodeProc) -> f64 {
         .expect("the turnstile_degraded gauge")
 }
 
+/// `turnstile_ready` (what `/readyz` answers) on `node`'s `/metrics`.
+async fn ready_gauge(node: &NodeProc) -> f64 {
+    let (_, body) = http_get(node.http, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("turnstile_ready ")?.trim().parse().ok())
+        .expect("the turnstile_ready gauge")
+}
+
 #[tokio::test]
 async fn sockets_are_told_when_redis_goes_away_and_when_it_is_back() {
     let mut redis = RedisServer::start().await;
@@ -73,6 +81,7 @@ async fn sockets_are_told_when_redis_goes_away_and_when_it_is_back() {
     }
 
     assert_eq!(degraded_gauge(&node).await, 1.0);
+    assert_eq!(ready_gauge(&node).await, 0.0);
 
     redis.restart().await;
     // The lease comes back before the subscription: the cause may change

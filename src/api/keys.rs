@@ -1,6 +1,8 @@
-//! API keys for the gRPC API: who may call, and for which tenant.
+//! API keys for the gRPC API and its HTTP/JSON form: who may call, and for
+//! which tenant.
 //!
-//! Callers send `authorization: Bearer <key>`. A key is either for every
+//! Callers send `authorization: Bearer <key>` (gRPC metadata or the HTTP
+//! header: the same check, [`ApiKeys::admit`]). A key is either for every
 //! tenant or scoped to one; a call for another tenant is `PERMISSION_DENIED`.
 //! With no keys configured every call is allowed — only permitted when both
 //! listeners are on loopback (see `Config::validate`).
@@ -30,6 +32,9 @@ pub struct Caller {
     /// The caller's address (`-` when the transport does not say), for the
     /// audit trail.
     pub from: String,
+    /// The transport the call came in on ("grpc" or "http"), for the audit
+    /// trail.
+    pub channel: &'static str,
 }
 
 impl Caller {
@@ -38,7 +43,7 @@ impl Caller {
         match &self.tenant {
             Some(t) if t != tenant => {
                 crate::audit::auth_failure(
-                    "grpc",
+                    self.channel,
                     &self.name,
                     &self.from,
                     &format!("key scoped to tenant {t} used for tenant {tenant}"),
@@ -86,7 +91,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Interceptor for ApiKeys {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.admit(req, "grpc")
+    }
+}
+
+impl ApiKeys {
+    /// Checks the request's key and records the [`Caller`] in its
+    /// extensions; `channel` names the transport in the audit trail.
+    pub fn admit(
+        &self,
+        mut req: Request<()>,
+        channel: &'static str,
+    ) -> Result<Request<()>, Status> {
         let from = req
             .remote_addr()
             .map(|a| a.to_string())
@@ -96,6 +113,7 @@ impl Interceptor for ApiKeys {
                 name: "anonymous".into(),
                 tenant: None,
                 from,
+                channel,
             });
             return Ok(req);
         }
@@ -105,7 +123,7 @@ impl Interceptor for ApiKeys {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(presented) = presented else {
-            crate::audit::auth_failure("grpc", "-", &from, "no authorization metadata");
+            crate::audit::auth_failure(channel, "-", &from, "no authorization metadata");
             return Err(Status::unauthenticated(
                 "missing API key: send metadata `authorization: Bearer <key>`",
             ));
@@ -116,12 +134,13 @@ impl Interceptor for ApiKeys {
                     name: k.name.clone(),
                     tenant: k.tenant.clone(),
                     from,
+                    channel,
                 };
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }
             None => {
-                crate::audit::auth_failure("grpc", "-", &from, "unknown API key");
+                crate::audit::auth_failure(channel, "-", &from, "unknown API key");
                 Err(Status::unauthenticated("unknown API key"))
             }
         }

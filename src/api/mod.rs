@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod convert;
+pub mod http;
 pub mod keys;
 
 use std::pin::Pin;
@@ -57,9 +58,9 @@ impl Api {
     }
 
     /// Into a tonic service with the request-size limit set, behind the
-    /// API-key check.
+    /// API-key check. Shared: the HTTP/JSON API ([`http`]) calls the same one.
     pub fn into_authenticated(
-        self,
+        self: Arc<Self>,
         keys: keys::ApiKeys,
     ) -> tonic::service::interceptor::InterceptedService<
         pb::session_broker_service_server::SessionBrokerServiceServer<Self>,
@@ -70,9 +71,9 @@ impl Api {
 
     /// Into a tonic service with the request-size limit set.
     pub fn into_service(
-        self,
+        self: Arc<Self>,
     ) -> pb::session_broker_service_server::SessionBrokerServiceServer<Self> {
-        pb::session_broker_service_server::SessionBrokerServiceServer::new(self)
+        pb::session_broker_service_server::SessionBrokerServiceServer::from_arc(self)
             .max_decoding_message_size(crate::limits::MAX_GRPC_REQUEST_BYTES)
     }
 

@@ -91,7 +91,7 @@ pub const SETTINGS: &[Setting] = &[
     s("handshake_timeout", Duration, "", "time for a client to send its WebSocket upgrade request"),
     s("signing_key", Text, "generated", "HS256 secret (32+ bytes) for connect tokens; every node of a cluster shares it"),
     s("signing_keys", List, "none", "several keys (HS256 / EdDSA) for rotation: the first signs ([security](security.md))"),
-    s("api_keys", List, "none", "gRPC API keys `{name, key, tenant?}`; required off loopback"),
+    s("api_keys", List, "none", "API keys (gRPC and HTTP/JSON) `{name, key, tenant?}`; required off loopback"),
     s("allowed_origins", List, "any", "browser `Origin`s allowed to open a WebSocket (e.g. `https://agent.example.com`)"),
     s("tenants", List, "any", "when set, the only tenants served (others: `NOT_FOUND`)"),
     s("max_sockets", Number, "", "open WebSockets on this node (over it: HTTP 429)"),

@@ -1,5 +1,6 @@
 //! The gateway: the node's HTTP listener — `GET /v1/ws` (the client
-//! WebSocket), `/metrics`, `/healthz`, `/readyz` — and, with
+//! WebSocket), `/v1/api/` (the HTTP/JSON API, [`crate::api::http`]),
+//! `/metrics`, `/healthz`, `/readyz` — and, with
 //! `metrics_listen`, a second one for `/metrics` and the probes only.
 //!
 //! It never decides who holds a session: it verifies the connect token,
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::api::http::HttpApi;
 use crate::auth::{TokenError, TokenKeys};
 use crate::hub::Hub;
 use crate::registry::Registry;
@@ -71,6 +73,8 @@ pub struct Shared {
     pub limits: Arc<limits::Limits>,
     /// When `/metrics` last took the session census.
     pub census: scrape::CensusCache,
+    /// `/v1/api/`: the gRPC service over HTTP/JSON.
+    pub http_api: HttpApi,
 }
 
 /// The HTTP/WebSocket side of a node.
@@ -86,6 +90,7 @@ impl Gateway {
         hub: Arc<Hub>,
         keys: TokenKeys,
         metrics: Option<PrometheusHandle>,
+        http_api: HttpApi,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -98,6 +103,7 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 census: scrape::CensusCache::new(scrape::CENSUS_EVERY),
+                http_api,
             }),
         }
     }
@@ -193,6 +199,7 @@ async fn serve_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handshake_timeout = shared.cfg.handshake_timeout;
+    let stopping = stop.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -200,6 +207,9 @@ async fn serve_http<IO>(
         async move {
             Ok::<_, Infallible>(if metrics_only {
                 route_metrics(req, &shared)
+            } else if req.uri().path().starts_with(crate::api::http::PREFIX) {
+                let timeout = shared.cfg.handshake_timeout;
+                shared.http_api.handle(req, peer, timeout).await
             } else {
                 route(req, peer.ip(), shared, tracker, stop)
             })
@@ -210,15 +220,27 @@ async fn serve_http<IO>(
         .header_read_timeout(handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    // When the node stops, a keep-alive connection (an HTTP/JSON API
+    // caller's, between calls) is closed once its current response is
+    // done, instead of holding shutdown for its grace period. An upgraded
+    // WebSocket has left this future already.
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stopping.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         debug!(%peer, error = %e, "http connection ended");
     }
 }
 
-type Body = Full<Bytes>;
+use crate::api::http::Body;
 
 fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Body::new(Full::new(body.into())));
     *r.status_mut() = status;
     r
 }
@@ -240,7 +262,7 @@ fn route(
         path @ ("/healthz" | "/readyz") => probe(path, &shared),
         _ => respond(
             StatusCode::NOT_FOUND,
-            "not found: try /v1/ws, /metrics, /healthz, /readyz\n",
+            "not found: try /v1/ws, /v1/api/<Method>, /metrics, /healthz, /readyz\n",
         ),
     }
 }
@@ -262,11 +284,17 @@ fn route_metrics(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
 fn probe(path: &str, shared: &Shared) -> Response<Body> {
     if path == "/healthz" {
         respond(StatusCode::OK, "ok\n")
-    } else if shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed) {
+    } else if ready(shared) {
         respond(StatusCode::OK, "ready\n")
     } else {
         respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+/// What `/readyz` answers: the registry can serve writes and the node is
+/// not draining.
+fn ready(shared: &Shared) -> bool {
+    shared.registry.is_ready() && !shared.draining.load(Ordering::Relaxed)
 }
 
 /// The connect token from `Authorization: Bearer` or `?token=`.

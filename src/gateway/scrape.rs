@@ -1,5 +1,6 @@
 //! `/metrics`: the Prometheus text of the node, with the session census
-//! (`turnstile_sessions` by state) refreshed at most every [`CENSUS_EVERY`].
+//! (`turnstile_sessions` by state) refreshed at most every [`CENSUS_EVERY`]
+//! and readiness (`turnstile_ready`, what `/readyz` answers) at every scrape.
 //!
 //! The census walks every live session under its tenant's lock; doing that
 //! on every scrape (from any number of scrapers, on a listener that may be
@@ -64,6 +65,8 @@ pub(super) fn respond_metrics(shared: &Shared) -> Response<Body> {
             }
         }
     }
+    let ready = if super::ready(shared) { 1.0 } else { 0.0 };
+    metrics::gauge!(crate::metrics_names::READY).set(ready);
     crate::telemetry::collect_process_metrics();
     crate::telemetry::collect_log_metrics();
     let mut r = respond(StatusCode::OK, handle.render());
