@@ -77,6 +77,7 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         max_notices_per_session: 3,
         default_notice_ttl: Duration::from_secs(24 * 3600),
         clock: clock.clone(),
+        event_log: Default::default(),
     }
 }
 
@@ -211,6 +212,10 @@ impl Pair {
         let sm = self.mem.stations(t, &st).await;
         let sr = self.red.stations(t, &st).await;
         self.same("stations", sm, sr);
+        // The event logs: the same events, numbered alike, in one order.
+        let em = self.mem.replay(t, 0, 100_000).await;
+        let er = self.red.replay(t, 0, 100_000).await;
+        self.same("event log", em, er);
     }
 
     fn socket(&self, conn: u64) -> SocketId {
