@@ -131,6 +131,9 @@ impl Sender {
         info!(%tenant, url = %self.ep.url, "webhook sender started");
         let mut doorbell = self.doorbell().await;
         while !self.stop.is_cancelled() {
+            if doorbell.is_none() {
+                doorbell = self.doorbell().await;
+            }
             let cursor = match self.registry.hook_lease(&tenant, &self.id, LEASE).await {
                 Ok(Some(cursor)) => cursor,
                 Ok(None) => {
@@ -176,9 +179,6 @@ impl Sender {
                     Outcome::LostLease => break,
                     Outcome::Stopped => return,
                 }
-            }
-            if doorbell.is_none() {
-                doorbell = self.doorbell().await;
             }
         }
         self.set_lag(0);
