@@ -137,8 +137,11 @@ impl Sender {
             let cursor = match self.registry.hook_lease(&tenant, &self.id, LEASE).await {
                 Ok(Some(cursor)) => cursor,
                 Ok(None) => {
+                    // Another node sends: ask again in a third of the lease
+                    // (not on every event, which would cost Redis a call
+                    // per event per node).
                     self.set_lag(0);
-                    self.idle(&mut doorbell).await;
+                    self.idle(&mut None).await;
                     continue;
                 }
                 Err(e) => {
@@ -158,9 +161,13 @@ impl Sender {
             self.set_lag(replay.head.saturating_sub(cursor));
             if replay.trimmed {
                 let next = replay.events.first().map_or(replay.head, |e| e.seq - 1);
-                let missed = next.saturating_sub(cursor);
-                metrics::counter!(m::WEBHOOK_MISSED).increment(missed);
-                warn!(%tenant, url = %self.ep.url, missed, "webhook: events left the log before they were sent");
+                // A new webhook (no cursor yet) starts at the oldest event
+                // kept: nothing was missed.
+                if cursor > 0 {
+                    let missed = next.saturating_sub(cursor);
+                    metrics::counter!(m::WEBHOOK_MISSED).increment(missed);
+                    warn!(%tenant, url = %self.ep.url, missed, "webhook: events left the log before they were sent");
+                }
                 if !self.done(next).await {
                     continue;
                 }
@@ -236,7 +243,10 @@ impl Sender {
         let first = Instant::now();
         let mut wait = self.opts.backoff;
         loop {
-            let status = self.post(&id, payload.clone()).await;
+            let status = tokio::select! {
+                _ = self.stop.cancelled() => return Outcome::Stopped,
+                status = self.post(&id, payload.clone()) => status,
+            };
             match status {
                 Ok(s) if (200..300).contains(&s) => {
                     metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => "delivered").increment(1);
