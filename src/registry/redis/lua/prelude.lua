@@ -80,7 +80,11 @@ local function log_j(body)
     redis.call('DEL', lk)
     redis.call('XADD', lk, t .. '-' .. seq, 'e', ej)
   end
-  redis.call('XTRIM', lk, 'MINID', '~', string.format('%d', NOW - ARGV[19]))
+  -- By age every 32nd event: the approximate trim rarely has a whole
+  -- stream node to drop, and this is a claim's hottest path.
+  if seq % 32 == 0 then
+    redis.call('XTRIM', lk, 'MINID', '~', string.format('%d', NOW - ARGV[19]))
+  end
   redis.call('PEXPIRE', lk, ARGV[19])
   return ej
 end
