@@ -391,7 +391,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         Cmd::Watch { tenant } => {
             let mut stream = c
-                .watch_presence(pb::WatchPresenceRequest { tenant })
+                .watch_presence(pb::WatchPresenceRequest {
+                    tenant,
+                    after_sequence: None,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();

@@ -2,7 +2,7 @@
 //! built here and only here.
 //!
 //! This module sits below both the hub (which queues `notice`, `presence`,
-//! `forced_logout`, `connectivity` and `reconnect` frames) and the gateway (which writes
+//! `gap`, `forced_logout`, `connectivity` and `reconnect` frames) and the gateway (which writes
 //! `welcome`, `pong` and `error`), so neither calls into the other to
 //! speak the protocol. Client frames are parsed in `gateway::protocol`.
 
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connectivity::Connectivity;
+use crate::registry::GapReason;
 use crate::session::{EndReason, Notice, PresenceEvent, Session, SessionState, Tombstone};
 
 fn text(v: Value) -> Utf8Bytes {
@@ -68,6 +69,12 @@ pub fn notice_frame(n: &Notice) -> Utf8Bytes {
     }))
 }
 
+/// `gap`, for watching sockets: presence events may have been lost on the
+/// way to this node; re-read the state (`ListSessions`).
+pub fn gap_frame(reason: GapReason) -> Utf8Bytes {
+    text(json!({"type": "gap", "reason": reason.as_str()}))
+}
+
 /// `presence`, for watching sockets.
 pub fn presence_frame(e: &PresenceEvent) -> Utf8Bytes {
     let s = &e.session;
@@ -91,6 +98,7 @@ pub fn presence_frame(e: &PresenceEvent) -> Utf8Bytes {
         },
         "status": s.status,
         "at_ms": e.at_ms,
+        "seq": e.seq,
     }))
 }
 
@@ -195,8 +203,14 @@ mod tests {
                     session: session(SessionState::Ended(EndReason::Evicted)),
                     change: PresenceChange::Ended,
                     at_ms: 5,
+                    seq: 9,
+                    ending: None,
                 }),
-                r#"{"at_ms":5,"change":"ended","session":{"client":"desktop","end_reason":"evicted","generation":3,"login":"ana","role":"agent","session_id":"5f0c","state":"ended","station":"desk-4","status":"away"},"status":"away","type":"presence"}"#,
+                r#"{"at_ms":5,"change":"ended","seq":9,"session":{"client":"desktop","end_reason":"evicted","generation":3,"login":"ana","role":"agent","session_id":"5f0c","state":"ended","station":"desk-4","status":"away"},"status":"away","type":"presence"}"#,
+            ),
+            (
+                gap_frame(GapReason::SubscriptionLost),
+                r#"{"reason":"subscription_lost","type":"gap"}"#,
             ),
             (pong(&json!(42)), r#"{"id":42,"type":"pong"}"#),
             (

@@ -24,7 +24,7 @@ use crate::close::CloseCode;
 use crate::connectivity::Connectivity;
 use crate::frames;
 use crate::metrics_names as m;
-use crate::registry::{Event, EventSink};
+use crate::registry::{Event, EventSink, GapReason};
 use crate::session::{EndReason, PresenceEvent, SessionId, Tenant, Tombstone};
 use sockets::LocalSockets;
 
@@ -169,10 +169,19 @@ impl SocketShared {
     }
 }
 
+/// What a presence watcher (a WatchPresence stream) receives.
+#[derive(Clone, Debug)]
+pub enum Watched {
+    Event(Arc<PresenceEvent>),
+    /// Events may have been lost on the way to this node: catch up from
+    /// the tenant's event log (or re-read the state).
+    Gap(GapReason),
+}
+
 enum Watcher {
     Stream {
         id: u64,
-        tx: mpsc::Sender<Arc<PresenceEvent>>,
+        tx: mpsc::Sender<Watched>,
         lagged: Arc<AtomicBool>,
     },
     Socket(Arc<SocketShared>),
@@ -327,12 +336,34 @@ impl Hub {
     }
 
     fn presence(&self, event: &Arc<PresenceEvent>) {
-        let Some(mut watchers) = self.watchers.get_mut(&event.session.tenant) else {
+        let tenant = &event.session.tenant;
+        self.tell_watchers(tenant, Watched::Event(event.clone()), || {
+            frames::presence_frame(event)
+        });
+    }
+
+    /// Tells the watchers of `tenant` (every tenant: `None`) they may have
+    /// missed events: streams catch up from the log, sockets get a `gap`
+    /// frame (they re-read the state).
+    fn gap(&self, tenant: Option<&Tenant>, reason: GapReason) {
+        let tenants: Vec<Tenant> = match tenant {
+            Some(t) => vec![t.clone()],
+            None => self.watchers.iter().map(|e| e.key().clone()).collect(),
+        };
+        for t in tenants {
+            self.tell_watchers(&t, Watched::Gap(reason), || frames::gap_frame(reason));
+        }
+    }
+
+    /// Gives `item` to every stream watching `tenant` (dropping those that
+    /// fell behind) and the frame `frame` makes to every watching socket.
+    fn tell_watchers(&self, tenant: &Tenant, item: Watched, frame: impl Fn() -> Utf8Bytes) {
+        let Some(mut watchers) = self.watchers.get_mut(tenant) else {
             return;
         };
-        let mut frame = None;
+        let mut built = None;
         watchers.retain(|w| match w {
-            Watcher::Stream { tx, lagged, .. } => match tx.try_send(event.clone()) {
+            Watcher::Stream { tx, lagged, .. } => match tx.try_send(item.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     lagged.store(true, Ordering::Relaxed);
@@ -341,7 +372,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
             Watcher::Socket(s) => {
-                let f = frame.get_or_insert_with(|| frames::presence_frame(event));
+                let f = built.get_or_insert_with(&frame);
                 s.send(Outbound::Text(f.clone()));
                 true
             }
@@ -349,7 +380,7 @@ impl Hub {
         let unwatched = watchers.is_empty();
         drop(watchers);
         if unwatched {
-            self.forget_if_unwatched(&event.session.tenant);
+            self.forget_if_unwatched(tenant);
         }
     }
 }
@@ -375,13 +406,14 @@ impl EventSink for Hub {
                 self.local.disown_all();
                 self.drain(self.drain_window)
             }
+            Event::Gap { tenant, reason } => self.gap(tenant.as_ref(), reason),
         }
     }
 }
 
 /// A subscription to one tenant's presence events; unsubscribes on drop.
 pub struct PresenceWatch {
-    rx: mpsc::Receiver<Arc<PresenceEvent>>,
+    rx: mpsc::Receiver<Watched>,
     lagged: Arc<AtomicBool>,
     hub: Weak<Hub>,
     tenant: Tenant,
@@ -389,11 +421,11 @@ pub struct PresenceWatch {
 }
 
 impl PresenceWatch {
-    /// The next event; `None` once the watcher fell behind (see [`lagged`])
-    /// or the hub is gone.
+    /// The next event or gap; `None` once the watcher fell behind (see
+    /// [`lagged`]) or the hub is gone.
     ///
     /// [`lagged`]: PresenceWatch::lagged
-    pub async fn recv(&mut self) -> Option<Arc<PresenceEvent>> {
+    pub async fn recv(&mut self) -> Option<Watched> {
         self.rx.recv().await
     }
 
@@ -477,6 +509,8 @@ mod tests {
             session: s,
             change: PresenceChange::Claimed,
             at_ms: 1,
+            seq: 1,
+            ending: None,
         });
         hub.publish(Event::Presence(event.clone()));
         hub.publish(Event::Presence(event.clone()));

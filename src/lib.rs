@@ -17,6 +17,7 @@
 //! - [`config`]: typed, validated settings; [`limits`]: the fixed bounds.
 //! - [`api`]: the gRPC service (translation only); [`ctl`]: the operator CLI.
 //! - [`server`]: assembly of a node and its shutdown; [`telemetry`]: logs, metrics.
+//! - [`webhooks`]: the tenants' events as signed HTTP POSTs, from the event log.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod webhooks;
 
 /// Code generated from `proto/turnstile/v1/broker.proto`, with canonical
 /// proto3 JSON (serde) for every message (pbjson-build).

@@ -50,3 +50,17 @@ pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 pub const LOG_LINES_DROPPED: &str = "turnstile_log_lines_dropped_total";
 /// Counter by `limit`: connections or messages refused by a rate or count limit.
 pub const LIMITED: &str = "turnstile_limited_total";
+/// Counter by `reason` (bus_overflow, subscription_lost, lease_unconfirmed):
+/// times this node's presence watchers were told they may have missed events.
+pub const PRESENCE_GAPS: &str = "turnstile_presence_gaps_total";
+/// Counter by `outcome` (caught_up, trimmed): WatchPresence streams that
+/// read the event log (a resume, or a gap on the way).
+pub const PRESENCE_REPLAYS: &str = "turnstile_presence_replays_total";
+/// Counter by `outcome` (delivered, refused, failed): webhook POST attempts.
+pub const WEBHOOK_ATTEMPTS: &str = "turnstile_webhook_attempts_total";
+/// Counter: webhook events given up after `webhook_retry_for` of retries.
+pub const WEBHOOK_DEAD_LETTERS: &str = "turnstile_webhook_dead_letters_total";
+/// Counter: webhook events that left the event log before they were sent.
+pub const WEBHOOK_MISSED: &str = "turnstile_webhook_missed_total";
+/// Gauge: events in the log not yet sent by the webhooks this node sends.
+pub const WEBHOOK_LAG: &str = "turnstile_webhook_lag_events";

@@ -125,6 +125,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         None => MemoryRegistry::start(config.registry(), hub.clone()),
     };
     let tracker = TaskTracker::new();
+    crate::webhooks::spawn(
+        config.webhook_endpoints()?,
+        config.webhook_options(),
+        registry.clone(),
+        hub.clone(),
+        &tracker,
+        stop.child_token(),
+    );
 
     // One service for both transports: gRPC, and HTTP/JSON on the gateway.
     let api = Arc::new(Api::new(
@@ -247,6 +255,16 @@ impl RunningServer {
 pub struct ConnectivitySwitch(Arc<Hub>);
 
 impl ConnectivitySwitch {
+    /// Tells every presence watcher that events may have been lost, as a
+    /// lost Redis subscription does (for tests of the `gap` frame).
+    pub fn announce_gap(&self) {
+        use crate::registry::EventSink;
+        self.0.publish(crate::registry::Event::Gap {
+            tenant: None,
+            reason: crate::registry::GapReason::SubscriptionLost,
+        });
+    }
+
     /// Tells every socket `connectivity` (when it changed) and every later
     /// socket after its welcome while degraded.
     pub fn set(&self, connectivity: Connectivity) {

@@ -456,6 +456,11 @@ pub struct PresenceEvent {
     pub session: Session,
     pub change: PresenceChange,
     pub at_ms: i64,
+    /// The tenant's event-log sequence number (1, 2, ...; 0 before the
+    /// registry logged it): a watcher resumes after the last one it saw.
+    pub seq: u64,
+    /// For [`PresenceChange::Ended`]: the reason and who or what ended it.
+    pub ending: Option<Ending>,
 }
 
 /// The wall clock in Unix ms, for what other hosts judge (connect tokens'

@@ -42,11 +42,11 @@ use turnstile::hub::sockets::LocalSockets;
 use turnstile::registry::redis::Target;
 use turnstile::registry::{
     Event, EventSink, EvictTarget, MemoryRegistry, NotifyTarget, RedisConfig, RedisRegistry,
-    Registry, RegistryConfig, SessionKey, SocketId,
+    Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId,
 };
 use turnstile::session::{
-    ClaimRequest, ConflictPolicy, Generation, Login, NodeId, Notice, SessionId, SessionState,
-    Station, Tenant,
+    ClaimRequest, ConflictPolicy, EndReason, Generation, Login, NodeId, Notice, PresenceChange,
+    SessionId, SessionState, Station, Tenant,
 };
 
 const TENANT: &str = "diff";
@@ -77,7 +77,43 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         max_notices_per_session: 3,
         default_notice_ttl: Duration::from_secs(24 * 3600),
         clock: clock.clone(),
+        // Redis trims the log approximately (whole stream nodes), the
+        // embedded ring exactly: bounds no history reaches, so both keep all.
+        event_log: turnstile::registry::LogBounds {
+            max_events: 100_000,
+            max_age: Duration::from_secs(100 * 3600),
+        },
     }
+}
+
+/// A log as text: sequence numbers, then the events (ids rewritten by
+/// `norm`). Sessions expired in one sweep at one instant are logged in the
+/// order of their ids, which differ between the registries: such a run is
+/// compared as a set.
+fn log_view(r: Result<Replay, RegistryError>, norm: impl Fn(String) -> String) -> String {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => return format!("{e:?}"),
+    };
+    let seqs: Vec<u64> = r.events.iter().map(|e| e.seq).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut run: (i64, Vec<String>) = (i64::MIN, Vec::new());
+    for e in &r.events {
+        let mut e = (**e).clone();
+        e.seq = 0;
+        let text = norm(format!("{e:?}"));
+        let expired = e.change == PresenceChange::Ended
+            && e.session.state == SessionState::Ended(EndReason::Expired);
+        if !expired || e.at_ms != run.0 {
+            run.1.sort();
+            out.append(&mut run.1);
+            run.0 = if expired { e.at_ms } else { i64::MIN };
+        }
+        run.1.push(text);
+    }
+    run.1.sort();
+    out.append(&mut run.1);
+    format!("{seqs:?} trimmed={} head={} {out:#?}", r.trimmed, r.head)
 }
 
 /// A drawn target: (embedded id, Redis id), a login, or the op's third kind.
@@ -105,6 +141,8 @@ struct Pair {
     namespace: String,
     /// By index of `ids`: ended on both, compared for the last time.
     ended: Vec<bool>,
+    /// The event logs are compared up to this sequence number.
+    logged: u64,
 }
 
 impl Pair {
@@ -140,6 +178,7 @@ impl Pair {
             next_conn: 1,
             namespace,
             ended: Vec::new(),
+            logged: 0,
         }
     }
 
@@ -211,6 +250,17 @@ impl Pair {
         let sm = self.mem.stations(t, &st).await;
         let sr = self.red.stations(t, &st).await;
         self.same("stations", sm, sr);
+        // The event logs: the same events, numbered alike, in one order.
+        let em = self.mem.replay(t, self.logged, 100_000).await;
+        let er = self.red.replay(t, self.logged, 100_000).await;
+        if let Ok(r) = &em {
+            self.logged = r.head;
+        }
+        let (em, er) = (log_view(em, |t| t), log_view(er, |t| self.norm(t)));
+        assert_eq!(
+            em, er,
+            "event log: the registries disagree (left embedded, right Redis)"
+        );
     }
 
     fn socket(&self, conn: u64) -> SocketId {

@@ -231,6 +231,10 @@ async fn every_server_frame_a_real_node_sends_matches_the_schema() {
             break;
         }
     }
+    // Events lost on the way to this node: watchers are told to re-read.
+    node.server().connectivity_switch().announce_gap();
+    let gap = seen.keep(sup_ws.wait_type("gap").await);
+    assert_eq!(gap["reason"], "subscription_lost", "{gap}");
 
     // A normal logout.
     let (mut ws, welcome) = node.connect_welcome(&again.token).await;

@@ -68,6 +68,14 @@ export interface Presence {
   session: PresenceSession;
   status: string;
   at_ms: number;
+  /** The tenant's event-log sequence number of this change. */
+  seq: number;
+}
+
+/** Presence changes may have been lost on the way: re-read the state, keep applying `presence`. */
+export interface PresenceGap {
+  type: "gap";
+  reason: string;
 }
 
 export interface TurnstileError {
@@ -113,6 +121,7 @@ export interface Events {
   forcedLogout: ForcedLogout;
   connectivity: Connectivity;
   presence: Presence;
+  presenceGap: PresenceGap;
   loggedOut: Record<string, never>;
   error: TurnstileError;
   reconnecting: Reconnecting;

@@ -295,6 +295,9 @@ export class TurnstileClient extends Emitter {
       case "presence":
         this._emit("presence", msg);
         break;
+      case "gap":
+        this._emit("presenceGap", msg);
+        break;
       case "error":
         this._emit("error", { code: String(msg.code), message: String(msg.message ?? "") });
         break;

@@ -248,6 +248,24 @@ pub fn presence(e: &PresenceEvent) -> pb::PresenceEvent {
         change: change as i32,
         status: e.session.status.clone(),
         at_ms: e.at_ms,
+        sequence: e.seq,
+        ending: e.ending.as_ref().map(|x| pb::PresenceEnding {
+            reason: end_reason(x.reason) as i32,
+            by_client: x.by.client.clone(),
+            by_station: x
+                .by
+                .station
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            by_session_id: x
+                .by
+                .session_id
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            message: x.message.clone(),
+        }),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod convert;
 pub mod http;
 pub mod keys;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -346,40 +347,25 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         request: Request<pb::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
         let caller = caller_of(&request);
-        let tenant = self.tenant(caller.as_ref(), &request.into_inner().tenant)?;
-        let mut watch = self.hub.watch(&tenant, self.watch_buffer);
+        let request = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &request.tenant)?;
+        let watch = self.hub.watch(&tenant, self.watch_buffer);
         // Only after the hub holds the watcher: no event in between is lost.
         self.registry
             .watch(&tenant)
             .await
             .map_err(convert::status)?;
+        let registry = self.registry.clone();
         let stop = self.stop.clone();
-        let stream = async_stream(move |tx| async move {
-            loop {
-                let event = tokio::select! {
-                    _ = tx.closed() => return, // the client went away
-                    _ = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("node is shutting down; watch another node"))).await;
-                        return;
-                    }
-                    event = watch.recv() => event,
-                };
-                let Some(event) = event else { break };
-                let item = pb::WatchPresenceResponse {
-                    event: Some(convert::presence(&event)),
-                };
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
-                }
+        let stream = async_stream(move |tx| {
+            watch::Feed {
+                registry,
+                watch,
+                tenant,
+                tx,
+                stop,
             }
-            if watch.lagged() {
-                metrics::counter!(m::PRESENCE_LAGGED).increment(1);
-                let _ = tx
-                    .send(Err(Status::resource_exhausted(
-                        "presence watcher fell behind; re-list with ListSessions and watch again",
-                    )))
-                    .await;
-            }
+            .run(request.after_sequence)
         });
         Ok(Response::new(stream))
     }

@@ -7,7 +7,9 @@
 //! them as tenants are used, and its task turns each message into an
 //! [`Event`] for the [`EventSink`](crate::registry::EventSink). Pub/sub is
 //! at-most-once: a lost subscription (or an overflowing inbox) marks the
-//! bus not ready and wakes reconciliation, which also resubscribes.
+//! bus not ready and wakes reconciliation, which also resubscribes; and
+//! presence watchers are told of the gap ([`Event::Gap`]) then and when the
+//! subscription is back, so they catch up from the tenant's event log.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use super::Node;
 use crate::registry::redis::conn::Sub;
 use crate::registry::redis::store::unavailable;
 use crate::registry::redis::wire::{self, WEvent};
-use crate::registry::{Event, RegistryError};
+use crate::registry::{Event, GapReason, RegistryError};
 use crate::session::{NodeId, SessionId, Tenant};
 
 /// The names of one namespace's channels.
@@ -211,14 +213,25 @@ fn deliver(node: &Node, channel: &str, payload: &str) {
                 session_id,
                 notice: Arc::new(n.to_notice()),
             }),
-        WEvent::Presence { s, c, at } => {
-            wire::presence_event(&tenant, &s, &c, at).map(|p| Event::Presence(Arc::new(p)))
+        ev @ WEvent::Presence { .. } => {
+            wire::presence_event(&tenant, &ev).map(|p| Event::Presence(Arc::new(p)))
         }
     };
     match event {
         Ok(event) => node.sink.publish(event),
         Err(e) => warn!(error = %e, %channel, "malformed event on the bus"),
     }
+}
+
+/// Tells this node's presence watchers they may have missed events: they
+/// catch up from the event log (or are told to re-read the state).
+pub(super) fn gap(node: &Node, reason: GapReason) {
+    metrics::counter!(crate::metrics_names::PRESENCE_GAPS, "reason" => reason.as_str())
+        .increment(1);
+    node.sink.publish(Event::Gap {
+        tenant: None,
+        reason,
+    });
 }
 
 /// The bus task: delivers what arrives on the subscription.
@@ -228,6 +241,8 @@ pub(super) async fn run(
     overflowed: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
+    // Whether messages are being dropped for an unconfirmed lease.
+    let mut dropping = false;
     loop {
         let push = tokio::select! {
             _ = stop.cancelled() => return,
@@ -236,15 +251,22 @@ pub(super) async fn run(
         if overflowed.swap(false, Ordering::Relaxed) {
             warn!("event bus overflowed; reconciling");
             node.bus.resync.notify_one();
+            gap(&node, GapReason::BusOverflow);
         }
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
                 if !node.member.lease_valid() {
                     // Possibly paused past our lease: deliver nothing
-                    // until the lease is confirmed.
+                    // until the lease is confirmed; watchers are told
+                    // once per such stretch.
                     node.member.alarm();
+                    if !dropping {
+                        dropping = true;
+                        gap(&node, GapReason::LeaseUnconfirmed);
+                    }
                     continue;
                 }
+                dropping = false;
                 if let [Value::BulkString(ch), Value::BulkString(body), ..] = push.data.as_slice() {
                     deliver(
                         &node,
@@ -257,6 +279,7 @@ pub(super) async fn run(
                 warn!("lost the redis subscription; will reconcile when it is back");
                 node.bus.lost();
                 super::health::changed(&node);
+                gap(&node, GapReason::SubscriptionLost);
             }
             _ => {}
         }

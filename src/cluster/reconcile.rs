@@ -41,6 +41,9 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
             if !back {
                 continue;
             }
+            // What was published while the subscription was down is in
+            // the event log now: watchers catch up.
+            super::bus::gap(&node, crate::registry::GapReason::SubscriptionLost);
         }
         reconcile(&node).await;
     }

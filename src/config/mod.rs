@@ -54,6 +54,18 @@ pub struct ApiKeyConfig {
     pub tenant: Option<Tenant>,
 }
 
+/// One webhook (`[[webhooks]]` in the TOML file): a tenant's events as
+/// signed JSON POSTs to `url`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub tenant: String,
+    /// `http://...` (put a TLS-terminating proxy in front for HTTPS).
+    pub url: String,
+    /// A Standard Webhooks secret, `whsec_` + base64 of 24 to 64 bytes.
+    pub secret: String,
+}
+
 /// PEM contents of the TLS settings.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -156,6 +168,23 @@ pub struct Config {
     /// Presence events buffered for one WatchPresence stream; a watcher
     /// further behind is told it lagged.
     pub watch_buffer: usize,
+    /// Presence events kept per tenant in the event log (WatchPresence's
+    /// `after_sequence`, webhooks).
+    pub event_log_max_events: usize,
+    /// Events older than this leave the event log.
+    #[serde(with = "humantime_serde")]
+    pub event_log_max_age: Duration,
+    /// Webhooks: each tenant's events as signed JSON POSTs.
+    pub webhooks: Vec<WebhookConfig>,
+    /// One webhook POST may take this long.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// The wait before a webhook's first retry (doubled each time, at most 1 min).
+    #[serde(with = "humantime_serde")]
+    pub webhook_backoff: Duration,
+    /// A webhook event not delivered within this is a dead letter.
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_for: Duration,
     /// Concurrent gRPC calls (HTTP/2 streams) on one connection.
     pub grpc_max_concurrent_streams: u32,
     /// How long a claim's `idempotency_key` is remembered.
@@ -229,6 +258,12 @@ impl Default for Config {
             handshakes_per_second_per_ip: 10_000,
             messages_per_second: 20,
             watch_buffer: 1024,
+            event_log_max_events: 10_000,
+            event_log_max_age: Duration::from_secs(3600),
+            webhooks: Vec::new(),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_backoff: Duration::from_millis(500),
+            webhook_retry_for: Duration::from_secs(3600),
             grpc_max_concurrent_streams: 256,
             idempotency_ttl: Duration::from_secs(300),
             max_notices_per_session: 32,
@@ -382,6 +417,24 @@ impl Config {
         )?;
         at_least("messages_per_second", self.messages_per_second, 1)?;
         at_least("watch_buffer", self.watch_buffer, 1)?;
+        at_least("event_log_max_events", self.event_log_max_events, 1)?;
+        at_most("event_log_max_events", self.event_log_max_events, 1_000_000)?;
+        at_least(
+            "event_log_max_age",
+            self.event_log_max_age,
+            Duration::from_secs(1),
+        )?;
+        self.webhook_endpoints()?;
+        at_least(
+            "webhook_timeout",
+            self.webhook_timeout,
+            Duration::from_millis(10),
+        )?;
+        at_least(
+            "webhook_backoff",
+            self.webhook_backoff,
+            Duration::from_millis(1),
+        )?;
         at_least(
             "grpc_max_concurrent_streams",
             self.grpc_max_concurrent_streams,
@@ -573,6 +626,53 @@ impl Config {
             max_notices_per_session: self.max_notices_per_session,
             default_notice_ttl: self.default_notice_ttl,
             clock: crate::clock::Clock::system(),
+            event_log: crate::registry::LogBounds {
+                max_events: self.event_log_max_events,
+                max_age: self.event_log_max_age,
+            },
+        }
+    }
+
+    /// The webhooks, checked: a tenant id, an `http://` URL and a Standard
+    /// Webhooks secret each.
+    pub fn webhook_endpoints(&self) -> Result<Vec<crate::webhooks::Endpoint>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let field = |what: &str, problem: String| ConfigError::Invalid {
+                field: "webhooks",
+                problem: format!("webhooks[{i}].{what}: {problem}"),
+            };
+            let tenant = Tenant::parse(&w.tenant).map_err(|e| field("tenant", e.to_string()))?;
+            let url: hyper::Uri = w
+                .url
+                .parse()
+                .map_err(|e| field("url", format!("{:?} is not a URL: {e}", w.url)))?;
+            if url.scheme_str() != Some("http") || url.host().is_none() {
+                return Err(field(
+                    "url",
+                    format!(
+                        "{:?} must be http://host[:port]/path (for HTTPS, a TLS-terminating proxy)",
+                        w.url
+                    ),
+                ));
+            }
+            let secret =
+                crate::webhooks::sign::Secret::parse(&w.secret).map_err(|e| field("secret", e))?;
+            out.push(crate::webhooks::Endpoint {
+                tenant,
+                url,
+                secret,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How webhooks are sent.
+    pub fn webhook_options(&self) -> crate::webhooks::Options {
+        crate::webhooks::Options {
+            timeout: self.webhook_timeout,
+            backoff: self.webhook_backoff,
+            retry_for: self.webhook_retry_for,
         }
     }
 

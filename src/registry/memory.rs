@@ -22,10 +22,11 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::log::EventLog;
 use super::state::{Effects, TenantState};
 use super::{
-    Attached, Census, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page,
-    Registry, RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+    Attached, Census, ClaimOutcome, Event, EventSink, EvictTarget, NotifyCounts, NotifyTarget,
+    Page, Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
 };
 use crate::session::{ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant};
 
@@ -45,6 +46,9 @@ struct Shared {
     deadlines: Mutex<BTreeSet<(i64, Tenant, Option<SessionId>)>>,
     /// Wakes the expiry task when an earlier deadline is armed.
     wake: Notify,
+    /// The last sequence each webhook (tenant, hook) sent: one entry per
+    /// configured webhook.
+    hooks: DashMap<(Tenant, String), u64>,
 }
 
 impl MemoryRegistry {
@@ -56,6 +60,7 @@ impl MemoryRegistry {
             tenants: DashMap::new(),
             deadlines: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
+            hooks: DashMap::new(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(expire_loop(shared.clone(), stop.clone()));
@@ -101,8 +106,16 @@ impl Shared {
         f: impl FnOnce(&mut TenantState, &RegistryConfig, i64, &mut Effects) -> T,
     ) -> T {
         let mut fx = Effects::default();
-        let out = f(state, &self.cfg, self.cfg.clock.now_ms(), &mut fx);
+        let now = self.cfg.clock.now_ms();
+        let out = f(state, &self.cfg, now, &mut fx);
         for event in fx.events {
+            let event = match event {
+                Event::Presence(p) => {
+                    let p = Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone());
+                    Event::Presence(state.log.push(p, now, &self.cfg.event_log))
+                }
+                other => other,
+            };
             self.sink.publish(event);
         }
         if !fx.deadlines.is_empty() || !fx.prune_at.is_empty() {
@@ -315,6 +328,49 @@ impl Registry for MemoryRegistry {
         notice_id: &str,
     ) -> Result<(), RegistryError> {
         self.write(tenant, |s, _, now, _| s.ack(id, notice_id, now))
+    }
+
+    async fn hook_lease(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        _ttl: Duration,
+    ) -> Result<Option<u64>, RegistryError> {
+        // One node: it always holds the lease.
+        let key = (tenant.clone(), hook.to_string());
+        Ok(Some(self.shared.hooks.get(&key).map_or(0, |c| *c)))
+    }
+
+    async fn hook_done(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        seq: u64,
+        _ttl: Duration,
+    ) -> Result<bool, RegistryError> {
+        let mut cursor = self
+            .shared
+            .hooks
+            .entry((tenant.clone(), hook.to_string()))
+            .or_default();
+        *cursor = (*cursor).max(seq);
+        Ok(true)
+    }
+
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: usize,
+    ) -> Result<Replay, RegistryError> {
+        let Some(state) = self.shared.tenants.get(tenant).map(|s| s.clone()) else {
+            return Ok(EventLog::default().after(after, limit));
+        };
+        let mut guard = lock(&state);
+        guard
+            .log
+            .trim(self.shared.cfg.clock.now_ms(), &self.shared.cfg.event_log);
+        Ok(guard.log.after(after, limit))
     }
 
     fn census(&self) -> Option<Census> {

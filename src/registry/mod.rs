@@ -11,6 +11,7 @@
 //! sessions (whose sockets must be told why), notices to deliver, and
 //! presence changes. Data flows one way: API → registry → sink → gateway.
 
+pub mod log;
 pub mod memory;
 pub mod redis;
 mod state;
@@ -26,6 +27,7 @@ use crate::session::{
     Tenant, Tombstone,
 };
 
+pub use self::log::{LogBounds, Replay};
 pub use self::redis::{RedisConfig, RedisRegistry};
 pub use memory::MemoryRegistry;
 
@@ -50,6 +52,8 @@ pub struct RegistryConfig {
     pub default_notice_ttl: Duration,
     /// Where every transition reads "now" (see [`crate::clock`]).
     pub clock: Clock,
+    /// How much of each tenant's event log is kept ([`log`]).
+    pub event_log: LogBounds,
 }
 
 impl Default for RegistryConfig {
@@ -64,6 +68,7 @@ impl Default for RegistryConfig {
             max_notices_per_session: 32,
             default_notice_ttl: Duration::from_secs(24 * 3600),
             clock: Clock::system(),
+            event_log: LogBounds::default(),
         }
     }
 }
@@ -222,6 +227,40 @@ pub enum Event {
     /// it dead): every local socket is told to reconnect and closed (1012),
     /// and none is reconciled or re-asserted any more.
     Drain,
+    /// Presence events of `tenant` (every tenant: `None`) may have been
+    /// lost on the way to this node (bus overflow, lost subscription, a
+    /// lease not confirmed): watchers must catch up from the log or re-read.
+    Gap {
+        tenant: Option<Tenant>,
+        reason: GapReason,
+    },
+}
+
+/// Why a watcher may have missed presence events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The node's inbox from the bus overflowed.
+    BusOverflow,
+    /// The subscription to Redis was lost.
+    SubscriptionLost,
+    /// Events were dropped while this node's lease was unconfirmed.
+    LeaseUnconfirmed,
+    /// The watcher fell behind its buffer.
+    Lagged,
+    /// The log no longer reaches back to the watcher's sequence.
+    LogTrimmed,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::BusOverflow => "bus_overflow",
+            GapReason::SubscriptionLost => "subscription_lost",
+            GapReason::LeaseUnconfirmed => "lease_unconfirmed",
+            GapReason::Lagged => "lagged",
+            GapReason::LogTrimmed => "log_trimmed",
+        }
+    }
 }
 
 /// The registry contract. Every method is atomic with respect to the others
@@ -307,6 +346,36 @@ pub trait Registry: Send + Sync + 'static {
         id: &SessionId,
         notice_id: &str,
     ) -> Result<(), RegistryError>;
+
+    /// Up to `limit` events of the tenant's log after sequence `after`
+    /// (see [`log`]).
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: usize,
+    ) -> Result<Replay, RegistryError>;
+
+    /// Takes or keeps this node's lease on sending webhook `hook` of
+    /// `tenant` for `ttl` (one node sends each event); answers the last
+    /// sequence sent, or `None` while another node holds the lease.
+    async fn hook_lease(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, RegistryError>;
+
+    /// Records that webhook `hook` of `tenant` is done with sequence `seq`
+    /// (and keeps the lease for `ttl`); false when this node no longer
+    /// holds the lease, so it must stop sending.
+    async fn hook_done(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        seq: u64,
+        ttl: Duration,
+    ) -> Result<bool, RegistryError>;
 
     /// Makes sure this node hears the tenant's events (presence watchers).
     async fn watch(&self, _tenant: &Tenant) -> Result<(), RegistryError> {

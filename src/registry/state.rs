@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::log::EventLog;
 use super::{
     Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
     RegistryError, SessionKey, SocketId, StationInfo,
@@ -70,6 +71,9 @@ pub(crate) struct TenantState {
     mailbox: HashMap<Login, Mailbox>,
     /// Mailboxes by when their last notice expires.
     mailbox_expiry: BTreeSet<(i64, Login)>,
+    /// The tenant's presence events with their sequence numbers, appended
+    /// by the registry as it publishes them (under the same lock).
+    pub(crate) log: EventLog,
 }
 
 /// The notices queued for a login without a live session.
@@ -94,6 +98,7 @@ impl TenantState {
             idempotency_expiry: VecDeque::new(),
             mailbox: HashMap::new(),
             mailbox_expiry: BTreeSet::new(),
+            log: EventLog::default(),
         }
     }
 
@@ -279,8 +284,15 @@ impl TenantState {
         fx.prune_at.push(until);
         self.tombstone_expiry.push_back((until, id.clone()));
         self.tombstones.insert(id.clone(), tombstone.clone());
+        let ending = tombstone.ending.clone();
         fx.events.push(Event::Ended(tombstone));
-        presence(fx, &session, PresenceChange::Ended, now);
+        fx.events.push(Event::Presence(Arc::new(PresenceEvent {
+            session: session.clone(),
+            change: PresenceChange::Ended,
+            at_ms: now,
+            seq: 0,
+            ending: Some(ending),
+        })));
         Some(session)
     }
 
@@ -758,6 +770,8 @@ fn presence(fx: &mut Effects, session: &Session, change: PresenceChange, now: i6
         session: session.clone(),
         change,
         at_ms: now,
+        seq: 0,
+        ending: None,
     })));
 }
 

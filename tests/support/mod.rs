@@ -282,6 +282,7 @@ impl Node {
             "WatchPresence",
             c.watch_presence(pb::WatchPresenceRequest {
                 tenant: tenant.into(),
+                after_sequence: None,
             }),
         )
         .await
@@ -327,6 +328,14 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The next item (an event or a gap), bounded.
+    pub async fn next_item(&mut self) -> pb::WatchPresenceResponse {
+        within("a presence stream item", self.stream.message())
+            .await
+            .expect("presence stream healthy")
+            .expect("presence stream still open")
+    }
+
     /// The next event, bounded.
     pub async fn next(&mut self) -> pb::PresenceEvent {
         let r = within("a presence event", self.stream.message())
@@ -617,6 +626,23 @@ pub async fn watch_at(grpc: SocketAddr, tenant: &str) -> Watch {
         "WatchPresence",
         c.watch_presence(pb::WatchPresenceRequest {
             tenant: tenant.into(),
+            after_sequence: None,
+        }),
+    )
+    .await
+    .expect("WatchPresence succeeds")
+    .into_inner();
+    Watch { stream }
+}
+
+/// WatchPresence on any node, resuming after sequence `after`.
+pub async fn watch_after(grpc: SocketAddr, tenant: &str, after: u64) -> Watch {
+    let mut c = grpc_client(grpc).await;
+    let stream = within(
+        "WatchPresence",
+        c.watch_presence(pb::WatchPresenceRequest {
+            tenant: tenant.into(),
+            after_sequence: Some(after),
         }),
     )
     .await

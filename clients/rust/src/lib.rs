@@ -228,6 +228,22 @@ impl Broker {
     ) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, Error> {
         let r = self.request(pb::WatchPresenceRequest {
             tenant: tenant.into(),
+            after_sequence: None,
+        });
+        Ok(self.client.watch_presence(r).await?.into_inner())
+    }
+
+    /// Like [`watch_presence`](Self::watch_presence), first replaying the
+    /// tenant's event log after sequence `after` (an item with `gap` set
+    /// says the log no longer reached back that far: re-read the state).
+    pub async fn watch_presence_after(
+        &mut self,
+        tenant: &str,
+        after: u64,
+    ) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, Error> {
+        let r = self.request(pb::WatchPresenceRequest {
+            tenant: tenant.into(),
+            after_sequence: Some(after),
         });
         Ok(self.client.watch_presence(r).await?.into_inner())
     }

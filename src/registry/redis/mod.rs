@@ -31,7 +31,7 @@ use wire::{Reply, WNotice, WSession};
 
 use super::{
     Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
-    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+    RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
 };
 use crate::cluster::{fenced, Cluster};
 use crate::hub::sockets::LocalSockets;
@@ -552,6 +552,58 @@ impl Registry for RedisRegistry {
             return Err(self.error(tenant, &r, id.as_str()));
         }
         Ok(())
+    }
+
+    async fn hook_lease(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, RegistryError> {
+        let node = self.node();
+        let r = self
+            .inner
+            .store
+            .hook(tenant, hook, "lease", node.as_str(), ttl, 0)
+            .await?;
+        Ok(u64::try_from(r).ok())
+    }
+
+    async fn hook_done(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        seq: u64,
+        ttl: Duration,
+    ) -> Result<bool, RegistryError> {
+        let node = self.node();
+        let r = self
+            .inner
+            .store
+            .hook(tenant, hook, "done", node.as_str(), ttl, seq)
+            .await?;
+        Ok(r >= 0)
+    }
+
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: usize,
+    ) -> Result<Replay, RegistryError> {
+        let (head, trimmed, entries) = self.inner.store.read_log(tenant, after, limit).await?;
+        let mut events = Vec::with_capacity(entries.len());
+        for raw in entries {
+            let ev: wire::WEvent = serde_json::from_str(&raw).map_err(|e| {
+                RegistryError::Unavailable(format!("undecodable event log entry {raw:?}: {e}"))
+            })?;
+            events.push(Arc::new(wire::presence_event(tenant, &ev)?));
+        }
+        Ok(Replay {
+            events,
+            trimmed,
+            head,
+        })
     }
 
     async fn watch(&self, tenant: &Tenant) -> Result<(), RegistryError> {

@@ -77,6 +77,8 @@ pub(crate) struct Scripts {
     pub reassert: Script,
     pub nodes: Script,
     pub due: Script,
+    pub log: Script,
+    pub hook: Script,
 }
 
 impl Scripts {
@@ -106,6 +108,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reassert: indexed_script(include_str!("lua/reassert.lua"), true),
     nodes: Script::new(include_str!("lua/nodes.lua")),
     due: Script::new(include_str!("lua/due.lua")),
+    log: Script::new(include_str!("lua/log.lua")),
+    hook: Script::new(include_str!("lua/hook.lua")),
 });
 
 fn script_limits(c: &RegistryConfig) -> [u64; 7] {
@@ -143,6 +147,9 @@ pub(crate) struct Store {
     clock: Clock,
     /// Tenants whose due-index follow-up failed, to retry (bounded).
     unindexed: due::Unindexed,
+    /// The event log's bounds, `prelude.lua`'s ARGV[18..19]: max events,
+    /// max age (ms).
+    log_bounds: [u64; 2],
 }
 
 impl Store {
@@ -161,6 +168,10 @@ impl Store {
             due_keys: Default::default(),
             clock: cfg.clock.clone(),
             unindexed: due::Unindexed::default(),
+            log_bounds: [
+                cfg.event_log.max_events as u64,
+                cfg.event_log.max_age.as_millis() as u64,
+            ],
         };
         if !target.cluster {
             store.epoch_key = store.nodes_key("epoch");
@@ -247,6 +258,7 @@ impl Store {
                 } else {
                     tenant.as_str()
                 })
+                .arg(&self.log_bounds[..])
                 .invoke_async(&mut conn)
                 .await;
             match result {
@@ -338,6 +350,75 @@ fn may_resend(e: &redis::RedisError, rerunnable: bool) -> bool {
         | RetryMethod::ReconnectFromInitialConnections
         | RetryMethod::RetryImmediately => rerunnable,
         _ => false,
+    }
+}
+
+impl Store {
+    /// Up to `limit` entries of the tenant's event log after sequence
+    /// `after` (`lua/log.lua`): the head sequence, whether entries after
+    /// `after` are missing, and the entries' JSON.
+    pub(crate) async fn read_log(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: usize,
+    ) -> Result<(u64, bool, Vec<String>), RegistryError> {
+        let p = self.prefix(tenant);
+        let mut conn = self.conn.clone();
+        let mut raw: Vec<String> = SCRIPTS
+            .log
+            .key(format!("{p}log"))
+            .key(format!("{p}lsq"))
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if raw.len() < 2 {
+            return Err(RegistryError::Unavailable(format!(
+                "undecodable event log reply {raw:?}"
+            )));
+        }
+        let entries = raw.split_off(2);
+        let head = raw[0]
+            .parse()
+            .map_err(|e| RegistryError::Unavailable(format!("event log head {:?}: {e}", raw[0])))?;
+        Ok((head, raw[1] == "1", entries))
+    }
+}
+
+/// How long a webhook's cursor outlives its last use: long after the log
+/// it points into has expired, so a quiet tenant does not get old events
+/// again.
+const HOOK_CURSOR_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Store {
+    /// Runs `lua/hook.lua` (`op` = `lease` or `done`) for webhook `hook` of
+    /// `tenant` as `node`: the cursor, or -1 when another node holds the
+    /// lease.
+    pub(crate) async fn hook(
+        &self,
+        tenant: &Tenant,
+        hook: &str,
+        op: &str,
+        node: &str,
+        ttl: Duration,
+        seq: u64,
+    ) -> Result<i64, RegistryError> {
+        let p = self.prefix(tenant);
+        let mut conn = self.conn.clone();
+        SCRIPTS
+            .hook
+            .key(format!("{p}wh:{hook}:l"))
+            .key(format!("{p}wh:{hook}:c"))
+            .arg(op)
+            .arg(node)
+            .arg(ttl.as_millis() as u64)
+            .arg(seq)
+            .arg(HOOK_CURSOR_TTL.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 }
 

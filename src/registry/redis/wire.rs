@@ -163,8 +163,20 @@ pub enum WEvent {
     Notice { sid: String, n: WNotice },
     /// `p`: presence change `c` ([`PresenceChange::as_str`]) of session `s`
     /// at unix ms `at`.
+    /// `q` is its sequence number in the tenant's event log; an ending
+    /// also carries `by` and `msg` (as in [`WTomb`]).
     #[serde(rename = "p")]
-    Presence { s: WSession, c: String, at: i64 },
+    Presence {
+        s: WSession,
+        c: String,
+        at: i64,
+        #[serde(default)]
+        q: u64,
+        #[serde(default)]
+        by: Option<WBy>,
+        #[serde(default)]
+        msg: String,
+    },
 }
 
 /// Every script's answer: either an error code or the op's fields.
@@ -334,6 +346,21 @@ impl WSession {
     }
 }
 
+impl WBy {
+    pub fn to_ended_by(&self) -> Result<EndedBy, RegistryError> {
+        Ok(EndedBy {
+            client: self.client.clone(),
+            station: opt_station(&self.station)?,
+            session_id: if self.sid.is_empty() {
+                None
+            } else {
+                Some(SessionId::parse(&self.sid).map_err(|e| corrupt("by.sid", e))?)
+            },
+            at_ms: self.at,
+        })
+    }
+}
+
 impl WTomb {
     pub fn to_tombstone(&self, tenant: &Tenant) -> Result<Tombstone, RegistryError> {
         let reason = end_reason(&self.reason)?;
@@ -341,16 +368,7 @@ impl WTomb {
             session: self.s.to_session(tenant)?,
             ending: Ending {
                 reason,
-                by: EndedBy {
-                    client: self.by.client.clone(),
-                    station: opt_station(&self.by.station)?,
-                    session_id: if self.by.sid.is_empty() {
-                        None
-                    } else {
-                        Some(SessionId::parse(&self.by.sid).map_err(|e| corrupt("by.sid", e))?)
-                    },
-                    at_ms: self.by.at,
-                },
+                by: self.by.to_ended_by()?,
                 message: if self.msg.is_empty() {
                     reason.default_message().to_string()
                 } else {
@@ -385,16 +403,38 @@ impl WNotice {
     }
 }
 
-pub fn presence_event(
-    tenant: &Tenant,
-    s: &WSession,
-    change: &str,
-    at: i64,
-) -> Result<PresenceEvent, RegistryError> {
+/// A presence message (of the bus or the event log) as an event.
+pub fn presence_event(tenant: &Tenant, ev: &WEvent) -> Result<PresenceEvent, RegistryError> {
+    let WEvent::Presence {
+        s,
+        c,
+        at,
+        q,
+        by,
+        msg,
+    } = ev
+    else {
+        return Err(corrupt("presence event", "another kind of event"));
+    };
+    let session = s.to_session(tenant)?;
+    let ending = match (by, session.state) {
+        (Some(by), SessionState::Ended(reason)) => Some(Ending {
+            reason,
+            by: by.to_ended_by()?,
+            message: if msg.is_empty() {
+                reason.default_message().to_string()
+            } else {
+                msg.clone()
+            },
+        }),
+        _ => None,
+    };
     Ok(PresenceEvent {
-        session: s.to_session(tenant)?,
-        change: presence_change(change)?,
-        at_ms: at,
+        session,
+        change: presence_change(c)?,
+        at_ms: *at,
+        seq: *q,
+        ending,
     })
 }
 

@@ -12,6 +12,7 @@
 --   ARGV[14] = request JSON
 --   ARGV[15..17] = the due-index keys and the tenant, for the wrapper in
 --                 store.rs ('' on a cluster: the node updates the index)
+--   ARGV[18..19] = the event log's bounds: max events, max age (ms)
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
 -- t = attached at}], nt = notices, dl}
 local P = ARGV[1]
@@ -58,8 +59,38 @@ end
 -- Messages and records that embed a session are spliced around its JSON
 -- (`sj`), encoded once per script: cjson encoding is a large share of a
 -- script's Redis CPU.
-local function presence_j(sj, change)
-  redis.call(PUB, P .. 'pr', '{"k":"p","s":' .. sj .. ',"c":"' .. change .. '","at":' .. ARGV[2] .. '}')
+-- Every presence event is first appended to the tenant's event log, the
+-- stream `log` (ids `<ms>-<seq>`: ms never goes back, seq is the tenant's
+-- sequence number, `lsq`.n), in this script, so its order is the state's.
+-- Trimmed by length (ARGV[18], MAXLEN ~) and age (ARGV[19] ms, MINID ~);
+-- an idle tenant's stream expires with its last event.
+local function log_j(body)
+  local seq = redis.call('HINCRBY', P .. 'lsq', 'n', 1)
+  local t = redis.call('HGET', P .. 'lsq', 't')
+  if not t or tonumber(t) < NOW then
+    t = ARGV[2]
+    redis.call('HSET', P .. 'lsq', 't', t)
+  end
+  local lk = P .. 'log'
+  local ej = '{"k":"p",' .. body .. ',"q":' .. seq .. '}'
+  local added = redis.pcall('XADD', lk, 'MAXLEN', '~', ARGV[18], t .. '-' .. seq, 'e', ej)
+  if type(added) == 'table' and added.err then
+    -- The stream is ahead of `lsq` (which Redis lost): start it again;
+    -- readers behind it are told the log was trimmed.
+    redis.call('DEL', lk)
+    redis.call('XADD', lk, t .. '-' .. seq, 'e', ej)
+  end
+  -- By age every 32nd event: the approximate trim rarely has a whole
+  -- stream node to drop, and this is a claim's hottest path.
+  if seq % 32 == 0 then
+    redis.call('XTRIM', lk, 'MINID', '~', string.format('%d', NOW - ARGV[19]))
+  end
+  redis.call('PEXPIRE', lk, ARGV[19])
+  return ej
+end
+-- `extra`: more fields of the event (an ending's `by` and `msg`).
+local function presence_j(sj, change, extra)
+  redis.call(PUB, P .. 'pr', log_j('"s":' .. sj .. ',"c":"' .. change .. '","at":' .. ARGV[2] .. (extra or '')))
 end
 local function presence(s, change) presence_j(cjson.encode(s), change) end
 local function fenced(node)
@@ -116,11 +147,11 @@ local function finish(r, reason, by, message)
   s.reason = reason
   s.seen = NOW
   local sj = cjson.encode(s)
-  local tj = '{"s":' .. sj .. ',"reason":"' .. reason .. '","by":' .. cjson.encode(by)
-    .. ',"msg":' .. cjson.encode(message or '') .. '}'
+  local ending = ',"by":' .. cjson.encode(by) .. ',"msg":' .. cjson.encode(message or '')
+  local tj = '{"s":' .. sj .. ',"reason":"' .. reason .. '"' .. ending .. '}'
   redis.call('SET', P .. 't:' .. s.id, tj, 'PX', C.tt)
   emit_nodes(r.k, '{"k":"e","t":' .. tj .. '}')
-  presence_j(sj, 'ended')
+  presence_j(sj, 'ended', ending)
   return s, sj
 end
 
