@@ -117,6 +117,7 @@ impl Pair {
             target: Target {
                 urls: vec![RedisUrl::parse(&redis.url()).expect("a redis:// URL")],
                 cluster: false,
+                sentinel: None,
             },
             // Long: the background tasks must not act between steps
             // (expiry is run by the test; nothing else changes state).

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use super::Node;
 use crate::registry::redis::store::{Store, SCRIPTS};
 use crate::registry::redis::wire::NodesReply;
+use crate::registry::redis::{conn, sentinel};
 use crate::registry::{Event, RegistryError};
 use crate::session::{NodeId, Tenant};
 
@@ -40,6 +41,13 @@ const REAP_BATCH: usize = 500;
 /// Reap calls per tenant and dead node: bounds the loop (500 × 10,000
 /// sessions, far beyond what a node holds).
 const MAX_REAP_BATCHES: usize = 10_000;
+
+/// How much later than this node another live node may reach Redis again
+/// after an outage or a failover (see the lease task).
+const OUTAGE_SLACK: Duration = Duration::from_millis(
+    (conn::RESPONSE_TIMEOUT.as_millis() + conn::CONNECT_TIMEOUT.as_millis()) as u64
+        + sentinel::FOLLOW_EVERY.as_millis() as u64,
+);
 
 /// Who this node is in the cluster and whether its lease holds.
 pub(crate) struct Membership {
@@ -385,12 +393,27 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
     // Since when Redis has answered without a gap. Nobody is declared dead
     // until every live node had a whole lease to refresh after an outage,
     // so a Redis outage alone never fences the nodes (and drops sockets).
+    // Other nodes may reach Redis again later than this one: a command
+    // stuck on a hung old master times out, the probe of a master
+    // Sentinel still names times out, the switch is noticed a follow
+    // period later; they get that long too.
     let mut reachable_since = Instant::now();
+    let mut grace = member.lease_ttl;
+    // Behind Sentinel: a switch to another master is checked at once
+    // (the new master may lack the last writes).
+    let conn = node.store.conn();
+    let switched = || async {
+        match conn.switched() {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(member.tick()) => {}
             _ = member.check_now.notified() => {}
+            _ = switched() => {}
         }
         let renewed = member.renew(&node.store).await;
         super::health::changed(&node);
@@ -402,7 +425,7 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
                 if data_lost {
                     node.recover.data_lost();
                 }
-                if !dead.is_empty() && reachable_since.elapsed() > member.lease_ttl {
+                if !dead.is_empty() && reachable_since.elapsed() > grace {
                     member.bury(&node.store, &dead).await;
                 }
             }
@@ -410,10 +433,12 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
                 fence(&node).await;
                 warn!(error = %fenced(), "lease refresh failed; node not ready");
                 reachable_since = Instant::now() + member.tick();
+                grace = member.lease_ttl + OUTAGE_SLACK;
             }
             Err(e) => {
                 warn!(error = %e, "lease refresh failed; node not ready");
                 reachable_since = Instant::now() + member.tick();
+                grace = member.lease_ttl + OUTAGE_SLACK;
             }
         }
     }

@@ -13,6 +13,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod due;
+pub(crate) mod sentinel;
 pub(crate) mod store;
 pub(crate) mod wire;
 
@@ -26,6 +27,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use conn::Target;
+pub use sentinel::SentinelTarget;
 use store::{Store, SCRIPTS};
 use wire::{Reply, WNotice, WSession};
 
@@ -109,7 +111,7 @@ impl RedisRegistry {
         stop: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let cerr = |source| ConnectError {
-            urls: crate::config::RedisUrl::join(&rcfg.target.urls),
+            urls: rcfg.target.shown(),
             source,
         };
         let store = Store::connect(&rcfg.target, &rcfg.namespace, &cfg)

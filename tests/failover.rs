@@ -1,0 +1,173 @@
+//! Redis failover and data loss: real `turnstile serve` nodes on a master,
+//! a replica and three real `redis-sentinel`s (or one `redis-server` whose
+//! data is rolled back), failed the way production fails them. Claims
+//! fail fast with `UNAVAILABLE` during the switch, recover after it, and
+//! nothing is granted twice.
+//!
+//! Every wait is bounded; failovers are given 30 s (Sentinel judges the
+//! master down after 1 s here and needs a few more to elect a leader).
+
+mod support;
+
+use std::time::Duration;
+
+use support::procs::{NodeProc, SentinelSet};
+use support::*;
+use turnstile::pb;
+use turnstile_client::{AgentSocket, ConnectOptions, ServerFrame};
+
+const T: &str = "acme";
+
+/// An agent's socket, through the `turnstile-client` crate.
+struct Agent(AgentSocket);
+
+impl Agent {
+    async fn open(node: &NodeProc, token: &str) -> (Agent, String) {
+        let socket = within(
+            "connect",
+            AgentSocket::connect(node.http, token, &ConnectOptions::default()),
+        )
+        .await
+        .expect("the socket opens");
+        let mut agent = Agent(socket);
+        match agent.next().await {
+            ServerFrame::Welcome { session_id, .. } => (agent, session_id),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// The next frame but `connectivity` (a failover causes those).
+    async fn next(&mut self) -> ServerFrame {
+        within("a frame", async {
+            loop {
+                match self.0.next_frame().await.expect("a protocol frame") {
+                    ServerFrame::Connectivity { .. } => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+    }
+
+    async fn expect_superseded(&mut self) {
+        match self.next().await {
+            ServerFrame::ForcedLogout { reason, .. } => assert_eq!(reason, "superseded"),
+            other => panic!("expected forced_logout superseded, got {other:?}"),
+        }
+    }
+}
+
+async fn grant_on(node: &NodeProc, login: &str) -> pb::ClaimResponse {
+    let mut c = node.client().await;
+    let r = claim_on(&mut c, claim_req(T, login, "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    r
+}
+
+/// Claims `login` (REJECT) on `node` every 20 ms until one is answered,
+/// bounded (30 s); every refusal must be a fast `UNAVAILABLE`. Returns the
+/// answer and how many claims were refused.
+async fn claim_through(node: &NodeProc, login: &str) -> (pb::ClaimResponse, usize) {
+    let mut c = node.client().await;
+    let mut refused = 0;
+    for _ in 0..1500 {
+        let r = within(
+            "a claim during a failover",
+            c.claim(claim_req(T, login, "", ConflictPolicy::Reject)),
+        )
+        .await;
+        match r {
+            Ok(r) => return (r.into_inner(), refused),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no claim was answered within 30 s of the failover");
+}
+
+/// Waits (bounded) until the sentinels name a master other than `old`.
+async fn new_master(set: &SentinelSet, old: u16) -> u16 {
+    for _ in 0..1500 {
+        if let Some(p) = set.master_port().await {
+            if p != old {
+                return p;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the sentinels did not fail over within 30 s");
+}
+
+/// Waits (bounded) until the replica holds `key` (replication is async).
+async fn replicated(set: &SentinelSet, key: &str) {
+    let key = key.to_string();
+    support::procs::eventually("the replica to hold the session", || {
+        let key = key.clone();
+        async move {
+            matches!(
+                set.replica.cmd(&["EXISTS", &key]).await,
+                redis::Value::Int(1)
+            )
+        }
+    })
+    .await;
+}
+
+/// Two nodes behind Sentinel; ana holds a socket on `a`. `fail` takes the
+/// master away; then claims on `b` fail fast, recover on the new master,
+/// and neither ana's login nor bob's is granted twice.
+async fn a_failover_grants_nothing_twice(fail: impl AsyncFnOnce(&mut SentinelSet)) {
+    let mut set = SentinelSet::start().await;
+    let a = NodeProc::start_sentinel(&set, &[]).await;
+    let b = NodeProc::start_sentinel(&set, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let (mut ws, _) = Agent::open(&a, &ana.token).await;
+    replicated(&set, "turnstile:{acme}:l:ana").await;
+    let old = set.master.port;
+
+    fail(&mut set).await;
+    let (bob, refused) = claim_through(&b, "bob").await;
+    assert_eq!(bob.outcome(), ClaimOutcome::Granted, "{bob:?}");
+    assert_ne!(new_master(&set, old).await, old);
+    eprintln!("claims refused (UNAVAILABLE) during the failover: {refused}");
+
+    // Nothing granted twice: ana's live session and bob's hold.
+    let mut ca = a.client().await;
+    let r = claim_on(&mut ca, claim_req(T, "bob", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    let (r, _) = claim_through(&a, "ana").await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    // Events flow through the new master: a takeover still reaches ana.
+    let r = claim_on(&mut ca, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    ws.expect_superseded().await;
+}
+
+#[tokio::test]
+async fn sentinel_failover_after_kill_9_grants_nothing_twice() {
+    a_failover_grants_nothing_twice(async |set: &mut SentinelSet| set.master.kill().await).await;
+}
+
+#[tokio::test]
+async fn sentinel_failover_after_a_hung_master_grants_nothing_twice() {
+    a_failover_grants_nothing_twice(async |set: &mut SentinelSet| {
+        // The master stops answering for 4 s (past down-after, 1 s) but
+        // keeps its connections, then wakes up to be demoted.
+        let url = set.master.url();
+        tokio::spawn(async move {
+            if let Ok(client) = redis::Client::open(url) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let _ = redis::cmd("DEBUG")
+                        .arg("SLEEP")
+                        .arg(4)
+                        .query_async::<redis::Value>(&mut c)
+                        .await;
+                }
+            }
+        });
+    })
+    .await;
+}
