@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::procs::{NodeProc, SentinelSet};
+use support::procs::{NodeProc, RedisServer, SentinelSet};
 use support::*;
 use turnstile::pb;
 use turnstile_client::{AgentSocket, ConnectOptions, ServerFrame};
@@ -170,4 +170,51 @@ async fn sentinel_failover_after_a_hung_master_grants_nothing_twice() {
         });
     })
     .await;
+}
+
+/// The nodes whose sockets Redis lists for session `id` (incarnation
+/// names without their suffix).
+async fn socket_nodes(redis: &RedisServer, id: &str) -> Vec<String> {
+    let key = format!("turnstile:{{{T}}}:s:{id}");
+    let raw = match redis.cmd(&["GET", &key]).await {
+        redis::Value::BulkString(b) => b,
+        _ => return Vec::new(),
+    };
+    let rec: serde_json::Value = serde_json::from_slice(&raw).expect("a session record");
+    let mut nodes: Vec<String> = rec["k"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["n"].as_str())
+        .map(|n| n.split(':').next().unwrap_or(n).to_string())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+#[tokio::test]
+async fn reassertion_adds_every_nodes_sockets_to_a_session_already_put_back() {
+    let mut redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let (_on_a, id) = Agent::open(&a, &ana.token).await;
+    let (_on_b, _) = Agent::open(&b, &ana.token).await;
+    let mut both = vec![a.name.clone(), b.name.clone()];
+    both.sort();
+    assert_eq!(socket_nodes(&redis, &id).await, both);
+
+    redis.restart_empty().await;
+    // Whichever node puts the session back first, the other's socket must
+    // be added to it, or that node's client is later ended as expired.
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        seen = socket_nodes(&redis, &id).await;
+        if seen == both {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("after re-assertion redis lists sockets of {seen:?}, not of both {both:?}");
 }
