@@ -218,3 +218,42 @@ async fn reassertion_adds_every_nodes_sockets_to_a_session_already_put_back() {
     }
     panic!("after re-assertion redis lists sockets of {seen:?}, not of both {both:?}");
 }
+
+/// Redis comes back with an older copy of its data, as after a failover
+/// to a replica that was behind: the epoch key survived, the last writes
+/// did not. A node that saw those writes must notice, and no login whose
+/// live session was lost is granted again.
+#[tokio::test]
+async fn lost_writes_are_noticed_and_their_sessions_are_not_granted_twice() {
+    let mut redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let b = NodeProc::start(&redis.url(), false, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let (_ana_ws, _) = Agent::open(&a, &ana.token).await;
+    // What the lagging copy holds: the epoch, ana.
+    assert_eq!(redis.cmd(&["SAVE"]).await, redis::Value::Okay);
+    // The writes it lacks: bob granted and connected on a, and b reading
+    // bob's session (so b has seen those writes).
+    let bob = grant_on(&a, "bob").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let (mut bob_ws, _) = Agent::open(&a, &bob.token).await;
+    let mut cb = b.client().await;
+    let s = get_on(&mut cb, T, &bob_id).await.expect("bob's session");
+    assert_eq!(s.state(), SessionState::Connected);
+
+    redis.restart().await; // loads the snapshot: bob is gone
+    let (r, refused) = claim_through(&b, "bob").await;
+    eprintln!("claims refused (UNAVAILABLE) after the lost writes: {refused}");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::LoginInUse,
+        "bob's live session was lost with the writes; granting bob again is a double grant: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, bob_id);
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    // bob's socket on a still works: a takeover reaches it.
+    let r = claim_on(&mut cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    bob_ws.expect_superseded().await;
+}

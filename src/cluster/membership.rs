@@ -74,8 +74,14 @@ pub(crate) struct Membership {
 /// What one lease refresh found.
 pub(super) enum Lease {
     /// Renewed; `due` are the nodes whose lease ran out; `data_lost` when
-    /// Redis lost its data since the last refresh.
-    Renewed { due: Vec<String>, data_lost: bool },
+    /// Redis lost its data since the last refresh; `wait` when this
+    /// refresh started the epoch and claims wait that long (in which every
+    /// live node notices).
+    Renewed {
+        due: Vec<String>,
+        data_lost: bool,
+        wait: Option<Duration>,
+    },
     /// This incarnation had been declared dead.
     Fenced,
 }
@@ -213,6 +219,7 @@ impl Membership {
             fresh,
             window.as_millis().to_string(),
             known.clone(),
+            store.writes_seen(),
         ];
         let r = match self.nodes(store, "lease", &args).await {
             Ok(r) => r,
@@ -233,9 +240,16 @@ impl Membership {
         self.lease_valid_ms
             .store(valid.as_millis() as u64, Ordering::Release);
         let mut data_lost = false;
+        let wc = r.wc.unwrap_or(0.0) as u64;
         if known != r.epoch {
+            // A new epoch: the write counter is Redis's from now on.
+            store.reset_writes(wc);
             if let Ok(mut e) = self.epoch.write() {
                 e.clone_from(&r.epoch);
+            }
+            if r.lost {
+                warn!(seen = %args[4], "redis lost writes this node saw acknowledged (failover to a replica that was behind?); starting a recovery");
+                metrics::counter!(crate::metrics_names::REDIS_LOST_WRITES).increment(1);
             }
             if !known.is_empty() {
                 warn!(old = %known, new = %r.epoch, "redis lost its data; re-asserting local sessions");
@@ -244,14 +258,18 @@ impl Membership {
                 self.registered.clear();
                 data_lost = true;
             }
-        } else if r.fresh && !known.is_empty() {
-            // Our lease was gone without a new epoch: re-record our tenants.
-            self.registered.clear();
+        } else {
+            store.saw_writes(wc);
+            if r.fresh && !known.is_empty() {
+                // Our lease was gone without a new epoch: re-record our tenants.
+                self.registered.clear();
+            }
         }
         self.ready.store(true, Ordering::Relaxed);
         Ok(Lease::Renewed {
             due: r.due,
             data_lost,
+            wait: r.created.then_some(window),
         })
     }
 
@@ -308,6 +326,10 @@ impl Membership {
             let r = store
                 .run(&SCRIPTS.reap, &tenant, &self.node(), &self.epoch(), &body)
                 .await?;
+            if let Some(e) = r.err {
+                // (lost writes, fenced): a later round retries.
+                return Err(RegistryError::Unavailable(format!("reap refused: {e}")));
+            }
             if !r.more {
                 store.nodes("reaped", node, &[t.to_string()]).await?;
                 return Ok(());
@@ -377,13 +399,32 @@ async fn fence(node: &Node) {
 /// The first lease, before the node serves anything: it must be a member
 /// before it writes for sockets.
 pub(super) async fn join(node: &Node) -> Result<(), RegistryError> {
-    match node.member.renew(&node.store).await? {
-        Lease::Renewed { .. } => Ok(()),
-        Lease::Fenced => {
-            fence(node).await;
-            Err(fenced())
+    // Bounded: a second epoch started right away would be another loss.
+    for _ in 0..3 {
+        match node.member.renew(&node.store).await? {
+            Lease::Renewed {
+                wait: Some(window), ..
+            } => {
+                // This node started the epoch: Redis is new, or lost its
+                // data and this is the first lease since. Claims are
+                // refused until every live node had the time to notice and
+                // re-assert; serve after that, on a fresh lease.
+                info!(
+                    wait_ms = window.as_millis() as u64,
+                    "no epoch in redis (new deployment, or redis lost its data): letting other nodes re-assert before serving"
+                );
+                tokio::time::sleep(window).await;
+            }
+            Lease::Renewed { .. } => return Ok(()),
+            Lease::Fenced => {
+                fence(node).await;
+                return Err(fenced());
+            }
         }
     }
+    Err(RegistryError::Unavailable(
+        "redis keeps losing its epoch while this node joins".into(),
+    ))
 }
 
 /// The lease task: refreshes the lease every tick (or when alarmed) and
@@ -421,6 +462,7 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
             Ok(Lease::Renewed {
                 due: dead,
                 data_lost,
+                ..
             }) => {
                 if data_lost {
                     node.recover.data_lost();

@@ -239,6 +239,13 @@ impl RedisRegistry {
                         .into(),
                 )
             }
+            "lostwrites" => {
+                self.inner.cluster.member().alarm();
+                RegistryError::Unavailable(
+                    "redis lost writes this node saw (failover to a replica that was behind?); nodes are re-registering their sessions, retry in a few seconds"
+                        .into(),
+                )
+            }
             "recovering" => RegistryError::Unavailable(
                 "redis is being repopulated after losing its data; claims resume in a few seconds"
                     .into(),
