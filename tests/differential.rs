@@ -125,6 +125,11 @@ impl Pair {
             reconcile_interval: Duration::from_secs(3600),
             namespace: namespace.clone(),
         };
+        // A deployment that already has its epoch: a node that starts one
+        // waits a lease tick (12 s here) for other nodes to notice.
+        redis
+            .cmd(&["SET", &format!("{namespace}:{{nodes}}:epoch"), "diff"])
+            .await;
         let local = Arc::new(LocalSockets::default());
         let red = RedisRegistry::start(cfg(&clock), rcfg, Arc::new(Discard), local, stop.clone())
             .await

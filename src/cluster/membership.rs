@@ -211,9 +211,19 @@ impl Membership {
         let sent = self.started.elapsed();
         let sent_at = tokio::time::Instant::now();
         let ttl = self.lease_ttl;
-        let window = 2 * self.tick() + Duration::from_secs(1);
         let fresh = uuid::Uuid::new_v4().simple().to_string();
         let known = self.epoch();
+        // How long claims wait after a new epoch for every live node to
+        // refresh its lease (every tick) and so notice it; a node that
+        // notices then holds claims itself until it re-asserted. A node
+        // that starts on a Redis without an epoch waits this out before it
+        // serves (a new deployment: it cannot tell one from a loss), so
+        // its window is the shortest that covers one tick of every node.
+        let window = if known.is_empty() {
+            self.tick() + Duration::from_millis(500)
+        } else {
+            2 * self.tick() + Duration::from_secs(1)
+        };
         let args = [
             ttl.as_millis().to_string(),
             fresh,
