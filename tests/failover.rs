@@ -128,11 +128,16 @@ async fn a_failover_grants_nothing_twice(fail: impl AsyncFnOnce(&mut SentinelSet
     replicated(&set, "turnstile:{acme}:l:ana").await;
     let old = set.master.port;
 
+    let failed = std::time::Instant::now();
     fail(&mut set).await;
     let (bob, refused) = claim_through(&b, "bob").await;
     assert_eq!(bob.outcome(), ClaimOutcome::Granted, "{bob:?}");
     assert_ne!(new_master(&set, old).await, old);
-    eprintln!("claims refused (UNAVAILABLE) during the failover: {refused}");
+    // Reported, not asserted (no timing thresholds in cargo test).
+    eprintln!(
+        "claims refused (UNAVAILABLE) during the failover: {refused}; first grant {:?} after the fault",
+        failed.elapsed()
+    );
 
     // Nothing granted twice: ana's live session and bob's hold.
     let mut ca = a.client().await;

@@ -456,6 +456,7 @@ impl NodeProc {
             .args(["--lease-ttl", "1s", "--reconcile-interval", "500ms"])
             .args(["--drain-window", "200ms"])
             .args(extra)
+            // TS_NODE_LOG=info,turnstile::cluster=debug to see a node's side.
             .env(
                 "RUST_LOG",
                 std::env::var("TS_NODE_LOG").unwrap_or_else(|_| "warn".into()),
