@@ -262,3 +262,63 @@ async fn lost_writes_are_noticed_and_their_sessions_are_not_granted_twice() {
     assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
     bob_ws.expect_superseded().await;
 }
+
+/// Redis restarted empty while the node holding ana was paused, and the
+/// first lease after the loss comes from a node started just then: it
+/// cannot tell the loss from a new deployment, so it opens the recovery
+/// window and waits it out; the paused node notices within its tick and
+/// holds claims until ana is back. Her station is never granted twice.
+#[tokio::test]
+async fn a_loss_first_seen_by_a_fresh_node_still_holds_claims_until_reasserted() {
+    let mut redis = RedisServer::start().await;
+    let a = NodeProc::start(&redis.url(), false, &[]).await;
+    let mut c = a.client().await;
+    let ana = claim_on(
+        &mut c,
+        claim_req(T, "ana", "desk-1", ConflictPolicy::Reject),
+    )
+    .await;
+    assert_eq!(ana.outcome(), ClaimOutcome::Granted, "{ana:?}");
+    let (_ws, ana_id) = Agent::open(&a, &ana.token).await;
+
+    a.sigstop();
+    redis.restart_empty().await;
+    let url = redis.url();
+    let fresh = tokio::spawn(async move { NodeProc::start(&url, false, &[]).await });
+    // The fresh node's first lease created the epoch (the paused one
+    // cannot have): only then is the paused node let go.
+    support::procs::eventually("the fresh node to start an epoch", || async {
+        matches!(
+            redis.cmd(&["EXISTS", "turnstile:{nodes}:epoch"]).await,
+            redis::Value::Int(1)
+        )
+    })
+    .await;
+    a.sigcont();
+    let fresh = within("the fresh node", fresh).await.expect("it starts");
+
+    let mut cf = fresh.client().await;
+    let mut answer = None;
+    for _ in 0..1500 {
+        match within(
+            "a claim",
+            cf.claim(claim_req(T, "zoe", "desk-1", ConflictPolicy::Reject)),
+        )
+        .await
+        {
+            Ok(r) => {
+                answer = Some(r.into_inner());
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = answer.expect("a claim answered within 30 s");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::StationInUse,
+        "desk-1 is ana's: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, ana_id);
+}
