@@ -27,6 +27,9 @@ pub const HEARTBEAT_DEAD: &str = "turnstile_heartbeat_dead_total";
 pub const PRESENCE_LAGGED: &str = "turnstile_presence_watchers_lagged_total";
 /// Counter: times this node found Redis had lost its data (epoch changed).
 pub const REDIS_DATA_LOSS: &str = "turnstile_redis_data_loss_total";
+/// Counter: times this node found Redis had lost writes it saw acknowledged
+/// (the write counter went back: a failover to a replica that was behind).
+pub const REDIS_LOST_WRITES: &str = "turnstile_redis_lost_writes_total";
 /// Counter: times this node found itself declared dead and re-joined.
 pub const REDIS_FENCED: &str = "turnstile_redis_fenced_total";
 /// Counter: forced logouts delivered by reconciliation (the bus missed them).

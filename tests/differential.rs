@@ -155,6 +155,7 @@ impl Pair {
             target: Target {
                 urls: vec![RedisUrl::parse(&redis.url()).expect("a redis:// URL")],
                 cluster: false,
+                sentinel: None,
             },
             // Long: the background tasks must not act between steps
             // (expiry is run by the test; nothing else changes state).
@@ -162,6 +163,11 @@ impl Pair {
             reconcile_interval: Duration::from_secs(3600),
             namespace: namespace.clone(),
         };
+        // A deployment that already has its epoch: a node that starts one
+        // waits a lease tick (12 s here) for other nodes to notice.
+        redis
+            .cmd(&["SET", &format!("{namespace}:{{nodes}}:epoch"), "diff"])
+            .await;
         let local = Arc::new(LocalSockets::default());
         let red = RedisRegistry::start(cfg(&clock), rcfg, Arc::new(Discard), local, stop.clone())
             .await

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use super::Node;
 use crate::registry::redis::store::{Store, SCRIPTS};
 use crate::registry::redis::wire::NodesReply;
+use crate::registry::redis::{conn, sentinel};
 use crate::registry::{Event, RegistryError};
 use crate::session::{NodeId, Tenant};
 
@@ -40,6 +41,13 @@ const REAP_BATCH: usize = 500;
 /// Reap calls per tenant and dead node: bounds the loop (500 × 10,000
 /// sessions, far beyond what a node holds).
 const MAX_REAP_BATCHES: usize = 10_000;
+
+/// How much later than this node another live node may reach Redis again
+/// after an outage or a failover (see the lease task).
+const OUTAGE_SLACK: Duration = Duration::from_millis(
+    (conn::RESPONSE_TIMEOUT.as_millis() + conn::CONNECT_TIMEOUT.as_millis()) as u64
+        + sentinel::FOLLOW_EVERY.as_millis() as u64,
+);
 
 /// Who this node is in the cluster and whether its lease holds.
 pub(crate) struct Membership {
@@ -66,8 +74,14 @@ pub(crate) struct Membership {
 /// What one lease refresh found.
 pub(super) enum Lease {
     /// Renewed; `due` are the nodes whose lease ran out; `data_lost` when
-    /// Redis lost its data since the last refresh.
-    Renewed { due: Vec<String>, data_lost: bool },
+    /// Redis lost its data since the last refresh; `wait` when this
+    /// refresh started the epoch and claims wait that long (in which every
+    /// live node notices).
+    Renewed {
+        due: Vec<String>,
+        data_lost: bool,
+        wait: Option<Duration>,
+    },
     /// This incarnation had been declared dead.
     Fenced,
 }
@@ -197,14 +211,25 @@ impl Membership {
         let sent = self.started.elapsed();
         let sent_at = tokio::time::Instant::now();
         let ttl = self.lease_ttl;
-        let window = 2 * self.tick() + Duration::from_secs(1);
         let fresh = uuid::Uuid::new_v4().simple().to_string();
         let known = self.epoch();
+        // How long claims wait after a new epoch for every live node to
+        // refresh its lease (every tick) and so notice it; a node that
+        // notices then holds claims itself until it re-asserted. A node
+        // that starts on a Redis without an epoch waits this out before it
+        // serves (a new deployment: it cannot tell one from a loss), so
+        // its window is the shortest that covers one tick of every node.
+        let window = if known.is_empty() {
+            self.tick() + Duration::from_millis(500)
+        } else {
+            2 * self.tick() + Duration::from_secs(1)
+        };
         let args = [
             ttl.as_millis().to_string(),
             fresh,
             window.as_millis().to_string(),
             known.clone(),
+            store.writes_seen(),
         ];
         let r = match self.nodes(store, "lease", &args).await {
             Ok(r) => r,
@@ -225,9 +250,16 @@ impl Membership {
         self.lease_valid_ms
             .store(valid.as_millis() as u64, Ordering::Release);
         let mut data_lost = false;
+        let wc = r.wc.unwrap_or(0.0) as u64;
         if known != r.epoch {
+            // A new epoch: the write counter is Redis's from now on.
+            store.reset_writes(wc);
             if let Ok(mut e) = self.epoch.write() {
                 e.clone_from(&r.epoch);
+            }
+            if r.lost {
+                warn!(seen = %args[4], "redis lost writes this node saw acknowledged (failover to a replica that was behind?); starting a recovery");
+                metrics::counter!(crate::metrics_names::REDIS_LOST_WRITES).increment(1);
             }
             if !known.is_empty() {
                 warn!(old = %known, new = %r.epoch, "redis lost its data; re-asserting local sessions");
@@ -236,14 +268,18 @@ impl Membership {
                 self.registered.clear();
                 data_lost = true;
             }
-        } else if r.fresh && !known.is_empty() {
-            // Our lease was gone without a new epoch: re-record our tenants.
-            self.registered.clear();
+        } else {
+            store.saw_writes(wc);
+            if r.fresh && !known.is_empty() {
+                // Our lease was gone without a new epoch: re-record our tenants.
+                self.registered.clear();
+            }
         }
         self.ready.store(true, Ordering::Relaxed);
         Ok(Lease::Renewed {
             due: r.due,
             data_lost,
+            wait: r.created.then_some(window),
         })
     }
 
@@ -300,6 +336,10 @@ impl Membership {
             let r = store
                 .run(&SCRIPTS.reap, &tenant, &self.node(), &self.epoch(), &body)
                 .await?;
+            if let Some(e) = r.err {
+                // (lost writes, fenced): a later round retries.
+                return Err(RegistryError::Unavailable(format!("reap refused: {e}")));
+            }
             if !r.more {
                 store.nodes("reaped", node, &[t.to_string()]).await?;
                 return Ok(());
@@ -369,13 +409,32 @@ async fn fence(node: &Node) {
 /// The first lease, before the node serves anything: it must be a member
 /// before it writes for sockets.
 pub(super) async fn join(node: &Node) -> Result<(), RegistryError> {
-    match node.member.renew(&node.store).await? {
-        Lease::Renewed { .. } => Ok(()),
-        Lease::Fenced => {
-            fence(node).await;
-            Err(fenced())
+    // Bounded: a second epoch started right away would be another loss.
+    for _ in 0..3 {
+        match node.member.renew(&node.store).await? {
+            Lease::Renewed {
+                wait: Some(window), ..
+            } => {
+                // This node started the epoch: Redis is new, or lost its
+                // data and this is the first lease since. Claims are
+                // refused until every live node had the time to notice and
+                // re-assert; serve after that, on a fresh lease.
+                info!(
+                    wait_ms = window.as_millis() as u64,
+                    "no epoch in redis (new deployment, or redis lost its data): letting other nodes re-assert before serving"
+                );
+                tokio::time::sleep(window).await;
+            }
+            Lease::Renewed { .. } => return Ok(()),
+            Lease::Fenced => {
+                fence(node).await;
+                return Err(fenced());
+            }
         }
     }
+    Err(RegistryError::Unavailable(
+        "redis keeps losing its epoch while this node joins".into(),
+    ))
 }
 
 /// The lease task: refreshes the lease every tick (or when alarmed) and
@@ -385,12 +444,27 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
     // Since when Redis has answered without a gap. Nobody is declared dead
     // until every live node had a whole lease to refresh after an outage,
     // so a Redis outage alone never fences the nodes (and drops sockets).
+    // Other nodes may reach Redis again later than this one: a command
+    // stuck on a hung old master times out, the probe of a master
+    // Sentinel still names times out, the switch is noticed a follow
+    // period later; they get that long too.
     let mut reachable_since = Instant::now();
+    let mut grace = member.lease_ttl;
+    // Behind Sentinel: a switch to another master is checked at once
+    // (the new master may lack the last writes).
+    let conn = node.store.conn();
+    let switched = || async {
+        match conn.switched() {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(member.tick()) => {}
             _ = member.check_now.notified() => {}
+            _ = switched() => {}
         }
         let renewed = member.renew(&node.store).await;
         super::health::changed(&node);
@@ -398,11 +472,12 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
             Ok(Lease::Renewed {
                 due: dead,
                 data_lost,
+                ..
             }) => {
                 if data_lost {
                     node.recover.data_lost();
                 }
-                if !dead.is_empty() && reachable_since.elapsed() > member.lease_ttl {
+                if !dead.is_empty() && reachable_since.elapsed() > grace {
                     member.bury(&node.store, &dead).await;
                 }
             }
@@ -410,10 +485,12 @@ pub(super) async fn lease(node: Arc<Node>, stop: CancellationToken) {
                 fence(&node).await;
                 warn!(error = %fenced(), "lease refresh failed; node not ready");
                 reachable_since = Instant::now() + member.tick();
+                grace = member.lease_ttl + OUTAGE_SLACK;
             }
             Err(e) => {
                 warn!(error = %e, "lease refresh failed; node not ready");
                 reachable_since = Instant::now() + member.tick();
+                grace = member.lease_ttl + OUTAGE_SLACK;
             }
         }
     }

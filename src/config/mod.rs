@@ -208,6 +208,12 @@ pub struct Config {
     pub redis: Option<RedisUrls>,
     /// The `redis` URLs are seed nodes of a Redis Cluster.
     pub redis_cluster: bool,
+    /// Sentinels (`host:port`, comma-separated) watching the master named
+    /// `redis_master`: the node finds the master through them and follows
+    /// failovers. Instead of `redis`.
+    pub redis_sentinel: Option<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub redis_master: Option<String>,
     /// Prefix of every Redis key and channel, so several deployments can
     /// share one Redis.
     pub redis_namespace: String,
@@ -273,6 +279,8 @@ impl Default for Config {
             tls_client_ca_file: None,
             redis: None,
             redis_cluster: false,
+            redis_sentinel: None,
+            redis_master: None,
             redis_namespace: "turnstile".into(),
             lease_ttl: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(5),
@@ -462,6 +470,7 @@ impl Config {
             self.handshake_timeout,
             Duration::from_millis(10),
         )?;
+        self.sentinel()?;
         if self.redis_namespace.is_empty()
             || !self
                 .redis_namespace
@@ -601,12 +610,61 @@ impl Config {
         }))
     }
 
-    /// The Redis registry's settings, when `redis` is set.
+    /// The Sentinels and master name, when `redis_sentinel` is set; the
+    /// error names the setting that is wrong.
+    fn sentinel(&self) -> Result<Option<crate::registry::redis::SentinelTarget>, ConfigError> {
+        let Some(list) = &self.redis_sentinel else {
+            if self.redis_master.is_some() {
+                return bad("redis_master", "is only used with redis_sentinel");
+            }
+            return Ok(None);
+        };
+        if self.redis.is_some() || self.redis_cluster {
+            return bad(
+                "redis_sentinel",
+                "set either redis (and redis_cluster) or redis_sentinel, not both",
+            );
+        }
+        let mut sentinels = Vec::new();
+        for hp in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let ok = hp
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok || hp.contains('/') || hp.contains('@') {
+                return bad("redis_sentinel", format!("{hp:?} is not host:port"));
+            }
+            sentinels.push(
+                RedisUrl::parse(&format!("redis://{hp}")).or_else(|e| bad("redis_sentinel", e))?,
+            );
+        }
+        if sentinels.is_empty() {
+            return bad("redis_sentinel", "needs at least one host:port");
+        }
+        let master = match self.redis_master.as_deref().map(str::trim) {
+            Some(m) if !m.is_empty() && !m.contains(char::is_whitespace) => m.to_string(),
+            Some(m) => return bad("redis_master", format!("{m:?} is not a master name")),
+            None => return bad("redis_master", "is required with redis_sentinel"),
+        };
+        Ok(Some(crate::registry::redis::SentinelTarget {
+            sentinels,
+            master,
+        }))
+    }
+
+    /// The Redis registry's settings, when `redis` or `redis_sentinel` is
+    /// set.
     pub fn redis(&self) -> Option<crate::registry::RedisConfig> {
+        let sentinel = self.sentinel().ok().flatten();
+        let urls = match (&self.redis, &sentinel) {
+            (Some(r), None) => r.urls().to_vec(),
+            (None, Some(_)) => Vec::new(),
+            _ => return None,
+        };
         Some(crate::registry::RedisConfig {
             target: crate::registry::redis::Target {
-                urls: self.redis.as_ref()?.urls().to_vec(),
+                urls,
                 cluster: self.redis_cluster,
+                sentinel,
             },
             lease_ttl: self.lease_ttl,
             reconcile_interval: self.reconcile_interval,
@@ -789,6 +847,42 @@ mod tests {
             RedisUrl::join(&redis.target.urls),
             "redis://:***@127.0.0.1:6390/1,redis://127.0.0.1:6391"
         );
+    }
+
+    #[test]
+    fn sentinel_settings_are_checked_and_name_the_setting() {
+        let c = Config::load(
+            None,
+            flags(&[
+                ("redis_sentinel", "127.0.0.1:26379, h2:26380"),
+                ("redis_master", "ts"),
+            ]),
+        )
+        .unwrap();
+        let s = c.redis().unwrap().target.sentinel.unwrap();
+        assert_eq!((s.master.as_str(), s.sentinels.len()), ("ts", 2));
+        for (pairs, says) in [
+            (
+                &[("redis_sentinel", "h:1")][..],
+                "redis_master: is required",
+            ),
+            (&[("redis_master", "ts")][..], "redis_master: is only used"),
+            (
+                &[("redis_sentinel", "h"), ("redis_master", "ts")][..],
+                "redis_sentinel: \"h\" is not host:port",
+            ),
+            (
+                &[
+                    ("redis_sentinel", "h:1"),
+                    ("redis_master", "ts"),
+                    ("redis", "redis://h"),
+                ][..],
+                "redis_sentinel: set either",
+            ),
+        ] {
+            let e = load_err(pairs);
+            assert!(e.contains(says), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

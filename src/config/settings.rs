@@ -116,6 +116,8 @@ pub const SETTINGS: &[Setting] = &[
     s("log_format", Text, "", "`human` or `json` (logs go to stderr; `RUST_LOG` filters)"),
     s("redis", Url, "unset", "Redis URL(s), comma-separated: run as a cluster node; unset = single node"),
     s("redis_cluster", Switch, "", "the `redis` URLs are seed nodes of a Redis Cluster"),
+    s("redis_sentinel", Text, "unset", "Sentinels `host:port`, comma-separated, watching `redis_master` (instead of `redis`): the node finds the master through them and follows failovers"),
+    s("redis_master", Text, "unset", "the master's name in the Sentinels' configuration (with `redis_sentinel`)"),
     s("redis_namespace", Text, "", "prefix of every Redis key and channel (several deployments on one Redis)"),
     s("lease_ttl", Duration, "", "a node silent in Redis this long is declared dead"),
     s("reconcile_interval", Duration, "", "how often local sockets are checked against Redis"),

@@ -231,6 +231,134 @@ impl RedisCluster {
     }
 }
 
+/// A master, one replica and three `redis-sentinel`s watching them (quorum
+/// 2), with short timers: the master is judged down after 1 s without an
+/// answer, a failover gives up after 3 s.
+pub struct SentinelSet {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<Sentinel>,
+    /// `127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`.
+    pub addrs: String,
+}
+
+struct Sentinel {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl SentinelSet {
+    pub const MASTER: &'static str = "ts";
+
+    pub async fn start() -> Self {
+        let debug = ["--enable-debug-command", "local"];
+        let master = RedisServer::start_with(&debug).await;
+        let mp = master.port.to_string();
+        let replica =
+            RedisServer::start_with(&[&debug[..], &["--replicaof", "127.0.0.1", &mp]].concat())
+                .await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = scratch_dir("sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                     sentinel monitor {m} 127.0.0.1 {mp} 2\n\
+                     sentinel down-after-milliseconds {m} 1000\n\
+                     sentinel failover-timeout {m} 3000\n\
+                     sentinel parallel-syncs {m} 1\n",
+                    dir.display(),
+                    m = Self::MASTER,
+                    mp = master.port,
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-sentinel runs (the test command installs it)");
+            sentinels.push(Sentinel { port, dir, child });
+        }
+        let addrs = sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinels,
+            addrs,
+        };
+        // Ready when every sentinel sees the replica and both other
+        // sentinels (they find each other through the master's hello
+        // channel), so a failover can be authorised.
+        for s in &set.sentinels {
+            let port = s.port;
+            eventually(
+                "a sentinel to see the replica and the other sentinels",
+                || async move {
+                    let Ok(info) = sentinel_master_info(port).await else {
+                        return false;
+                    };
+                    info.get("num-slaves").map(String::as_str) == Some("1")
+                        && info.get("num-other-sentinels").map(String::as_str) == Some("2")
+                },
+            )
+            .await;
+        }
+        set
+    }
+
+    /// The port of the server the sentinels call master now (the first
+    /// sentinel that answers).
+    pub async fn master_port(&self) -> Option<u16> {
+        for s in &self.sentinels {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", s.port)) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            if let Ok(Some((_, port))) = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(Self::MASTER)
+                .query_async::<Option<(String, u16)>>(&mut c)
+                .await
+            {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+async fn sentinel_master_info(
+    port: u16,
+) -> redis::RedisResult<std::collections::HashMap<String, String>> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    redis::cmd("SENTINEL")
+        .arg("master")
+        .arg(SentinelSet::MASTER)
+        .query_async(&mut c)
+        .await
+}
+
 /// A `turnstile serve` process that printed its listening line.
 pub struct Served {
     pub child: Child,
@@ -295,6 +423,18 @@ impl NodeProc {
         Self::launch(redis, cluster, extra, None).await
     }
 
+    /// Starts a node that finds Redis through `sentinels`' master.
+    pub async fn start_sentinel(sentinels: &SentinelSet, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--redis-sentinel",
+            &sentinels.addrs,
+            "--redis-master",
+            SentinelSet::MASTER,
+        ];
+        args.extend_from_slice(extra);
+        Self::launch("", false, &args, None).await
+    }
+
     /// Like [`start`](Self::start) on one Redis, with the node's wall
     /// clock `skew` off (libfaketime's offset syntax: `+8s`, `-8s`) and its
     /// monotonic clock left alone, as on a host whose NTP is broken.
@@ -312,14 +452,21 @@ impl NodeProc {
                 "--grpc-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--signing-key", SECRET, "--node", &name, "--redis", redis])
+            .args(["--signing-key", SECRET, "--node", &name])
             .args(["--lease-ttl", "1s", "--reconcile-interval", "500ms"])
             .args(["--drain-window", "200ms"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // TS_NODE_LOG=info,turnstile::cluster=debug to see a node's side.
+            .env(
+                "RUST_LOG",
+                std::env::var("TS_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if !redis.is_empty() {
+            cmd.args(["--redis", redis]);
+        }
         if cluster {
             cmd.arg("--redis-cluster");
         }

@@ -1,5 +1,6 @@
 //! Connections to Redis: one for commands and one for subscriptions, to a
-//! single server or to a Redis Cluster.
+//! single server, to the master Sentinel names (following failovers, see
+//! [`sentinel`](super::sentinel)) or to a Redis Cluster.
 //!
 //! Commands and subscriptions never share a connection, so Redis dropping
 //! a slow subscriber (`client-output-buffer-limit pubsub`) cannot fail a
@@ -13,7 +14,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+
+use super::sentinel::{Follower, SentinelTarget};
 
 /// How long a command may take before the caller is told Redis is unavailable.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,19 +30,47 @@ pub struct Target {
     /// (Their `Display`/`Debug` hide the password.)
     pub urls: Vec<crate::config::RedisUrl>,
     pub cluster: bool,
+    /// Redis behind Sentinel (then `urls` is empty).
+    pub sentinel: Option<SentinelTarget>,
+}
+
+impl Target {
+    /// Where Redis is, as shown in logs and errors (no passwords).
+    pub fn shown(&self) -> String {
+        match &self.sentinel {
+            Some(s) => format!(
+                "master {:?} of sentinels {}",
+                s.master,
+                crate::config::RedisUrl::join(&s.sentinels)
+            ),
+            None => crate::config::RedisUrl::join(&self.urls),
+        }
+    }
 }
 
 /// A command connection: single server or cluster.
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
+    Sentinel(Follower),
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Notified when the connection moved to a new master (Sentinel only).
+    pub fn switched(&self) -> Option<&Notify> {
+        match self {
+            Conn::Sentinel(f) => Some(f.switched()),
+            _ => None,
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -52,6 +83,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
@@ -59,6 +91,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -66,6 +99,10 @@ impl ConnectionLike for Conn {
 
 /// Opens the command connection.
 pub async fn commands(target: &Target) -> redis::RedisResult<Conn> {
+    if let Some(s) = &target.sentinel {
+        let f = Follower::connect(s, RESPONSE_TIMEOUT, ProtocolVersion::RESP2, None).await?;
+        return Ok(Conn::Sentinel(f));
+    }
     if target.cluster {
         let client = redis::cluster::ClusterClientBuilder::new(target.urls.clone())
             .connection_timeout(CONNECT_TIMEOUT)
@@ -102,6 +139,7 @@ fn first(target: &Target) -> redis::RedisResult<redis::ConnectionInfo> {
 #[derive(Clone)]
 pub enum Sub {
     Single(ConnectionManager),
+    Sentinel(Follower),
     Cluster(ClusterConnection),
 }
 
@@ -111,6 +149,7 @@ impl Sub {
     pub async fn ping(&mut self) -> bool {
         match self {
             Sub::Single(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
+            Sub::Sentinel(f) => f.ping().await,
             Sub::Cluster(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
         }
     }
@@ -119,6 +158,7 @@ impl Sub {
     pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Sub::Single(c) => c.subscribe(channel).await,
+            Sub::Sentinel(f) => f.subscribe(channel).await,
             Sub::Cluster(c) => c.ssubscribe(channel).await,
         }
     }
@@ -127,6 +167,7 @@ impl Sub {
     pub async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Sub::Single(c) => c.unsubscribe(channel).await,
+            Sub::Sentinel(f) => f.unsubscribe(channel).await,
             Sub::Cluster(c) => c.sunsubscribe(channel).await,
         }
     }
@@ -148,10 +189,18 @@ pub async fn subscriber(
     tx: mpsc::Sender<PushInfo>,
     overflow: impl Fn() + Send + Sync + 'static,
 ) -> redis::RedisResult<Sub> {
-    let sender = move |push: PushInfo| -> Result<(), redis::aio::SendError> {
+    let deliver = move |push: PushInfo| {
         if tx.try_send(push).is_err() {
             overflow();
         }
+    };
+    if let Some(s) = &target.sentinel {
+        let push = std::sync::Arc::new(deliver);
+        let f = Follower::connect(s, RESPONSE_TIMEOUT, ProtocolVersion::RESP3, Some(push)).await?;
+        return Ok(Sub::Sentinel(f));
+    }
+    let sender = move |push: PushInfo| -> Result<(), redis::aio::SendError> {
+        deliver(push);
         Ok(())
     };
     if target.cluster {

@@ -13,6 +13,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod due;
+pub(crate) mod sentinel;
 pub(crate) mod store;
 pub(crate) mod wire;
 
@@ -26,6 +27,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use conn::Target;
+pub use sentinel::SentinelTarget;
 use store::{Store, SCRIPTS};
 use wire::{Reply, WNotice, WSession};
 
@@ -109,7 +111,7 @@ impl RedisRegistry {
         stop: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let cerr = |source| ConnectError {
-            urls: crate::config::RedisUrl::join(&rcfg.target.urls),
+            urls: rcfg.target.shown(),
             source,
         };
         let store = Store::connect(&rcfg.target, &rcfg.namespace, &cfg)
@@ -234,6 +236,13 @@ impl RedisRegistry {
                 self.inner.cluster.member().alarm();
                 RegistryError::Unavailable(
                     "redis lost its data; nodes are re-registering their sessions, retry in a few seconds"
+                        .into(),
+                )
+            }
+            "lostwrites" => {
+                self.inner.cluster.member().alarm();
+                RegistryError::Unavailable(
+                    "redis lost writes this node saw (failover to a replica that was behind?); nodes are re-registering their sessions, retry in a few seconds"
                         .into(),
                 )
             }

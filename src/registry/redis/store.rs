@@ -15,7 +15,8 @@
 //! A script call that fails is sent again only here, once, and only when
 //! that cannot make it run twice ([`may_resend`]).
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
@@ -35,31 +36,62 @@ fn tenant_script(body: &str) -> Script {
     indexed_script(body, false)
 }
 
-/// A tenant script around `body`, answering `{reply}` or `{reply,
-/// earliest deadline}`: the deadline when the script made the tenant's
-/// earliest one earlier (or gave it its first), or — `always` — whenever the
-/// tenant has one. Scripts that must re-index their tenant whatever they
-/// changed (expiry, the reap of a dead node, re-assertion) use `always`.
-/// On one Redis (ARGV[15..17] = the index's keys and the tenant; empty on
-/// a cluster, where they live in another slot) the script lowers the index
-/// itself and answers `{reply, deadline, 1}`: no follow-up needed.
+/// A tenant script that only reads: it checks the write counter (below)
+/// but does not count.
+fn reading_script(body: &str) -> Script {
+    wrapped(body, false, false)
+}
+
 fn indexed_script(body: &str, always: bool) -> Script {
+    wrapped(body, always, true)
+}
+
+/// A tenant script around `body`, answering `{reply, deadline, indexed,
+/// writes}`. `deadline` ('' for none) is the tenant's earliest deadline
+/// when the script made it earlier (or gave it its first), or — `always` —
+/// whenever the tenant has one. Scripts that must re-index their tenant
+/// whatever they changed (expiry, the reap of a dead node, re-assertion)
+/// use `always`. On one Redis (ARGV[15..17] = the index's keys and the
+/// tenant; empty on a cluster, where they live in another slot) the script
+/// lowers the index itself and answers `indexed` = '1': no follow-up
+/// needed.
+///
+/// `writes`: on one Redis, the deployment's write counter
+/// (`<epoch key>:wc`), counted up by every script that may write
+/// (`counts`). ARGV[20] is the highest value this node has seen; a counter
+/// below it means Redis lost writes this node saw acknowledged (a failover
+/// to a replica that was behind, a restore from an older file): the
+/// script refuses (`lostwrites`) before it reads anything, and the node's
+/// next lease refresh starts a recovery.
+fn wrapped(body: &str, always: bool, counts: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
+local wc_key = nil
+if ARGV[13] ~= '' and ARGV[20] ~= '' then
+  wc_key = ARGV[13] .. ':wc'
+  if tonumber(redis.call('GET', wc_key) or '0') < tonumber(ARGV[20]) then
+    return {{'{{\"err\":\"lostwrites\"}}', '', '', ''}}
+  end
+end
 local due_before = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 local reply = (function()
 {body}
 end)()
+local wc = ''
+if wc_key then
+  if {counts} then wc = tostring(redis.call('INCR', wc_key))
+  else wc = redis.call('GET', wc_key) or '0' end
+end
 local due_after = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 if due_after and ({always} or not due_before or tonumber(due_after) < tonumber(due_before)) then
   if ARGV[15] ~= '' then
     redis.call('ZADD', ARGV[15], 'LT', due_after, ARGV[17])
     redis.call('HINCRBY', ARGV[16], ARGV[17], 1)
-    return {{reply, due_after, '1'}}
+    return {{reply, due_after, '1', wc}}
   end
-  return {{reply, due_after}}
+  return {{reply, due_after, '', wc}}
 end
-return {{reply}}"
+return {{reply, '', '', wc}}"
     ))
 }
 
@@ -99,7 +131,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     claim: tenant_script(include_str!("lua/claim.lua")),
     release: tenant_script(include_str!("lua/release.lua")),
     evict: tenant_script(include_str!("lua/evict.lua")),
-    read: tenant_script(include_str!("lua/read.lua")),
+    read: reading_script(include_str!("lua/read.lua")),
     notify: tenant_script(include_str!("lua/notify.lua")),
     socket: tenant_script(include_str!("lua/socket.lua")),
     expire: indexed_script(include_str!("lua/expire.lua"), true),
@@ -150,6 +182,9 @@ pub(crate) struct Store {
     /// The event log's bounds, `prelude.lua`'s ARGV[18..19]: max events,
     /// max age (ms).
     log_bounds: [u64; 2],
+    /// On one Redis: the highest write counter this node has seen (see
+    /// [`wrapped`]); shared by the clones.
+    writes: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -172,6 +207,7 @@ impl Store {
                 cfg.event_log.max_events as u64,
                 cfg.event_log.max_age.as_millis() as u64,
             ],
+            writes: Arc::new(AtomicU64::new(0)),
         };
         if !target.cluster {
             store.epoch_key = store.nodes_key("epoch");
@@ -204,6 +240,26 @@ impl Store {
     /// The command connection, for plain commands (SMEMBERS, SSCAN).
     pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// The write counter to send with a script or lease ('' on a cluster,
+    /// where it is not kept).
+    pub(crate) fn writes_seen(&self) -> String {
+        if self.epoch_key.is_empty() {
+            String::new()
+        } else {
+            self.writes.load(Ordering::Acquire).to_string()
+        }
+    }
+
+    /// Notes a write counter Redis answered.
+    pub(crate) fn saw_writes(&self, wc: u64) {
+        self.writes.fetch_max(wc, Ordering::AcqRel);
+    }
+
+    /// After a new epoch: the counter starts again from what Redis holds.
+    pub(crate) fn reset_writes(&self, wc: u64) {
+        self.writes.store(wc, Ordering::Release);
     }
 
     /// Tenants whose due-index follow-up failed.
@@ -259,6 +315,7 @@ impl Store {
                     tenant.as_str()
                 })
                 .arg(&self.log_bounds[..])
+                .arg(self.writes_seen())
                 .invoke_async(&mut conn)
                 .await;
             match result {
@@ -270,10 +327,13 @@ impl Store {
                 Err(e) => return Err(unavailable(e)),
             }
         };
-        let indexed = raw.len() > 2;
-        raw.truncate(2);
-        let earliest = if raw.len() > 1 { raw.pop() } else { None };
-        let raw = raw.pop().unwrap_or_default();
+        raw.resize(4, String::new());
+        if let Ok(wc) = raw[3].parse() {
+            self.saw_writes(wc);
+        }
+        let indexed = raw[2] == "1";
+        let earliest = Some(std::mem::take(&mut raw[1])).filter(|d| !d.is_empty());
+        let raw = std::mem::take(&mut raw[0]);
         let reply: Reply = serde_json::from_str(&raw)
             .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))?;
         if let (Some(at), false) = (&earliest, indexed) {

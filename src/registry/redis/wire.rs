@@ -274,6 +274,16 @@ pub struct NodesReply {
     /// lease: Redis's clock when it ran the script (Unix ms).
     #[serde(default)]
     pub now: Option<f64>,
+    /// lease: the write counter (one Redis), after this refresh.
+    #[serde(default)]
+    pub wc: Option<f64>,
+    /// lease: this refresh found writes this node saw missing, and started
+    /// a new epoch.
+    #[serde(default)]
+    pub lost: bool,
+    /// lease: this refresh started a new epoch (no epoch, or lost writes).
+    #[serde(default)]
+    pub created: bool,
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> RegistryError {

@@ -5,7 +5,10 @@ if again then return again end
 if C.ge ~= '' then
   -- One Redis (not a cluster): refuse while the data set is being rebuilt.
   if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
-  if redis.call('EXISTS', C.ge .. ':recovering') == 1 then return err('recovering') end
+  -- (after a loss: until every node noticed and re-asserted, bounded)
+  if redis.call('EXISTS', C.ge .. ':recovering', C.ge .. ':reasserting') > 0 then
+    return err('recovering')
+  end
 end
 local lost = ensure_epoch()
 if lost then return lost end

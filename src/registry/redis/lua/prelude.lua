@@ -13,6 +13,8 @@
 --   ARGV[15..17] = the due-index keys and the tenant, for the wrapper in
 --                 store.rs ('' on a cluster: the node updates the index)
 --   ARGV[18..19] = the event log's bounds: max events, max age (ms)
+--   ARGV[20]     = the write counter this node has seen ('' on a cluster; the
+--                 wrapper in store.rs checks and counts it)
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
 -- t = attached at}], nt = notices, dl}
 local P = ARGV[1]

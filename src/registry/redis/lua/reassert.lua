@@ -3,7 +3,29 @@
 -- sockets lose). Generations never go backwards. R = {node, s, k}.
 if fenced(R.node) then return err('fenced') end
 local s = R.s
-if redis.call('EXISTS', P .. 's:' .. s.id) == 1 then return cjson.encode({o = 'ok'}) end
+local cur = rec(s.id)
+if cur then
+  -- Put back already (by another node holding sockets of it): add ours.
+  local have, added = {}, false
+  for _, k in ipairs(cur.k) do have[k.n .. '/' .. k.c] = true end
+  for _, k in ipairs(R.k) do
+    if not have[k.n .. '/' .. k.c] then
+      table.insert(cur.k, {n = k.n, c = k.c, t = NOW})
+      added = true
+    end
+  end
+  if added then
+    redis.call('SADD', P .. 'n:' .. R.node, s.id)
+    if cur.s.state ~= 'connected' then
+      cur.s.state = 'connected'
+      cur.dl = 0
+      redis.call('ZREM', P .. 'dl', s.id)
+      presence(cur.s, 'reconnected')
+    end
+    put(cur)
+  end
+  return cjson.encode({o = 'ok'})
+end
 local t = tomb(s.id)
 if t then return cjson.encode({o = 'ended', t = t}) end
 local hid = redis.call('GET', P .. 'l:' .. s.login)
