@@ -27,6 +27,9 @@ async fn node() -> (turnstile::server::RunningServer, Target) {
         channels_per_node: 2,
         progress: false,
         run: format!("t{:08x}", rand::random::<u32>()),
+        tls: None,
+        metrics: vec![],
+        shard: Default::default(),
     };
     (server, target)
 }
