@@ -459,7 +459,7 @@ fn timeline_table(tl: &Timeline) -> String {
             format!("{:.2}", cpus.iter().sum::<f64>() / cpus.len() as f64)
         };
         s += &format!(
-            "  {:>9.0} s  {:>8} {:>9} {:>9} {:>7} {:>9} {:>11} {:>9}\n",
+            "  {:>9.1} s  {:>8} {:>9} {:>9} {:>7} {:>9} {:>11} {:>9}\n",
             group[0].at_s,
             ops.count(),
             ops.quantile(0.5),
