@@ -210,6 +210,15 @@ mod tests {
         assert!(e.contains("agent"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(parse_duration("2x").is_err());
+    }
+
+    #[test]
+    fn the_example_profiles_parse_and_the_documented_one_is_the_default() {
+        let doc: Profile = toml::from_str(include_str!("../profiles/shift.toml")).unwrap();
+        assert_eq!(doc, Profile::default());
+        let bench: Profile =
+            toml::from_str(include_str!("../profiles/shift-cluster-bench.toml")).unwrap();
+        bench.check().unwrap();
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
     }
 }
