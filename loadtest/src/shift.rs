@@ -365,9 +365,10 @@ impl Ears {
         match f {
             ServerFrame::Notice(n) => {
                 let id = n["id"].as_str().unwrap_or_default().to_string();
-                if self.seen.insert(id.clone()) {
+                // Only this run's notices carry their send time.
+                let sent = n["data"]["sent_unix_us"].as_u64();
+                if let (true, Some(sent)) = (self.seen.insert(id.clone()), sent) {
                     let now = Instant::now();
-                    let sent = n["data"]["sent_unix_us"].as_u64().unwrap_or(0);
                     let took = Duration::from_micros(unix_us().saturating_sub(sent));
                     let personal = n["kind"] == "shift_personal";
                     let name = if personal {
@@ -375,7 +376,8 @@ impl Ears {
                     } else {
                         "notice_tenant"
                     };
-                    self.rec.latency(name, now - took, took);
+                    self.rec
+                        .latency(name, now.checked_sub(took).unwrap_or(now), took);
                     self.rec
                         .count(&format!("{}_notices_received", &name[7..]), now);
                 }

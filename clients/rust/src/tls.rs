@@ -189,3 +189,41 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_tls_input_names_what_is_wrong() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, key) = (cert.pem(), key.serialize_pem());
+        let tls = Tls::from_pem(ca.as_bytes(), None, "localhost").unwrap();
+        assert_eq!(tls.server_name(), "localhost");
+        Tls::from_pem(
+            ca.as_bytes(),
+            Some((ca.as_bytes(), key.as_bytes())),
+            "127.0.0.1",
+        )
+        .unwrap();
+        let err = |r: Result<Tls, Error>| r.unwrap_err().to_string();
+        assert!(err(Tls::from_pem(b"", None, "localhost")).contains("CA file"));
+        assert!(err(Tls::from_pem(ca.as_bytes(), None, "not a name")).contains("server name"));
+        let e = err(Tls::from_pem(
+            ca.as_bytes(),
+            Some((ca.as_bytes(), b"")),
+            "localhost",
+        ));
+        assert!(e.contains("client key"), "{e}");
+        let e = err(Tls::from_files(
+            Path::new("/nonexistent/ca.pem"),
+            None,
+            "localhost",
+        ));
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+}
