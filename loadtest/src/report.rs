@@ -156,7 +156,8 @@ pub struct Bucket {
     pub sessions: u64,
     /// The nodes' resident memory (summed over nodes), when read.
     pub broker_rss_kib: Option<f64>,
-    /// The nodes' CPU over the bucket, in cores (summed over nodes).
+    /// The nodes' CPU in cores (summed over nodes), averaged over the last
+    /// 10 s: `process_cpu_seconds_total` may count whole seconds.
     pub broker_cpu_cores: Option<f64>,
 }
 
@@ -277,7 +278,7 @@ impl Report {
                 "\n  phase {} ({:.0}–{:.0} s)\n",
                 ph.name, ph.from_s, ph.to_s
             );
-            s += &latency_table("  latency (µs)", &ph.latencies);
+            s += &latency_table("latency (µs)", &ph.latencies).replace("\n  ", "\n    ");
             let counts: Vec<String> = ph.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             if !counts.is_empty() {
                 s += &format!("    counts: {}\n", counts.join(", "));

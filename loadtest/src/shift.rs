@@ -12,7 +12,7 @@
 //! (ramp_in, steady, ramp_out) and over time (every operation's latency,
 //! connected sessions, the nodes' RSS and CPU from their `/metrics`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -101,6 +101,10 @@ struct Inner {
     phases: [Phase; 3],
     timeline: Timeline,
     violations: Vec<String>,
+    notes: Vec<String>,
+    /// The nodes' CPU time at the first and the last sample.
+    cpu_first: Option<(Instant, Duration)>,
+    cpu_last: Option<(Instant, Duration)>,
 }
 
 impl Recorder {
@@ -193,21 +197,25 @@ impl Recorder {
             }
         }
         all.timeline.summarise();
-        let cpu: Vec<f64> = all
+        if let (Some((t0, c0)), Some((t1, c1))) = (all.cpu_first, all.cpu_last) {
+            let wall = t1.duration_since(t0).as_secs_f64();
+            if wall > 0.0 {
+                report.machine.insert(
+                    "broker_cpu_cores_mean".into(),
+                    c1.saturating_sub(c0).as_secs_f64() / wall,
+                );
+            }
+        }
+        if let Some(max) = all
             .timeline
             .buckets
             .iter()
             .filter_map(|b| b.broker_cpu_cores)
-            .collect();
-        if !cpu.is_empty() {
-            report.machine.insert(
-                "broker_cpu_cores_mean".into(),
-                cpu.iter().sum::<f64>() / cpu.len() as f64,
-            );
-            report.machine.insert(
-                "broker_cpu_cores_max_bucket".into(),
-                cpu.iter().fold(0.0, |a, b| a.max(*b)),
-            );
+            .reduce(f64::max)
+        {
+            report
+                .machine
+                .insert("broker_cpu_cores_max_10s".into(), max);
         }
         if let Some(rss) = all
             .timeline
@@ -228,16 +236,21 @@ impl Recorder {
                 .unwrap_or(0),
         );
         report.violations.extend(all.violations);
+        report.notes.extend(all.notes);
         report.phases = all.phases.into_iter().collect();
         report.timeline = Some(all.timeline);
         report.param("planned_s", self.end_s);
     }
 }
 
+/// The window the nodes' CPU is averaged over: `process_cpu_seconds_total`
+/// may count whole seconds, so a shorter window reads mostly 0 or 1.
+const CPU_WINDOW: Duration = Duration::from_secs(10);
+
 /// Every `every`: connected sessions and the nodes' memory and CPU into
 /// the time series (runs until aborted).
 async fn sample(rec: Arc<Recorder>, probe: Probe, every: Duration) {
-    let mut last: Option<(Instant, Duration)> = None;
+    let mut window: VecDeque<(Instant, Duration)> = VecDeque::new();
     let mut warned = false;
     let mut tick = tokio::time::interval_at((rec.start + every).into(), every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -250,19 +263,23 @@ async fn sample(rec: Arc<Recorder>, probe: Probe, every: Duration) {
         let mut rss = None;
         match figures {
             Ok(f) => {
-                if let Some((t0, c0)) = last {
-                    let wall = now.duration_since(t0).as_secs_f64().max(1e-9);
-                    cores = Some(f.cpu.saturating_sub(c0).as_secs_f64() / wall);
+                while window.len() > 1 && now.duration_since(window[1].0) >= CPU_WINDOW {
+                    window.pop_front();
                 }
-                last = Some((now, f.cpu));
+                if let Some((t0, c0)) = window.front() {
+                    let wall = now.duration_since(*t0).as_secs_f64().max(1e-9);
+                    cores = Some(f.cpu.saturating_sub(*c0).as_secs_f64() / wall);
+                }
+                window.push_back((now, f.cpu));
                 rss = Some(f.rss_kib as f64);
+                rec.with(|i| {
+                    i.cpu_first.get_or_insert((now, f.cpu));
+                    i.cpu_last = Some((now, f.cpu));
+                });
             }
             Err(e) if !warned => {
                 warned = true;
-                rec.error(
-                    format!("metrics: {}", e.chars().take(60).collect::<String>()),
-                    now,
-                );
+                rec.with(|i| i.notes.push(format!("node memory and CPU not read: {e}")));
             }
             Err(_) => {}
         }
