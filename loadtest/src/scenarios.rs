@@ -17,7 +17,7 @@ use crate::shard::Shard;
 use crate::sys;
 
 /// Where the load goes and how the generator behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Target {
     /// gRPC addresses of the nodes (claims go round-robin).
     pub grpc: Vec<String>,
