@@ -294,6 +294,16 @@ async fn sample(rec: Arc<Recorder>, probe: Probe, every: Duration) {
     }
 }
 
+/// `ws_error_<code>: <message>` with ids left out, so kinds stay few.
+fn error_kind(code: &str, message: &str) -> String {
+    let words: Vec<&str> = message
+        .split_whitespace()
+        .filter(|w| !(w.len() >= 16 && w.chars().all(|c| c.is_ascii_hexdigit())))
+        .take(6)
+        .collect();
+    format!("ws_error_{code}: {}", words.join(" "))
+}
+
 fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -404,6 +414,13 @@ impl Ears {
                 None
             }
             ServerFrame::Pong(_) | ServerFrame::Presence(_) | ServerFrame::Connectivity { .. } => {
+                None
+            }
+            // The node refused one of this socket's messages (a status
+            // while Redis timed out, an ack racing a displacement): an
+            // error of that kind; the socket stays open.
+            ServerFrame::Error { code, message } => {
+                self.rec.error(error_kind(&code, &message), Instant::now());
                 None
             }
             other => Some(other),
@@ -928,5 +945,19 @@ fn opts(t: &Target, i: usize) -> turnstile_client::ConnectOptions {
         bind_ip: (!t.source_ips.is_empty()).then(|| t.source_ips[i % t.source_ips.len()]),
         timeout: Some(ANSWER),
         tls: t.tls.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_kinds_leave_ids_out() {
+        assert_eq!(
+            super::error_kind(
+                "rejected",
+                "session b647ce9ee11345a68e275e4af23b873d has ended"
+            ),
+            "ws_error_rejected: session has ended"
+        );
     }
 }
