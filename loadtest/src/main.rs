@@ -1,14 +1,17 @@
 //! The `turnstile-loadtest` command line.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use turnstile_client::Tls;
+use turnstile_loadtest::profile::{parse_duration, Profile};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
-use turnstile_loadtest::{sys, tenants};
+use turnstile_loadtest::shard::Shard;
+use turnstile_loadtest::{shift, sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -31,12 +34,39 @@ struct Cli {
 
 #[derive(Args)]
 struct Common {
-    /// gRPC address of a node (repeat for several nodes).
+    /// gRPC address of a node, HOST:PORT (repeat for several nodes, or give
+    /// one load-balanced address).
     #[arg(long, global = true, default_value = "127.0.0.1:7701")]
     grpc: Vec<String>,
-    /// WebSocket address of a node (repeat for several nodes).
+    /// WebSocket (HTTP) address of a node, HOST:PORT (repeat for several
+    /// nodes, or give one load-balanced address).
     #[arg(long, global = true, default_value = "127.0.0.1:7700")]
-    ws: Vec<SocketAddr>,
+    ws: Vec<String>,
+    /// PEM CA certificate(s) to trust: speak TLS (`wss://`, gRPC over TLS,
+    /// `/metrics` over HTTPS).
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --client-key).
+    #[arg(long, global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// The name the nodes' certificates are checked against (default: the
+    /// host of the first --ws address when it is a name).
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Where the nodes serve /metrics when not on --ws (their
+    /// `metrics_listen`, plain HTTP); repeat per node.
+    #[arg(long, global = true)]
+    metrics: Vec<SocketAddr>,
+    /// This generator's slice, I/N: agents, logins and stations numbered
+    /// I modulo N. Give every shard of one run the same --run.
+    #[arg(long, global = true, default_value = "0/1")]
+    shard: Shard,
+    /// Login prefix of the run (default: random); shards of one run share it.
+    #[arg(long, global = true)]
+    run: Option<String>,
     #[arg(long, global = true, default_value = "load")]
     tenant: String,
     /// Source addresses for client sockets, e.g. 127.0.0.2,127.0.0.3.
@@ -54,6 +84,10 @@ struct Common {
     /// Write the latency plot (SVG) here.
     #[arg(long, global = true)]
     svg: Option<PathBuf>,
+    /// Write the time-series plot (SVG) here (default: beside --svg, as
+    /// NAME-timeline.svg, when the run has a timeline).
+    #[arg(long, global = true)]
+    timeline_svg: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
@@ -136,27 +170,78 @@ enum Scenario {
         #[arg(long, default_value = "30s", value_parser = humantime_secs)]
         duration: Duration,
     },
+    /// A whole shift: ramped sign-in, status changes, network blips and
+    /// resumes, desk moves, takeovers, notices, ramped sign-out (rates from
+    /// --profile; see loadtest/profiles/).
+    Shift {
+        /// Profile file, TOML or JSON (default: the built-in defaults).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
+    /// Merges the JSON reports of several shards (their HDR histograms,
+    /// not their percentiles) into one report: table, --json, --svg.
+    Merge {
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("not a duration: {s} (e.g. 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit in {s}: use ms, s or m")),
+    parse_duration(s)
+}
+
+/// `host:port` → an address, IPv4 first (a name like `localhost` may
+/// resolve to `::1` before `127.0.0.1`).
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    let all: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--ws {addr:?}: expected HOST:PORT"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .with_context(|| format!("--ws {addr:?} resolves to no address"))
+}
+
+/// The TLS settings, when --ca-file is given.
+fn tls(c: &Common) -> anyhow::Result<Option<Tls>> {
+    let Some(ca) = &c.ca_file else {
+        if c.client_cert.is_some() {
+            bail!("--client-cert needs --ca-file (the CA that signed the nodes' certificates)");
+        }
+        return Ok(None);
     };
-    Ok(Duration::from_secs_f64(secs))
+    let name = match &c.server_name {
+        Some(n) => n.clone(),
+        None => {
+            let first = c.ws.first().map(String::as_str).unwrap_or_default();
+            let host = first.rsplit_once(':').map(|(h, _)| h).unwrap_or(first);
+            if host.parse::<IpAddr>().is_ok() || host.is_empty() {
+                bail!(
+                    "--server-name is needed: the --ws address {first:?} is an IP address, \
+                     and the nodes' certificates are checked against a name"
+                );
+            }
+            host.to_string()
+        }
+    };
+    let identity = c.client_cert.as_deref().zip(c.client_key.as_deref());
+    Ok(Some(Tls::from_files(ca, identity, &name)?))
+}
+
+/// NAME.svg → NAME-timeline.svg.
+fn beside(svg: &Path) -> PathBuf {
+    let stem = svg.file_stem().unwrap_or_default().to_string_lossy();
+    svg.with_file_name(format!("{stem}-timeline.svg"))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Merge { reports } = &cli.scenario {
+        let report = Report::merge_files(reports).map_err(anyhow::Error::msg)?;
+        return write(&cli.common, report);
+    }
     let nofile = sys::raise_nofile();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     let probe = matches!(
@@ -177,13 +262,23 @@ fn main() -> anyhow::Result<()> {
     let c = &cli.common;
     let target = Target {
         grpc: c.grpc.clone(),
-        ws: c.ws.clone(),
+        ws: c.ws.iter().map(|a| resolve(a)).collect::<Result<_, _>>()?,
         tenant: c.tenant.clone(),
         source_ips: c.source_ips.clone(),
         api_key: c.api_key.clone(),
         channels_per_node: c.channels,
         progress: !c.quiet,
-        run: format!("r{:08x}", rand::random::<u32>()),
+        run: c
+            .run
+            .clone()
+            .unwrap_or_else(|| format!("r{:08x}", rand::random::<u32>())),
+        tls: tls(c)?,
+        metrics: c.metrics.clone(),
+        shard: c.shard,
+    };
+    let profile = match &cli.scenario {
+        Scenario::Shift { profile: Some(p) } => Profile::load(p).map_err(anyhow::Error::msg)?,
+        _ => Profile::default(),
     };
     let sockets_needed = match &cli.scenario {
         Scenario::Storm { n, .. } | Scenario::Idle { n, .. } => *n as u64,
@@ -221,6 +316,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::Churn { agents, duration } => {
                 scenarios::churn(&target, agents, duration).await
             }
+            Scenario::Shift { .. } => shift::shift(&target, &profile).await,
+            Scenario::Merge { .. } => unreachable!("merged above"),
             Scenario::Tenants {
                 tenants,
                 sessions,
@@ -242,6 +339,12 @@ fn main() -> anyhow::Result<()> {
     report
         .machine
         .insert("generator_nofile_limit".into(), nofile as f64);
+    write(c, report)
+}
+
+/// Prints the table, writes the JSON and the plots; exit 1 on a broken
+/// invariant.
+fn write(c: &Common, report: Report) -> anyhow::Result<()> {
     println!("{}", report.table());
     if let Some(p) = &c.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
@@ -249,6 +352,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = &c.svg {
         std::fs::write(p, report.svg()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let timeline = c.timeline_svg.clone().or(c.svg.as_deref().map(beside));
+    if let (Some(p), Some(svg)) = (timeline, report.timeline_svg()) {
+        std::fs::write(&p, svg).with_context(|| format!("writing {}", p.display()))?;
     }
     if !report.violations.is_empty() {
         std::process::exit(1);

@@ -1,13 +1,15 @@
 //! Where `idle` reads the broker's memory and CPU: /proc when one local
 //! broker process is known, otherwise every node's `/metrics`
 //! (`process_resident_memory_bytes`, `process_cpu_seconds_total`, summed
-//! over the nodes), so a remote broker or a local cluster is measured too.
+//! over the nodes), so a remote broker or a local cluster is measured too —
+//! over TLS when the nodes' HTTP listener speaks it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use turnstile_client::{Stream, Tls};
 
 use crate::sys;
 
@@ -21,8 +23,12 @@ const MAX_BODY: u64 = 8 << 20;
 pub enum Probe {
     /// One local process, read from /proc.
     Local(u32),
-    /// The nodes' HTTP listeners, read from `/metrics`.
-    Metrics(Vec<SocketAddr>),
+    /// The nodes' HTTP listeners, read from `/metrics` (`https://` with
+    /// `tls`).
+    Metrics {
+        nodes: Vec<SocketAddr>,
+        tls: Option<Tls>,
+    },
 }
 
 /// The broker's resident memory and CPU time at one moment.
@@ -35,10 +41,13 @@ pub struct Sample {
 impl Probe {
     /// `pid` when given; else the one local `turnstile serve` when a single
     /// node is targeted; else the nodes' metrics.
-    pub fn choose(pid: Option<u32>, nodes: &[SocketAddr]) -> Probe {
+    pub fn choose(pid: Option<u32>, nodes: &[SocketAddr], tls: Option<Tls>) -> Probe {
         match pid.or_else(|| (nodes.len() == 1).then(sys::find_broker).flatten()) {
             Some(pid) => Probe::Local(pid),
-            None => Probe::Metrics(nodes.to_vec()),
+            None => Probe::Metrics {
+                nodes: nodes.to_vec(),
+                tls,
+            },
         }
     }
 
@@ -46,7 +55,7 @@ impl Probe {
     pub fn describe(&self) -> String {
         match self {
             Probe::Local(pid) => format!("broker memory and CPU from /proc/{pid}"),
-            Probe::Metrics(nodes) => format!(
+            Probe::Metrics { nodes, .. } => format!(
                 "broker memory and CPU from the /metrics of {} node(s) \
                  (process_resident_memory_bytes, process_cpu_seconds_total)",
                 nodes.len()
@@ -62,13 +71,13 @@ impl Probe {
                 let cpu = sys::cpu_time(&pid.to_string()).ok_or(format!("no /proc/{pid}/stat"))?;
                 Ok(Sample { rss_kib, cpu })
             }
-            Probe::Metrics(nodes) => {
+            Probe::Metrics { nodes, tls } => {
                 let mut total = Sample {
                     rss_kib: 0,
                     cpu: Duration::ZERO,
                 };
                 for node in nodes {
-                    let body = scrape(*node).await?;
+                    let body = scrape(*node, tls.as_ref()).await?;
                     let rss = metric(&body, "process_resident_memory_bytes").ok_or(format!(
                         "{node}/metrics has no process_resident_memory_bytes"
                     ))?;
@@ -92,10 +101,18 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// `GET /metrics` over HTTP/1.1, bounded in time and size.
-pub async fn scrape(node: SocketAddr) -> Result<String, String> {
+/// `GET /metrics` over HTTP/1.1 (over TLS with `tls`), bounded in time
+/// and size.
+pub async fn scrape(node: SocketAddr, tls: Option<&Tls>) -> Result<String, String> {
     let get = async {
-        let mut s = TcpStream::connect(node).await?;
+        let tcp = TcpStream::connect(node).await?;
+        let mut s = match tls {
+            Some(tls) => tls
+                .handshake(tcp)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            None => Stream::Plain(tcp),
+        };
         let req = format!("GET /metrics HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();

@@ -1,12 +1,16 @@
 //! What a run measured: latency histograms (HDR, microseconds), counts,
-//! errors by kind, and the machine figures; printed as a table, written as
-//! JSON and drawn as an SVG percentile plot.
+//! errors by kind, and the machine figures — overall, per phase and over
+//! time; printed as a table, written as JSON (the histograms serialised, so
+//! reports of several generators merge exactly, see [`merge`](crate::merge))
+//! and drawn as SVG plots (by percentile, and over time).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer as HdrDe, Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A latency histogram in microseconds (1 µs .. 60 s, 3 significant digits).
 #[derive(Clone, Debug)]
@@ -44,6 +48,35 @@ impl Latency {
         }
     }
 
+    /// The value at quantile `q` (0..1), µs.
+    pub fn quantile(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
+    /// HdrHistogram's V2 compressed encoding in base64 (the form other HDR
+    /// tools read, e.g. `HdrHistogram.decodeFromCompressedBase64`).
+    pub fn to_base64(&self) -> String {
+        let mut buf = Vec::new();
+        // Writing to a Vec cannot fail short of memory.
+        let _ = V2DeflateSerializer::new().serialize(&self.0, &mut buf);
+        base64::engine::general_purpose::STANDARD.encode(buf)
+    }
+
+    /// The inverse of [`to_base64`](Self::to_base64).
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| format!("histogram: not base64: {e}"))?;
+        let h: Histogram<u64> = HdrDe::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| format!("histogram: not an HDR V2 encoding: {e:?}"))?;
+        let mut out = Latency::default();
+        out.0
+            .add(&h)
+            .map_err(|e| format!("histogram: values out of range: {e:?}"))?;
+        Ok(out)
+    }
+
     /// (percentile, µs) points for the plot.
     fn curve(&self) -> Vec<(f64, u64)> {
         let mut out = Vec::new();
@@ -57,7 +90,20 @@ impl Latency {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+impl Serialize for Latency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Latency::from_base64(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     pub count: u64,
     pub p50_us: u64,
@@ -67,10 +113,96 @@ pub struct Percentiles {
     pub max_us: u64,
 }
 
+/// One phase of a run (`shift`: ramp_in, steady, ramp_out): what was
+/// measured while it lasted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    /// Seconds from the run's start.
+    pub from_s: f64,
+    pub to_s: f64,
+    pub latencies: BTreeMap<String, Percentiles>,
+    pub counts: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// The HDR histograms behind `latencies` (V2 compressed, base64).
+    pub histograms: BTreeMap<String, Latency>,
+}
+
+impl Phase {
+    /// `latencies` from `histograms`.
+    pub fn summarise(&mut self) {
+        self.latencies = self
+            .histograms
+            .iter()
+            .map(|(k, h)| (k.clone(), h.summary()))
+            .collect();
+    }
+}
+
+/// One bucket of the time series.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Seconds from the run's start to the bucket's start.
+    pub at_s: f64,
+    /// Every operation that started in the bucket (all kinds).
+    pub ops: Latency,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    /// Errors in the bucket.
+    pub errors: u64,
+    /// Connected agent sockets at the bucket's end.
+    pub sessions: u64,
+    /// The nodes' resident memory (summed over nodes), when read.
+    pub broker_rss_kib: Option<f64>,
+    /// The nodes' CPU in cores (summed over nodes), averaged over the last
+    /// 10 s: `process_cpu_seconds_total` may count whole seconds.
+    pub broker_cpu_cores: Option<f64>,
+}
+
+/// The time series of a run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Bucket width, seconds.
+    pub every_s: f64,
+    pub buckets: Vec<Bucket>,
+}
+
+impl Timeline {
+    /// The bucket `at` seconds into the run (grown as needed).
+    pub fn bucket(&mut self, at_s: f64) -> &mut Bucket {
+        let every = self.every_s.max(1e-3);
+        let i = (at_s.max(0.0) / every) as usize;
+        while self.buckets.len() <= i {
+            let at_s = self.buckets.len() as f64 * every;
+            self.buckets.push(Bucket {
+                at_s,
+                ..Default::default()
+            });
+        }
+        &mut self.buckets[i]
+    }
+
+    /// The percentile columns from each bucket's histogram.
+    pub fn summarise(&mut self) {
+        for b in &mut self.buckets {
+            b.count = b.ops.count();
+            b.p50_us = b.ops.quantile(0.5);
+            b.p99_us = b.ops.quantile(0.99);
+            b.p999_us = b.ops.quantile(0.999);
+        }
+    }
+}
+
 /// The whole report of one run.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub scenario: String,
+    /// When the run started (Unix ms); [`merge`](crate::merge) aligns the
+    /// shards' time series by it.
+    pub started_unix_ms: u64,
     /// Scenario parameters, as given.
     pub params: BTreeMap<String, serde_json::Value>,
     pub wall_seconds: f64,
@@ -86,14 +218,22 @@ pub struct Report {
     /// Broken invariants seen from the client side; non-empty → exit 1.
     pub violations: Vec<String>,
     pub notes: Vec<String>,
-    #[serde(skip)]
+    /// The HDR histograms behind `latencies` (V2 compressed, base64).
     pub histograms: BTreeMap<String, Latency>,
+    /// Per phase, in order (`shift`; empty for the other scenarios).
+    pub phases: Vec<Phase>,
+    /// Over time (`shift`).
+    pub timeline: Option<Timeline>,
 }
 
 impl Report {
     pub fn new(scenario: &str) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         Self {
             scenario: scenario.into(),
+            started_unix_ms: now.as_millis() as u64,
             ..Default::default()
         }
     }
@@ -132,17 +272,24 @@ impl Report {
         for (k, v) in &self.params {
             s += &format!("  {k:<24} {v}\n");
         }
-        if !self.latencies.is_empty() {
+        s += &latency_table("latency (µs)", &self.latencies);
+        for ph in &self.phases {
             s += &format!(
-                "\n  {:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-                "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+                "\n  phase {} ({:.0}–{:.0} s)\n",
+                ph.name, ph.from_s, ph.to_s
             );
-            for (k, p) in &self.latencies {
-                s += &format!(
-                    "  {:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-                    k, p.count, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
-                );
+            s += &latency_table("latency (µs)", &ph.latencies).replace("\n  ", "\n    ");
+            let counts: Vec<String> = ph.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            if !counts.is_empty() {
+                s += &format!("    counts: {}\n", counts.join(", "));
             }
+            let errors: Vec<String> = ph.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            if !errors.is_empty() {
+                s += &format!("    errors: {}\n", errors.join(", "));
+            }
+        }
+        if let Some(tl) = &self.timeline {
+            s += &timeline_table(tl);
         }
         let mut kv = |title: &str, m: &BTreeMap<String, f64>| {
             if !m.is_empty() {
@@ -178,6 +325,14 @@ impl Report {
             }
         }
         s
+    }
+
+    /// The time-series plot, when the run has a timeline.
+    pub fn timeline_svg(&self) -> Option<String> {
+        self.timeline
+            .as_ref()
+            .filter(|t| !t.buckets.is_empty())
+            .map(|t| crate::timeline_svg::draw(&self.scenario, t))
     }
 
     /// A percentile plot (log-scaled "nines" on x, µs on a log y axis).
@@ -261,6 +416,64 @@ impl Report {
     }
 }
 
+/// Rows of `latencies`, under a header.
+fn latency_table(title: &str, latencies: &BTreeMap<String, Percentiles>) -> String {
+    let mut s = String::new();
+    if latencies.is_empty() {
+        return s;
+    }
+    s += &format!(
+        "\n  {:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        title, "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (k, p) in latencies {
+        s += &format!(
+            "  {:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            k, p.count, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
+        );
+    }
+    s
+}
+
+/// The time series, at most ~20 rows (buckets grouped evenly).
+fn timeline_table(tl: &Timeline) -> String {
+    let mut s = format!(
+        "\n  over time    {:>8} {:>9} {:>9} {:>7} {:>9} {:>11} {:>9}\n",
+        "ops", "p50 µs", "p99 µs", "errors", "sessions", "broker MiB", "cores"
+    );
+    let per = tl.buckets.len().div_ceil(20).max(1);
+    for group in tl.buckets.chunks(per) {
+        let mut ops = Latency::default();
+        for b in group {
+            ops.merge(&b.ops);
+        }
+        let last = &group[group.len() - 1];
+        let errors: u64 = group.iter().map(|b| b.errors).sum();
+        let rss = last
+            .broker_rss_kib
+            .map(|k| format!("{:.0}", k / 1024.0))
+            .unwrap_or("-".into());
+        let cpus: Vec<f64> = group.iter().filter_map(|b| b.broker_cpu_cores).collect();
+        let cores = if cpus.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}", cpus.iter().sum::<f64>() / cpus.len() as f64)
+        };
+        s += &format!(
+            "  {:>9.1} s  {:>8} {:>9} {:>9} {:>7} {:>9} {:>11} {:>9}\n",
+            group[0].at_s,
+            ops.count(),
+            ops.quantile(0.5),
+            ops.quantile(0.99),
+            errors,
+            last.sessions,
+            rss,
+            cores
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +497,12 @@ mod tests {
         assert!(r.svg().starts_with("<svg"));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["latencies"]["claim"]["count"], 1000);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            back.histograms["claim"].summary(),
+            p,
+            "the histogram round-trips"
+        );
+        assert!(Latency::from_base64("bm90IGEgaGlzdG9ncmFt").is_err());
     }
 }

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Mutex;
 use turnstile_client::pb::{self, ClaimOutcome, ConflictPolicy};
-use turnstile_client::{AgentSocket, Broker, ConnectOptions, Error, ServerFrame};
+use turnstile_client::{AgentSocket, Broker, ConnectOptions, Error, ServerFrame, Tls};
 
 use crate::probe::Probe;
 use crate::report::{Latency, Report};
+use crate::shard::Shard;
 use crate::sys;
 
 /// Where the load goes and how the generator behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Target {
     /// gRPC addresses of the nodes (claims go round-robin).
     pub grpc: Vec<String>,
@@ -29,8 +30,15 @@ pub struct Target {
     /// gRPC channels per node (HTTP/2 connections to spread streams over).
     pub channels_per_node: usize,
     pub progress: bool,
-    /// Login prefix of this run, so runs never collide.
+    /// Login prefix of this run, so runs never collide (shards of one run
+    /// share it).
     pub run: String,
+    /// TLS for both `wss://` and gRPC (none: plain `ws://` and `http://`).
+    pub tls: Option<Tls>,
+    /// Where the nodes' `/metrics` are (empty: on the `ws` addresses).
+    pub metrics: Vec<SocketAddr>,
+    /// This generator's slice of the logins and stations.
+    pub shard: Shard,
 }
 
 impl Target {
@@ -39,6 +47,25 @@ impl Target {
             bind_ip: (!self.source_ips.is_empty())
                 .then(|| self.source_ips[i % self.source_ips.len()]),
             timeout: Some(Duration::from_secs(10)),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Where to read the nodes' memory and CPU, unless a pid is given.
+    pub fn probe(&self, pid: Option<u32>) -> Probe {
+        if self.metrics.is_empty() {
+            Probe::choose(pid, &self.ws, self.tls.clone())
+        } else {
+            Probe::choose(pid, &self.metrics, None)
+        }
+    }
+
+    /// The nodes' `/metrics` addresses and the TLS to read them with.
+    pub(crate) fn metrics_nodes(&self) -> (Vec<SocketAddr>, Option<Tls>) {
+        if self.metrics.is_empty() {
+            (self.ws.clone(), self.tls.clone())
+        } else {
+            (self.metrics.clone(), None)
         }
     }
 
@@ -51,7 +78,7 @@ impl Target {
         let mut out = Vec::new();
         for addr in &self.grpc {
             for _ in 0..self.channels_per_node.max(1) {
-                let mut b = Broker::connect(addr).await?;
+                let mut b = Broker::connect_with(addr, self.tls.as_ref()).await?;
                 if let Some(k) = &self.api_key {
                     b = b.with_api_key(k.clone());
                 }
@@ -70,6 +97,16 @@ impl Target {
             role: "agent".into(),
             on_conflict: policy as i32,
             ..Default::default()
+        }
+    }
+
+    /// Sends the common parameters to the report.
+    pub(crate) fn describe(&self, report: &mut Report) {
+        report.param("nodes", self.grpc.len());
+        report.param("tls", self.tls.is_some());
+        report.param("run", &self.run);
+        if !self.shard.is_whole() {
+            report.param("shard", self.shard.to_string());
         }
     }
 
@@ -108,6 +145,7 @@ pub fn classify(e: &Error) -> String {
         Error::Connect { .. } => "grpc_connect".into(),
         Error::Protocol(m) => format!("protocol: {}", m.chars().take(60).collect::<String>()),
         Error::Timeout(what) => format!("timeout_{}", what.replace(' ', "_")),
+        Error::Tls(_) => "tls".into(),
     }
 }
 
@@ -143,7 +181,7 @@ pub async fn claim(t: &Target, n: usize, in_flight: usize) -> Report {
     let mut report = Report::new("claim");
     report.param("n", n);
     report.param("in_flight", in_flight);
-    report.param("nodes", t.grpc.len());
+    t.describe(&mut report);
     let brokers = match t.brokers().await {
         Ok(b) => b,
         Err(e) => {
@@ -151,25 +189,22 @@ pub async fn claim(t: &Target, n: usize, in_flight: usize) -> Report {
             return report;
         }
     };
+    let mine = Arc::new(t.shard.indices(n));
     let next = Arc::new(AtomicUsize::new(0));
-    let bar = t.bar(n as u64, "claims");
+    let bar = t.bar(mine.len() as u64, "claims");
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..in_flight.max(1) {
         let mut b = brokers[w % brokers.len()].clone();
-        let next = next.clone();
+        let (next, mine) = (next.clone(), mine.clone());
         let t = t.clone();
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Latency::default();
             let mut errors = Vec::new();
             let mut granted = 0u64;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
+            while let Some(&i) = mine.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let req = t.claim_req(&format!("{}-c{i}", t.run), "", ConflictPolicy::Reject);
                 let sent = Instant::now();
                 match b.claim(req).await {
@@ -266,21 +301,19 @@ async fn sign_in_many(
             return Vec::new();
         }
     };
+    let mine = Arc::new(t.shard.indices(n));
     let next = Arc::new(AtomicUsize::new(0));
-    let held = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let bar = t.bar(n as u64, what);
+    let held = Arc::new(Mutex::new(Vec::with_capacity(mine.len())));
+    let bar = t.bar(mine.len() as u64, what);
     let mut tasks = Vec::new();
     for w in 0..concurrency.max(1) {
         let mut b = brokers[w % brokers.len()].clone();
         let (next, held, t, bar) = (next.clone(), held.clone(), t.clone(), bar.clone());
+        let mine = mine.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat: [Latency; 3] = Default::default();
             let mut errors = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
+            while let Some(&i) = mine.get(next.fetch_add(1, Ordering::Relaxed)) {
                 match sign_in(&t, &mut b, &format!("{}-a{i}", t.run), "", i, &mut lat).await {
                     Ok(s) => held.lock().await.push(s),
                     Err(e) => errors.push(classify(&e)),
@@ -314,7 +347,7 @@ pub async fn storm(t: &Target, n: usize, concurrency: usize) -> Report {
     let mut report = Report::new("storm");
     report.param("n", n);
     report.param("concurrency", concurrency);
-    report.param("nodes", t.grpc.len());
+    t.describe(&mut report);
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
     let held = sign_in_many(t, n, concurrency, &mut report, "sign-ins").await;
@@ -366,7 +399,8 @@ pub async fn idle(t: &Target, n: usize, hold: Duration, broker_pid: Option<u32>)
     let mut report = Report::new("idle");
     report.param("n", n);
     report.param("hold_s", hold.as_secs_f64());
-    let probe = Probe::choose(broker_pid, &t.ws);
+    t.describe(&mut report);
+    let probe = t.probe(broker_pid);
     report.notes.push(probe.describe());
     let mut unmeasured = None;
     let mut sample = async |probe: &Probe| match probe.sample().await {
@@ -459,14 +493,15 @@ pub async fn takeover(t: &Target, k: usize, concurrency: usize) -> Report {
     let mut report = Report::new("takeover");
     report.param("k", k);
     report.param("concurrency", concurrency);
-    report.param("nodes", t.grpc.len());
+    t.describe(&mut report);
     let Ok(brokers) = t.brokers().await else {
         report.error("grpc_connect");
         return report;
     };
     let per_node = t.channels_per_node.max(1);
+    let mine = Arc::new(t.shard.indices(k));
     let next = Arc::new(AtomicUsize::new(0));
-    let bar = t.bar(k as u64, "takeovers");
+    let bar = t.bar(mine.len() as u64, "takeovers");
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -474,18 +509,14 @@ pub async fn takeover(t: &Target, k: usize, concurrency: usize) -> Report {
         let nodes = t.grpc.len();
         let mut first = brokers[(w % nodes) * per_node + w % per_node].clone();
         let mut second = brokers[((w + 1) % nodes) * per_node + w % per_node].clone();
-        let (next, t, bar) = (next.clone(), t.clone(), bar.clone());
+        let (next, t, bar, mine) = (next.clone(), t.clone(), bar.clone(), mine.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat: [Latency; 3] = Default::default();
             let mut takeover = Latency::default();
             let mut claim2 = Latency::default();
             let mut errors = Vec::new();
             let mut violations = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= k {
-                    break;
-                }
+            while let Some(&i) = mine.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let login = format!("{}-t{i}", t.run);
                 let mut old = match sign_in(&t, &mut first, &login, "", i, &mut lat).await {
                     Ok(s) => s,
@@ -558,7 +589,7 @@ pub async fn takeover_storm(t: &Target, k: usize, concurrency: usize, rate: f64)
     let mut report = Report::new("takeover");
     report.param("k", k);
     report.param("concurrency", concurrency);
-    report.param("nodes", t.grpc.len());
+    t.describe(&mut report);
     report.param("offered_rate", rate);
     let held = sign_in_many(t, k, concurrency, &mut report, "sign-ins").await;
     let Ok(brokers) = t.brokers().await else {
@@ -639,15 +670,18 @@ pub async fn stations(t: &Target, m: usize, s: usize) -> Report {
     let mut report = Report::new("stations");
     report.param("agents", m);
     report.param("stations", s);
+    t.describe(&mut report);
     let Ok(brokers) = t.brokers().await else {
         report.error("grpc_connect");
         return report;
     };
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
-    let gate = Arc::new(tokio::sync::Barrier::new(m + 1));
+    // A shard owns stations j ≡ I (mod N) and the agents racing for them.
+    let agents: Vec<usize> = (0..m).filter(|i| t.shard.owns(i % s.max(1))).collect();
+    let gate = Arc::new(tokio::sync::Barrier::new(agents.len() + 1));
     let mut tasks = Vec::new();
-    for i in 0..m {
+    for i in agents {
         let mut b = brokers[i % brokers.len()].clone();
         let (gate, t) = (gate.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
@@ -685,7 +719,12 @@ pub async fn stations(t: &Target, m: usize, s: usize) -> Report {
             Err(_) => report.error("task"),
         }
     }
-    let names: Vec<String> = (0..s).map(|i| format!("{}-st{i}", t.run)).collect();
+    let names: Vec<String> = t
+        .shard
+        .indices(s)
+        .into_iter()
+        .map(|i| format!("{}-st{i}", t.run))
+        .collect();
     let mut b = brokers[0].clone();
     let mut status = Vec::new();
     for chunk in names.chunks(500) {
@@ -730,6 +769,7 @@ pub async fn churn(t: &Target, agents: usize, duration: Duration) -> Report {
     let mut report = Report::new("churn");
     report.param("agents", agents);
     report.param("duration_s", duration.as_secs_f64());
+    t.describe(&mut report);
     let Ok(brokers) = t.brokers().await else {
         report.error("grpc_connect");
         return report;
@@ -738,7 +778,7 @@ pub async fn churn(t: &Target, agents: usize, duration: Duration) -> Report {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
-    for a in 0..agents {
+    for a in t.shard.indices(agents) {
         let mut b = brokers[a % brokers.len()].clone();
         let t = t.clone();
         tasks.push(tokio::spawn(async move {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use turnstile_client::pb::{self, ClaimOutcome, ConflictPolicy};
+use turnstile_client::Tls;
 
 use crate::probe::{metric, scrape, Probe};
 use crate::report::{Latency, Report};
@@ -42,8 +43,8 @@ struct NodeFigures {
     woken: f64,
 }
 
-async fn figures(node: SocketAddr) -> Result<(NodeFigures, String), String> {
-    let body = scrape(node).await?;
+async fn figures(node: SocketAddr, tls: Option<&Tls>) -> Result<(NodeFigures, String), String> {
+    let body = scrape(node, tls).await?;
     let f = NodeFigures {
         cpu_s: metric(&body, "process_cpu_seconds_total")
             .ok_or(format!("{node}/metrics has no process_cpu_seconds_total"))?,
@@ -59,11 +60,15 @@ pub async fn tenants(t: &Target, plan: &Plan) -> Report {
     report.param("tenants", plan.tenants);
     report.param("sessions_per_tenant", plan.sessions);
     report.param("hold_s", plan.hold.as_secs_f64());
-    report.param("nodes", t.ws.len());
+    t.describe(&mut report);
+    let (nodes, tls) = t.metrics_nodes();
     report.notes.push(
-        Probe::Metrics(t.ws.clone())
-            .describe()
-            .replace("memory and ", ""),
+        Probe::Metrics {
+            nodes: nodes.clone(),
+            tls: tls.clone(),
+        }
+        .describe()
+        .replace("memory and ", ""),
     );
     let mut slowlog = match &plan.redis {
         Some(url) => match Slowlog::open(url).await {
@@ -87,8 +92,8 @@ pub async fn tenants(t: &Target, plan: &Plan) -> Report {
 
     let sample = async || {
         let mut out = Vec::new();
-        for node in &t.ws {
-            out.push(figures(*node).await);
+        for node in &nodes {
+            out.push(figures(*node, tls.as_ref()).await);
         }
         out
     };
@@ -206,18 +211,17 @@ async fn claim_all(t: &Target, plan: &Plan, report: &mut Report) -> Vec<(String,
     };
     let n = plan.tenants * plan.sessions;
     let next = Arc::new(AtomicUsize::new(0));
-    let bar = t.bar(n as u64, "claims");
+    let per = plan.sessions.max(1);
+    // A shard owns whole tenants: tenant j with j ≡ I (mod N).
+    let mine: Arc<Vec<usize>> = Arc::new((0..n).filter(|i| t.shard.owns(i / per)).collect());
+    let bar = t.bar(mine.len() as u64, "claims");
     let mut tasks = Vec::new();
     for w in 0..plan.concurrency.max(1) {
         let mut b = brokers[w % brokers.len()].clone();
-        let (next, t, bar, per) = (next.clone(), t.clone(), bar.clone(), plan.sessions.max(1));
+        let (next, t, bar, mine) = (next.clone(), t.clone(), bar.clone(), mine.clone());
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors, mut held) = (Latency::default(), Vec::new(), Vec::new());
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
+            while let Some(&i) = mine.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let tenant = tenant_name(&t, i / per);
                 let req = pb::ClaimRequest {
                     tenant: tenant.clone(),

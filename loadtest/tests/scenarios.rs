@@ -14,7 +14,9 @@ async fn node() -> (turnstile::server::RunningServer, Target) {
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         signing_key: Some("loadtest-test-signing-key-0123456789abcdef".into()),
-        heartbeat: Duration::from_millis(200),
+        // Sockets are not read while the rest sign in: 2 s of silence on a
+        // busy 2-core CI machine must not count as a dead socket.
+        heartbeat: Duration::from_secs(1),
         ..Config::default()
     };
     let server = turnstile::server::start(cfg).await.expect("node starts");
@@ -27,6 +29,9 @@ async fn node() -> (turnstile::server::RunningServer, Target) {
         channels_per_node: 2,
         progress: false,
         run: format!("t{:08x}", rand::random::<u32>()),
+        tls: None,
+        metrics: vec![],
+        shard: Default::default(),
     };
     (server, target)
 }

@@ -64,6 +64,9 @@ async fn tenants_holds_sessions_across_tenants_and_reads_lease_cpu_and_slowlog()
         channels_per_node: 2,
         progress: false,
         run: format!("t{:08x}", rand::random::<u32>()),
+        tls: None,
+        metrics: vec![],
+        shard: Default::default(),
     };
     let plan = Plan {
         tenants: 20,

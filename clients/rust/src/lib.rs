@@ -10,6 +10,8 @@
 //!   (no reconnects), for tools and load generators.
 //! - [`Broker`] speaks the gRPC API a login service uses (`Claim`,
 //!   `Release`, `Evict`, `Notify`, `WatchPresence`, ...).
+//! - [`Tls`]: both over TLS (`wss://`, gRPC over TLS) with a CA to trust
+//!   and, for mTLS, a client certificate.
 //!
 //! The wire contract is `docs/protocol.md` in the broker's repository.
 //!
@@ -69,12 +71,14 @@ pub mod close_code;
 mod driver;
 mod pending;
 mod socket;
+mod tls;
 
 pub use agent::{
     Agent, AgentError, AgentEvent, AgentEvents, AgentOptions, Disconnect, Stop, Welcome,
 };
 pub use backoff::Backoff;
 pub use socket::{AgentSocket, ConnectOptions, ServerFrame};
+pub use tls::{Stream, Tls};
 /// The WebSocket library, for matching on its errors.
 pub use tokio_tungstenite::tungstenite;
 
@@ -105,6 +109,8 @@ pub enum Error {
     Protocol(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The gRPC API of one broker node.
@@ -117,20 +123,33 @@ pub struct Broker {
 impl Broker {
     /// Connects to `addr` (`host:port` or `http://host:port`).
     pub async fn connect(addr: &str) -> Result<Self, Error> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given (`host:port` then
+    /// means `https://host:port`).
+    pub async fn connect_with(addr: &str, tls: Option<&Tls>) -> Result<Self, Error> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let channel = Channel::from_shared(uri.clone())
+        let mut endpoint = Channel::from_shared(uri.clone())
             .map_err(|_| Error::Protocol(format!("not a URI: {uri}")))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic())
+                .map_err(|source| Error::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        }
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
         Ok(Self {
             client: SessionBrokerServiceClient::new(channel),
             api_key: None,

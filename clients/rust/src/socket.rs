@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::tls::{Stream, Tls};
 use crate::Error;
 
 /// How to open the socket.
@@ -22,6 +23,8 @@ pub struct ConnectOptions {
     pub bind_ip: Option<IpAddr>,
     /// Bound on TCP connect + WebSocket handshake.
     pub timeout: Option<Duration>,
+    /// Speak TLS (`wss://`): the CA to trust and the server's name.
+    pub tls: Option<Tls>,
 }
 
 /// A frame from the broker, typed.
@@ -103,7 +106,7 @@ impl ServerFrame {
 
 /// One agent socket.
 pub struct AgentSocket {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Stream>,
 }
 
 /// Opens a TCP connection from `bind_ip` (when given) without reserving a
@@ -145,15 +148,27 @@ fn bind_address_no_port(socket: &TcpSocket) {
 fn bind_address_no_port(_: &TcpSocket) {}
 
 impl AgentSocket {
-    /// Opens `/v1/ws` on `http` with `token` (in the Authorization header).
+    /// Opens `/v1/ws` on `http` with `token` (in the Authorization header),
+    /// over TLS when `opts.tls` is set.
     pub async fn connect(
         http: SocketAddr,
         token: &str,
         opts: &ConnectOptions,
     ) -> Result<Self, Error> {
         let fut = async {
-            let stream = tcp(http, opts.bind_ip).await?;
-            let mut req = format!("ws://{http}/v1/ws").into_client_request()?;
+            let tcp = tcp(http, opts.bind_ip).await?;
+            let (stream, url) = match &opts.tls {
+                Some(tls) => {
+                    let host = match tls.server_name().parse::<IpAddr>() {
+                        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+                        _ => tls.server_name().to_string(),
+                    };
+                    let url = format!("wss://{host}:{}/v1/ws", http.port());
+                    (tls.handshake(tcp).await?, url)
+                }
+                None => (Stream::Plain(tcp), format!("ws://{http}/v1/ws")),
+            };
+            let mut req = url.into_client_request()?;
             if let Ok(v) = format!("Bearer {token}").parse() {
                 req.headers_mut().insert("authorization", v);
             }
