@@ -47,3 +47,6 @@ pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 pub const LOG_LINES_DROPPED: &str = "turnstile_log_lines_dropped_total";
 /// Counter by `limit`: connections or messages refused by a rate or count limit.
 pub const LIMITED: &str = "turnstile_limited_total";
+/// Counter by `what` (`queue`, `notice`, `event`): stored notices the
+/// registry found and could not decode; each is logged and skipped.
+pub const REGISTRY_DECODE_ERRORS: &str = "turnstile_registry_decode_errors_total";
