@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
-use turnstile_loadtest::{sys, tenants};
+use turnstile_loadtest::{notices, sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -129,6 +129,25 @@ enum Scenario {
         #[arg(long)]
         redis: Option<String>,
     },
+    /// N connected sessions get K tenant-wide notices while a claim loop
+    /// runs in another tenant: delivery, claim p99, node RSS, SLOWLOG.
+    NoticeFanout {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1)]
+        notices: usize,
+        #[arg(long, default_value_t = 1024)]
+        text_bytes: usize,
+        #[arg(long, default_value_t = 3072)]
+        data_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        claimers: usize,
+        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        deadline: Duration,
+        /// The Redis the nodes share (URL), for its SLOWLOG.
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Random connect / drop / resume / logout / takeover for T.
     Churn {
         #[arg(long, default_value_t = 100)]
@@ -187,6 +206,7 @@ fn main() -> anyhow::Result<()> {
     };
     let sockets_needed = match &cli.scenario {
         Scenario::Storm { n, .. } | Scenario::Idle { n, .. } => *n as u64,
+        Scenario::NoticeFanout { sessions, .. } => *sessions as u64,
         Scenario::Takeover {
             k, rate: Some(_), ..
         } => *k as u64,
@@ -220,6 +240,26 @@ fn main() -> anyhow::Result<()> {
             Scenario::Stations { m, s } => scenarios::stations(&target, m, s).await,
             Scenario::Churn { agents, duration } => {
                 scenarios::churn(&target, agents, duration).await
+            }
+            Scenario::NoticeFanout {
+                sessions,
+                notices,
+                text_bytes,
+                data_bytes,
+                claimers,
+                deadline,
+                redis,
+            } => {
+                let plan = notices::Plan {
+                    sessions,
+                    notices,
+                    text_bytes,
+                    data_bytes,
+                    claimers,
+                    deadline,
+                    redis,
+                };
+                notices::notice_fanout(&target, &plan).await
             }
             Scenario::Tenants {
                 tenants,
