@@ -159,8 +159,8 @@ pub enum WEvent {
     /// `e`: a session ended; `t` its tombstone.
     #[serde(rename = "e")]
     Ended { t: WTomb },
-    /// `N`: notice `n` for each of sessions `sids`.
-    #[serde(rename = "N")]
+    /// `n`: notice `n` for each of sessions `sids`.
+    #[serde(rename = "n")]
     Notice { sids: Vec<String>, n: WNotice },
     /// `p`: presence change `c` ([`PresenceChange::as_str`]) of session `s`
     /// at unix ms `at`.

@@ -75,6 +75,6 @@ for _, id in ipairs(ids) do
 end
 for _, node in ipairs(nodes) do
   redis.call(PUB, P .. 'ev:' .. node,
-    '{"k":"N","sids":' .. cjson.encode(to[node]) .. ',"n":' .. R.body .. '}')
+    '{"k":"n","sids":' .. cjson.encode(to[node]) .. ',"n":' .. R.body .. '}')
 end
 return cjson.encode(out)
