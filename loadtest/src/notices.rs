@@ -112,7 +112,9 @@ pub async fn notice_fanout(t: &Target, plan: &Plan) -> Report {
                                 *l = Some(Instant::now());
                             }
                         }
-                        Ok(ServerFrame::Pong(_)) => {}
+                        // The socket stays open through these: the node
+                        // telling it about its connectivity is not a loss.
+                        Ok(ServerFrame::Pong(_) | ServerFrame::Connectivity { .. }) => {}
                         _ => {
                             unexpected.fetch_add(1, Ordering::Relaxed);
                             return s.socket;
