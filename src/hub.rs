@@ -199,6 +199,10 @@ pub struct Hub {
     /// The node's connectivity as last published (by the registry's
     /// [`crate::connectivity::Health`]), for sockets that open while degraded.
     connectivity: Mutex<Connectivity>,
+    /// The frame of the last notice delivered: a tenant-wide notice reaches
+    /// thousands of sessions as one shared `Arc<Notice>`, and its frame is
+    /// rendered once for all of them, not once per session.
+    last_notice: Mutex<Option<(Arc<crate::session::Notice>, Utf8Bytes)>>,
 }
 
 impl Hub {
@@ -385,6 +389,22 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// The frame of `notice`, from the one-entry cache when it is the same
+    /// body as last time.
+    fn notice_frame(&self, notice: &Arc<crate::session::Notice>) -> Utf8Bytes {
+        let mut last = self.last_notice.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((n, frame)) if Arc::ptr_eq(n, notice) => frame.clone(),
+            _ => {
+                let frame = frames::notice_frame(notice);
+                *last = Some((notice.clone(), frame.clone()));
+                frame
+            }
+        }
+    }
+}
+
 impl EventSink for Hub {
     fn publish(&self, event: Event) {
         match event {
@@ -394,7 +414,7 @@ impl EventSink for Hub {
             } => {
                 let sockets = self.local.of(&session_id);
                 if !sockets.is_empty() {
-                    let frame = frames::notice_frame(&notice);
+                    let frame = self.notice_frame(&notice);
                     for s in sockets {
                         s.send(Outbound::Text(frame.clone()));
                     }

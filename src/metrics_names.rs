@@ -67,3 +67,6 @@ pub const WEBHOOK_DEAD_LETTERS: &str = "turnstile_webhook_dead_letters_total";
 pub const WEBHOOK_MISSED: &str = "turnstile_webhook_missed_total";
 /// Gauge: events in the log not yet sent by the webhooks this node sends.
 pub const WEBHOOK_LAG: &str = "turnstile_webhook_lag_events";
+/// Counter by `what` (`queue`, `notice`, `event`): stored notices the
+/// registry found and could not decode; each is logged and skipped.
+pub const REGISTRY_DECODE_ERRORS: &str = "turnstile_registry_decode_errors_total";

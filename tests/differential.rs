@@ -76,6 +76,11 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         max_sockets_per_session: 2,
         max_notices_per_session: 3,
         default_notice_ttl: Duration::from_secs(24 * 3600),
+        // Small, so histories reach them: some notices are over the
+        // per-notice cap, and a few fill a queue's bytes before its count.
+        max_notice_bytes: 40,
+        max_mailbox_bytes: 60,
+        max_notice_ttl: Duration::from_secs(366 * 24 * 3600),
         clock: clock.clone(),
         // Redis trims the log approximately (whole stream nodes), the
         // embedded ring exactly: bounds no history reaches, so both keep all.
@@ -424,12 +429,15 @@ impl Pair {
                 };
                 let now = self.clock.now_ms();
                 // 0 = the default lifetime; the rest relative to now.
-                let expires_at_ms = match rng.random_range(0..6) {
+                let expires_at_ms = match rng.random_range(0..8) {
                     0 => 0,
                     1 => now + 60_000,
                     2 => now + 10 * 60_000,
                     3 => now + 24 * 3_600_000,
                     4 => now + 365 * 24 * 3_600_000,
+                    // Past the maximum: refused on both.
+                    5 => now + 367 * 24 * 3_600_000,
+                    6 => 1 << 62,
                     _ => now - 1,
                 };
                 let id = format!("n{}", self.notices.len());
@@ -438,7 +446,9 @@ impl Pair {
                     id,
                     kind: "license".into(),
                     severity: "info".into(),
-                    text: "t".into(),
+                    // 1..=44 bytes: over 40 is refused; three of 25 fill
+                    // the 60-byte queue before its count of 3.
+                    text: "t".repeat([1, 5, 25, 25, 44][rng.random_range(0..5)]),
                     data_json: String::new(),
                     expires_at_ms,
                 };
@@ -446,7 +456,10 @@ impl Pair {
                     0 => "default".to_string(),
                     at => format!("{} ms", at - now),
                 };
-                let what = format!("notify {tm:?} expires {expiry}");
+                let what = format!(
+                    "notify {tm:?} expires {expiry}, {} bytes",
+                    notice.text.len()
+                );
                 let a = self.mem.notify(&t, tm, notice.clone()).await;
                 let b = self.red.notify(&t, tr, notice).await;
                 self.same(&what, a, b);

@@ -6,6 +6,7 @@
 //! - [`shift`]: a whole shift, its rates from a [`profile`].
 //! - [`shard`]: `--shard I/N`, one generator's slice of a run.
 //! - [`merge`]: the reports of several shards as one.
+//! - [`notices`]: a tenant-wide notice fanned out to many sockets.
 //! - [`slowlog`]: the Redis `SLOWLOG` entries written during a run.
 //! - [`report`]: HDR latency histograms, the JSON report, table and SVG.
 //! - [`timeline_svg`]: the time-series plot.
@@ -14,6 +15,7 @@
 //!   `/metrics`.
 
 pub mod merge;
+pub mod notices;
 pub mod probe;
 pub mod profile;
 pub mod report;

@@ -11,7 +11,7 @@ use turnstile_loadtest::profile::{parse_duration, Profile};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
 use turnstile_loadtest::shard::Shard;
-use turnstile_loadtest::{shift, sys, tenants};
+use turnstile_loadtest::{notices, shift, sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -163,6 +163,25 @@ enum Scenario {
         #[arg(long)]
         redis: Option<String>,
     },
+    /// N connected sessions get K tenant-wide notices while a claim loop
+    /// runs in another tenant: delivery, claim p99, node RSS, SLOWLOG.
+    NoticeFanout {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1)]
+        notices: usize,
+        #[arg(long, default_value_t = 1024)]
+        text_bytes: usize,
+        #[arg(long, default_value_t = 3072)]
+        data_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        claimers: usize,
+        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        deadline: Duration,
+        /// The Redis the nodes share (URL), for its SLOWLOG.
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Random connect / drop / resume / logout / takeover for T.
     Churn {
         #[arg(long, default_value_t = 100)]
@@ -282,6 +301,7 @@ fn main() -> anyhow::Result<()> {
     };
     let sockets_needed = match &cli.scenario {
         Scenario::Storm { n, .. } | Scenario::Idle { n, .. } => *n as u64,
+        Scenario::NoticeFanout { sessions, .. } => *sessions as u64,
         Scenario::Takeover {
             k, rate: Some(_), ..
         } => *k as u64,
@@ -318,6 +338,26 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Shift { .. } => shift::shift(&target, &profile).await,
             Scenario::Merge { .. } => unreachable!("merged above"),
+            Scenario::NoticeFanout {
+                sessions,
+                notices,
+                text_bytes,
+                data_bytes,
+                claimers,
+                deadline,
+                redis,
+            } => {
+                let plan = notices::Plan {
+                    sessions,
+                    notices,
+                    text_bytes,
+                    data_bytes,
+                    claimers,
+                    deadline,
+                    redis,
+                };
+                notices::notice_fanout(&target, &plan).await
+            }
             Scenario::Tenants {
                 tenants,
                 sessions,

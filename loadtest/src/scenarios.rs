@@ -242,12 +242,12 @@ pub async fn claim(t: &Target, n: usize, in_flight: usize) -> Report {
 }
 
 /// One signed-in agent: its socket and what the sign-in took.
-struct SignedIn {
-    socket: AgentSocket,
+pub(crate) struct SignedIn {
+    pub(crate) socket: AgentSocket,
     login: String,
     /// Index of the node its socket is on (`--ws`).
     node: usize,
-    session_id: String,
+    pub(crate) session_id: String,
     token: String,
 }
 
@@ -287,7 +287,7 @@ async fn sign_in(
 
 /// Signs in `n` agents at `concurrency`; returns the sockets and records
 /// latencies (claim, connect→welcome, sign-in) and errors.
-async fn sign_in_many(
+pub(crate) async fn sign_in_many(
     t: &Target,
     n: usize,
     concurrency: usize,
@@ -370,7 +370,7 @@ pub async fn storm(t: &Target, n: usize, concurrency: usize) -> Report {
 }
 
 /// Logs the agents out (so a run leaves nothing behind) and closes sockets.
-async fn release_all(t: &Target, held: Vec<(String, AgentSocket)>) {
+pub(crate) async fn release_all(t: &Target, held: Vec<(String, AgentSocket)>) {
     let Ok(brokers) = t.brokers().await else {
         return;
     };

@@ -280,7 +280,9 @@ pub fn status(e: RegistryError) -> Status {
         }
         RegistryError::TooManySockets { .. } => Status::resource_exhausted(e.to_string()),
         RegistryError::SocketsElsewhere { .. } => Status::unavailable(e.to_string()),
-        RegistryError::IdempotencyKeyReused { .. } => Status::invalid_argument(e.to_string()),
+        RegistryError::IdempotencyKeyReused { .. } | RegistryError::InvalidNotice { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
     }
 }

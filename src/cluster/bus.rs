@@ -200,19 +200,29 @@ fn deliver(node: &Node, channel: &str, payload: &str) {
     let ev: WEvent = match serde_json::from_str(payload) {
         Ok(ev) => ev,
         Err(e) => {
+            metrics::counter!(crate::metrics_names::REGISTRY_DECODE_ERRORS, "what" => "event")
+                .increment(1);
             warn!(error = %e, %channel, "undecodable event on the bus");
             return;
         }
     };
     let event = match ev {
         WEvent::Ended { t } => t.to_tombstone(&tenant).map(|t| Event::Ended(Arc::new(t))),
-        WEvent::Notice { sid, n } => SessionId::parse(&sid)
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))
-            .map(|session_id| Event::Notice {
-                tenant: tenant.clone(),
-                session_id,
-                notice: Arc::new(n.to_notice()),
-            }),
+        WEvent::Notice { sids, n } => {
+            // One body for every session named: the hub renders its frame once.
+            let notice = Arc::new(n.to_notice());
+            for sid in sids {
+                match SessionId::parse(&sid) {
+                    Ok(session_id) => node.sink.publish(Event::Notice {
+                        tenant: tenant.clone(),
+                        session_id,
+                        notice: notice.clone(),
+                    }),
+                    Err(e) => warn!(error = %e, %channel, "malformed event on the bus"),
+                }
+            }
+            return;
+        }
         ev @ WEvent::Presence { .. } => {
             wire::presence_event(&tenant, &ev).map(|p| Event::Presence(Arc::new(p)))
         }

@@ -195,6 +195,13 @@ pub struct Config {
     /// Lifetime of a notice sent without `expires_at_ms`.
     #[serde(with = "humantime_serde")]
     pub default_notice_ttl: Duration,
+    /// How far ahead a notice's `expires_at_ms` may lie.
+    #[serde(with = "humantime_serde")]
+    pub max_notice_ttl: Duration,
+    /// Bytes of one notice's text and data together.
+    pub max_notice_bytes: usize,
+    /// Bytes of the notices queued for one session (or login) together.
+    pub max_mailbox_bytes: usize,
     /// PEM certificate chain: when set with `tls_key_file`, both listeners
     /// speak TLS (`wss://` and gRPC over TLS).
     pub tls_cert_file: Option<std::path::PathBuf>,
@@ -274,6 +281,9 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(300),
             max_notices_per_session: 32,
             default_notice_ttl: Duration::from_secs(24 * 3600),
+            max_notice_ttl: Duration::from_secs(366 * 24 * 3600),
+            max_notice_bytes: 4096,
+            max_mailbox_bytes: 64 * 1024,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -495,6 +505,17 @@ impl Config {
             Duration::from_secs(1),
         )?;
         at_least(
+            "max_notice_ttl",
+            self.max_notice_ttl,
+            self.default_notice_ttl,
+        )?;
+        at_least("max_notice_bytes", self.max_notice_bytes, 1)?;
+        at_least(
+            "max_mailbox_bytes",
+            self.max_mailbox_bytes,
+            self.max_notice_bytes,
+        )?;
+        at_least(
             "idempotency_ttl",
             self.idempotency_ttl,
             Duration::from_secs(1),
@@ -683,6 +704,9 @@ impl Config {
             idempotency_ttl: self.idempotency_ttl,
             max_notices_per_session: self.max_notices_per_session,
             default_notice_ttl: self.default_notice_ttl,
+            max_notice_bytes: self.max_notice_bytes,
+            max_mailbox_bytes: self.max_mailbox_bytes,
+            max_notice_ttl: self.max_notice_ttl,
             clock: crate::clock::Clock::system(),
             event_log: crate::registry::LogBounds {
                 max_events: self.event_log_max_events,
@@ -817,6 +841,10 @@ mod tests {
                 d.max_notices_per_session,
                 d.default_notice_ttl
             )
+        );
+        assert_eq!(
+            (r.max_notice_bytes, r.max_mailbox_bytes, r.max_notice_ttl),
+            (d.max_notice_bytes, d.max_mailbox_bytes, d.max_notice_ttl)
         );
     }
 

@@ -13,6 +13,7 @@
 
 pub mod log;
 pub mod memory;
+pub mod notice_rules;
 pub mod redis;
 mod state;
 
@@ -50,6 +51,13 @@ pub struct RegistryConfig {
     pub max_notices_per_session: usize,
     /// Lifetime of a notice sent without `expires_at_ms`.
     pub default_notice_ttl: Duration,
+    /// Bytes of one notice's text and data together.
+    pub max_notice_bytes: usize,
+    /// Bytes of the notices queued for one session (or one login without
+    /// a session) together; past it the oldest are dropped.
+    pub max_mailbox_bytes: usize,
+    /// How far ahead a notice's `expires_at_ms` may lie.
+    pub max_notice_ttl: Duration,
     /// Where every transition reads "now" (see [`crate::clock`]).
     pub clock: Clock,
     /// How much of each tenant's event log is kept ([`log`]).
@@ -67,6 +75,9 @@ impl Default for RegistryConfig {
             idempotency_ttl: Duration::from_secs(300),
             max_notices_per_session: 32,
             default_notice_ttl: Duration::from_secs(24 * 3600),
+            max_notice_bytes: 4096,
+            max_mailbox_bytes: 64 * 1024,
+            max_notice_ttl: Duration::from_secs(366 * 24 * 3600),
             clock: Clock::system(),
             event_log: LogBounds::default(),
         }
@@ -195,6 +206,12 @@ pub enum RegistryError {
     IdempotencyKeyReused { key: String, login: Login },
     #[error("session {id} has ended")]
     SessionEnded { id: SessionId },
+    /// A notice over one of its bounds (see [`notice_rules`]).
+    #[error("{field}: {problem}")]
+    InvalidNotice {
+        field: &'static str,
+        problem: String,
+    },
     #[error("registry unavailable: {0}")]
     Unavailable(String),
 }

@@ -12,6 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::log::EventLog;
+use super::notice_rules;
 use super::{
     Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
     RegistryError, SessionKey, SocketId, StationInfo,
@@ -39,8 +40,9 @@ pub(crate) struct Effects {
 struct Record {
     session: Session,
     sockets: Vec<SocketId>,
-    /// Notices not yet acked, oldest first.
-    notices: Vec<Notice>,
+    /// Notices not yet acked, oldest first; a tenant-wide notice's body is
+    /// one `Arc` shared by every session it was sent to.
+    notices: Vec<Arc<Notice>>,
     /// When a PENDING or DISCONNECTED session expires.
     deadline: Option<i64>,
 }
@@ -79,7 +81,7 @@ pub(crate) struct TenantState {
 /// The notices queued for a login without a live session.
 #[derive(Debug, Default)]
 struct Mailbox {
-    notices: Vec<Notice>,
+    notices: Vec<Arc<Notice>>,
     /// When the last of them expires (unix ms).
     until: i64,
 }
@@ -477,34 +479,28 @@ impl TenantState {
             .collect()
     }
 
-    /// Delivers a notice to open sockets now, or keeps it for the next connect.
+    /// Delivers a notice to open sockets now, or keeps it for the next
+    /// connect; refuses one over its bounds ([`notice_rules::admit`]).
     pub fn notify(
         &mut self,
         target: &NotifyTarget,
-        mut notice: Notice,
+        notice: Notice,
         cfg: &RegistryConfig,
         now: i64,
         fx: &mut Effects,
     ) -> Result<NotifyCounts, RegistryError> {
-        if notice.expires_at_ms == 0 {
-            notice.expires_at_ms = now + cfg.default_notice_ttl.as_millis() as i64;
-        }
         let mut counts = NotifyCounts::default();
-        if notice.expires_at_ms <= now {
+        let Some(notice) = notice_rules::admit(notice, cfg, now)? else {
             return Ok(counts);
-        }
+        };
+        let notice = Arc::new(notice);
         let ids: Vec<SessionId> = match target {
             NotifyTarget::Session(id) => vec![self.live(id)?.session.id.clone()],
             NotifyTarget::Login(login) => match self.by_login.get(login) {
                 Some(id) => vec![id.clone()],
                 None => {
                     let mailbox = self.mailbox.entry(login.clone()).or_default();
-                    push_notice(
-                        &mut mailbox.notices,
-                        notice,
-                        cfg.max_notices_per_session,
-                        now,
-                    );
+                    notice_rules::push(&mut mailbox.notices, notice, cfg, now);
                     let until = mailbox.notices.iter().map(|n| n.expires_at_ms).max();
                     let before = std::mem::replace(&mut mailbox.until, until.unwrap_or(now));
                     self.mailbox_expiry.remove(&(before, login.clone()));
@@ -516,17 +512,11 @@ impl TenantState {
             },
             NotifyTarget::All => self.sessions.keys().cloned().collect(),
         };
-        let notice = Arc::new(notice);
         for id in ids {
             let Some(record) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            push_notice(
-                &mut record.notices,
-                (*notice).clone(),
-                cfg.max_notices_per_session,
-                now,
-            );
+            notice_rules::push(&mut record.notices, notice.clone(), cfg, now);
             if record.sockets.is_empty() {
                 counts.queued += 1;
             } else {
@@ -584,7 +574,7 @@ impl TenantState {
         record.session.last_seen_ms = now;
         record.notices.retain(|n| n.expires_at_ms > now);
         let session = record.session.clone();
-        let pending = record.notices.clone();
+        let pending = record.notices.iter().map(|n| (**n).clone()).collect();
         if let Some(change) = change {
             presence(fx, &session, change, now);
         }
@@ -753,16 +743,6 @@ fn check_generation(record: &Record, presented: Generation) -> Result<(), Regist
         });
     }
     Ok(())
-}
-
-/// Adds or replaces (same id) a notice, dropping expired and, past `max`, the oldest.
-fn push_notice(queue: &mut Vec<Notice>, notice: Notice, max: usize, now: i64) {
-    queue.retain(|n| n.id != notice.id && n.expires_at_ms > now);
-    queue.push(notice);
-    if queue.len() > max {
-        let excess = queue.len() - max;
-        queue.drain(..excess);
-    }
 }
 
 fn presence(fx: &mut Effects, session: &Session, change: PresenceChange, now: i64) {

@@ -83,7 +83,8 @@ pub struct WTomb {
     pub msg: String,
 }
 
-/// A [`Notice`], as queued in a session record's `nt` list.
+/// A [`Notice`]: the body stored once per notice (`nb:<body id>`) and
+/// carried by notice events.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WNotice {
     pub id: String,
@@ -158,9 +159,9 @@ pub enum WEvent {
     /// `e`: a session ended; `t` its tombstone.
     #[serde(rename = "e")]
     Ended { t: WTomb },
-    /// `n`: notice `n` for session `sid`.
+    /// `n`: notice `n` for each of sessions `sids`.
     #[serde(rename = "n")]
-    Notice { sid: String, n: WNotice },
+    Notice { sids: Vec<String>, n: WNotice },
     /// `p`: presence change `c` ([`PresenceChange::as_str`]) of session `s`
     /// at unix ms `at`.
     /// `q` is its sequence number in the tenant's event log; an ending
@@ -215,9 +216,14 @@ pub struct Reply {
     /// attach: the session came back from DISCONNECTED.
     #[serde(default)]
     pub resumed: bool,
-    /// attach: the session's queued notices.
+    /// attach: the session's queued notices, each the JSON of a
+    /// [`WNotice`] as stored, decoded on its own, so one that no longer
+    /// decodes cannot empty the rest.
     #[serde(default, deserialize_with = "list")]
-    pub nt: Vec<WNotice>,
+    pub nt: Vec<String>,
+    /// attach, notify: stored queue lines that did not parse (skipped).
+    #[serde(default)]
+    pub bad: u32,
     /// list: one page of sessions.
     #[serde(default, deserialize_with = "list")]
     pub ss: Vec<WSession>,
@@ -455,6 +461,7 @@ mod tests {
     #[test]
     fn empty_lists_written_by_cjson_as_objects_decode_as_empty() {
         let r: Reply = serde_json::from_str(r#"{"o":"granted","ev":{},"nt":{}}"#).unwrap();
+        assert_eq!(r.bad, 0);
         assert!(r.ev.is_empty() && r.nt.is_empty());
     }
 

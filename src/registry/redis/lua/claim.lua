@@ -57,13 +57,12 @@ if not out then
     local s = {id = R.sid, login = R.login, station = R.station, client = R.client,
       role = R.role, gen = gen, state = 'pending', created = NOW, seen = NOW,
       node = C.node, attrs = R.attrs, status = '', reason = ''}
-    local notices = {}
-    local mb = jget(P .. 'm:' .. R.login)
-    if mb then
-      redis.call('DEL', P .. 'm:' .. R.login)
-      for _, n in ipairs(mb) do if n.exp > NOW then table.insert(notices, n) end end
+    -- The login's mailbox becomes the session's queue (expired entries
+    -- are skipped when read).
+    if redis.call('EXISTS', P .. 'm:' .. R.login) == 1 then
+      redis.call('RENAME', P .. 'm:' .. R.login, P .. 'q:' .. R.sid)
     end
-    local r = {s = s, k = {}, nt = notices, dl = NOW + C.ct}
+    local r = {s = s, k = {}, dl = NOW + C.ct}
     local sj = cjson.encode(s)
     put_j(r, sj)
     redis.call('SET', P .. 'l:' .. R.login, R.sid)

@@ -16,7 +16,7 @@
 --   ARGV[20]     = the write counter this node has seen ('' on a cluster; the
 --                 wrapper in store.rs checks and counts it)
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
--- t = attached at}], nt = notices, dl}
+-- t = attached at}], dl}. Notices live out of the record (see q_read).
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local PUB = ARGV[3]
@@ -37,13 +37,88 @@ local function put(r) redis.call('SET', P .. 's:' .. r.s.id, cjson.encode(r)) en
 -- put(r) around the session's JSON `sj`, already encoded for a message or
 -- the reply. Returns the notices' JSON.
 local function put_j(r, sj)
-  local k, nt = '[]', '[]'
+  local k = '[]'
   if #r.k > 0 then k = cjson.encode(r.k) end
-  if #r.nt > 0 then nt = cjson.encode(r.nt) end
-  redis.call('SET', P .. 's:' .. r.s.id, '{"s":' .. sj .. ',"k":' .. k .. ',"nt":' .. nt .. ',"dl":' .. r.dl .. '}')
-  return nt
+  redis.call('SET', P .. 's:' .. r.s.id, '{"s":' .. sj .. ',"k":' .. k .. ',"dl":' .. r.dl .. '}')
 end
 local function tomb(sid) return jget(P .. 't:' .. sid) end
+
+-- Queued notices stay out of the session record, so no script that
+-- touches a session decodes or re-encodes them: a session's queue is
+-- 'q:<sid>', a login's without a session (its mailbox) 'm:<login>', each a
+-- string of lines "<notice id> TAB <body id> TAB <expires at> TAB <bytes>",
+-- oldest first, living as long as its longest-lived notice. Numbers stay
+-- text (cjson prints 2^62 as 4.6116860184274e+18). A body is 'nb:<body
+-- id>', the notice's JSON as the node wrote it, never decoded here, with
+-- its own expiry; a body id starting with 'p' is one notice's own, any
+-- other a tenant-wide notice's, stored once and shared.
+-- Returns the entries and how many lines did not parse (reported, so the
+-- node logs and counts them).
+local function q_read(key)
+  local q, bad = {}, 0
+  local v = redis.call('GET', key)
+  if not v then return q, 0 end
+  for line in string.gmatch(v, '[^\n]+') do
+    local id, b, exp, sz = string.match(line, '^([^\t]+)\t([^\t]+)\t(%d+)\t(%d+)$')
+    if id then table.insert(q, {id = id, b = b, exp = exp, sz = tonumber(sz)})
+    else bad = bad + 1 end
+  end
+  return q, bad
+end
+-- Drops a body nothing else shares.
+local function q_forget(x)
+  if string.sub(x.b, 1, 1) == 'p' then redis.call('DEL', P .. 'nb:' .. x.b) end
+end
+local function q_write(key, q)
+  if #q == 0 then redis.call('DEL', key); return end
+  local lines, last = {}, 0
+  for i, x in ipairs(q) do
+    lines[i] = x.id .. '\t' .. x.b .. '\t' .. x.exp .. '\t' .. x.sz
+    local e = tonumber(x.exp)
+    if e > last then last = e end
+  end
+  redis.call('SET', key, table.concat(lines, '\n'), 'PX', math.max(1, last - NOW))
+end
+-- Adds or replaces (same id) entry `n`; drops expired entries and then
+-- the oldest while more than C.mn entries or `maxb` bytes are queued
+-- (registry::notice_rules::push on the embedded side).
+local function q_push(q, n, maxb)
+  local out, bytes = {}, n.sz
+  for _, x in ipairs(q) do
+    if x.id ~= n.id and tonumber(x.exp) > NOW then
+      table.insert(out, x)
+      bytes = bytes + x.sz
+    elseif x.b ~= n.b then q_forget(x) end
+  end
+  table.insert(out, n)
+  local max, first = tonumber(C.mn), 1
+  while (#out - first + 1 > max or bytes > maxb) and first < #out do
+    bytes = bytes - out[first].sz
+    q_forget(out[first])
+    first = first + 1
+  end
+  if first == 1 then return out end
+  local kept = {}
+  for i = first, #out do table.insert(kept, out[i]) end
+  return kept
+end
+-- The bodies of the unexpired entries, oldest first, as a JSON array of
+-- strings (a body is never spliced in as JSON: one mangled body must not
+-- make the whole reply unreadable); a body gone before its entry is
+-- skipped.
+local function q_bodies(q)
+  local keys = {}
+  for _, x in ipairs(q) do
+    if tonumber(x.exp) > NOW then table.insert(keys, P .. 'nb:' .. x.b) end
+  end
+  if #keys == 0 then return '[]' end
+  local out = {}
+  for _, b in ipairs(redis.call('MGET', unpack(keys))) do
+    if b then table.insert(out, b) end
+  end
+  if #out == 0 then return '[]' end
+  return cjson.encode(out)
+end
 -- Events about a session go to the channels of the nodes holding its
 -- sockets, `<ns>:{<tenant>}:ev:<node>` (node ids need no escaping:
 -- letters, digits and . _ @ + : -): no other node is woken by them.
@@ -138,6 +213,8 @@ end
 local function finish(r, reason, by, message)
   local s = r.s
   redis.call('DEL', P .. 's:' .. s.id)
+  for _, x in ipairs((q_read(P .. 'q:' .. s.id))) do q_forget(x) end
+  redis.call('DEL', P .. 'q:' .. s.id)
   if redis.call('GET', P .. 'l:' .. s.login) == s.id then redis.call('DEL', P .. 'l:' .. s.login) end
   if s.station ~= '' and redis.call('GET', P .. 'st:' .. s.station) == s.id then
     redis.call('DEL', P .. 'st:' .. s.station)
@@ -155,19 +232,6 @@ local function finish(r, reason, by, message)
   emit_nodes(r.k, '{"k":"e","t":' .. tj .. '}')
   presence_j(sj, 'ended', ending)
   return s, sj
-end
-
--- Adds or replaces (same id) a notice; drops expired ones and, past the
--- bound, the oldest.
-local function push_notice(list, n)
-  local out = {}
-  for _, x in ipairs(list) do
-    if x.id ~= n.id and x.exp > NOW then table.insert(out, x) end
-  end
-  table.insert(out, n)
-  local max = tonumber(C.mn)
-  while #out > max do table.remove(out, 1) end
-  return out
 end
 
 -- The tenant's epoch marker. A script that creates tenant state calls this

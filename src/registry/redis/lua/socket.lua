@@ -61,13 +61,12 @@ if R.op == 'attach' then
   r.s.state = 'connected'
   r.s.node = R.node
   r.s.seen = NOW
-  local keep = {}
-  for _, n in ipairs(r.nt) do if n.exp > NOW then table.insert(keep, n) end end
-  r.nt = keep
   local sj = cjson.encode(r.s)
-  local nj = put_j(r, sj)
+  put_j(r, sj)
   if change then presence_j(sj, change) end
-  return '{"o":"live","s":' .. sj .. ',"resumed":' .. tostring(resumed) .. ',"nt":' .. nj .. '}'
+  local q, bad = q_read(P .. 'q:' .. R.sid)
+  return '{"o":"live","s":' .. sj .. ',"resumed":' .. tostring(resumed) .. ',"nt":' .. q_bodies(q)
+    .. ',"bad":' .. bad .. '}'
 elseif R.op == 'detach' then
   if drop_sockets(r, R.node, R.conn) == 0 then return cjson.encode({o = 'ok'}) end
   r.s.seen = NOW
@@ -81,9 +80,13 @@ elseif R.op == 'status' then
   presence(r.s, 'status_changed')
   return cjson.encode({o = 'ok'})
 else
+  local key = P .. 'q:' .. R.sid
+  local q = q_read(key)
   local keep = {}
-  for _, n in ipairs(r.nt) do if n.id ~= R.nid then table.insert(keep, n) end end
-  r.nt = keep
+  for _, x in ipairs(q) do
+    if x.id ~= R.nid then table.insert(keep, x) else q_forget(x) end
+  end
+  if #keep ~= #q then q_write(key, keep) end
   r.s.seen = NOW
   put(r)
   return cjson.encode({o = 'ok'})
