@@ -45,7 +45,7 @@ pub struct Plan {
 async fn rss(t: &Target) -> Vec<Option<f64>> {
     let mut out = Vec::new();
     for node in &t.ws {
-        let body = scrape(*node).await.ok();
+        let body = scrape(*node, t.tls.as_ref()).await.ok();
         out.push(body.and_then(|b| metric(&b, "process_resident_memory_bytes")));
     }
     out
