@@ -43,8 +43,15 @@ enum Cmd {
         #[arg(long, default_value = "agent")]
         role: String,
         /// End the current holder instead of refusing.
-        #[arg(long)]
+        #[arg(long, group = "policy")]
         takeover: bool,
+        /// End the holder only if it is still this session (the one you
+        /// were shown); another holder is answered LOGIN_IN_USE.
+        #[arg(long, value_name = "SESSION_ID", group = "policy")]
+        takeover_of: Option<String>,
+        /// End the holder only if it has no open socket.
+        #[arg(long, group = "policy")]
+        takeover_if_disconnected: bool,
         /// key=value, repeatable.
         #[arg(long = "attr")]
         attrs: Vec<String>,
@@ -193,6 +200,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             client,
             role,
             takeover,
+            takeover_of,
+            takeover_if_disconnected,
             attrs,
             idempotency_key,
         } => {
@@ -203,7 +212,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("--attr {a:?}: expected key=value"))?;
                 attributes.insert(k.to_string(), v.to_string());
             }
-            let policy = if takeover {
+            let policy = if takeover_if_disconnected {
+                pb::ConflictPolicy::TakeoverIfDisconnected
+            } else if takeover || takeover_of.is_some() {
                 pb::ConflictPolicy::Takeover
             } else {
                 pb::ConflictPolicy::Reject
@@ -218,6 +229,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     on_conflict: policy as i32,
                     attributes,
                     idempotency_key,
+                    expected_session_id: takeover_of.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?
@@ -240,7 +252,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 if let Some(h) = &r.holder {
                     println!("holder:  {}", session_line(h));
                     if r.outcome == pb::ClaimOutcome::LoginInUse as i32 {
-                        println!("(User already logged. Re-run with --takeover to continue.)");
+                        println!(
+                            "(User already logged. Re-run with --takeover-of {} to continue.)",
+                            h.session_id
+                        );
                     }
                 }
                 for e in &r.evicted {

@@ -10,6 +10,10 @@ pub const DEGRADED: &str = "turnstile_degraded";
 pub const SESSIONS: &str = "turnstile_sessions";
 /// Counter by `outcome` (granted, login_in_use, station_in_use, error).
 pub const CLAIMS: &str = "turnstile_claims_total";
+/// Counter by `why` (holder_changed: not the `expected_session_id`;
+/// holder_connected: TAKEOVER_IF_DISCONNECTED met an open socket): takeovers
+/// answered LOGIN_IN_USE instead.
+pub const TAKEOVERS_REFUSED: &str = "turnstile_takeovers_refused_total";
 /// Histogram: claim latency, gRPC request in → reply, seconds.
 pub const CLAIM_SECONDS: &str = "turnstile_claim_seconds";
 /// Counter by `reason`: forced logouts pushed to sockets.

@@ -270,11 +270,15 @@ impl Pair {
                     0 => None,
                     i => Some(STATIONS[i - 1]),
                 };
-                let policy = if rng.random_bool(0.5) {
-                    ConflictPolicy::Takeover
-                } else {
-                    ConflictPolicy::Reject
+                let policy = match rng.random_range(0..5) {
+                    0 | 1 => ConflictPolicy::Takeover,
+                    2 => ConflictPolicy::TakeoverIfDisconnected,
+                    _ => ConflictPolicy::Reject,
                 };
+                // A takeover confirmed against a session shown earlier
+                // (mostly a recent one, which may or may not still hold).
+                let expected = (policy != ConflictPolicy::Reject && rng.random_ratio(1, 3))
+                    .then(|| self.pick(rng));
                 let idem = rng
                     .random_ratio(1, 4)
                     .then(|| format!("k{}", rng.random_range(0..3)));
@@ -287,10 +291,18 @@ impl Pair {
                     policy,
                     attributes: BTreeMap::from([("k".to_string(), "v".to_string())]),
                     idempotency_key: idem.clone(),
+                    expected_session_id: expected.as_ref().map(|(m, _)| m.clone()),
                 };
-                let what = format!("claim {login} {station:?} {policy:?} idem {idem:?}");
-                let m = self.mem.claim(req.clone()).await;
-                let r = self.red.claim(req).await;
+                let what = format!(
+                    "claim {login} {station:?} {policy:?} idem {idem:?} expecting {:?}",
+                    expected.as_ref().map(|(m, _)| m)
+                );
+                let red_req = ClaimRequest {
+                    expected_session_id: expected.map(|(_, r)| r),
+                    ..req.clone()
+                };
+                let m = self.mem.claim(req).await;
+                let r = self.red.claim(red_req).await;
                 use turnstile::registry::ClaimOutcome::Granted;
                 if let (Ok(Granted { session: ms, .. }), Ok(Granted { session: rs, .. })) = (&m, &r)
                 {
@@ -571,6 +583,7 @@ async fn a_mailbox_keeps_a_long_notice_when_a_short_one_follows() {
         policy: ConflictPolicy::Reject,
         attributes: BTreeMap::new(),
         idempotency_key: None,
+        expected_session_id: None,
     };
     use turnstile::registry::ClaimOutcome::Granted;
     let (Ok(Granted { session: m, .. }), Ok(Granted { session: r, .. })) = (

@@ -61,6 +61,7 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         // ends anybody's session.
         Ok(pb::ConflictPolicy::Unspecified | pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
         Ok(pb::ConflictPolicy::Takeover) => ConflictPolicy::Takeover,
+        Ok(pb::ConflictPolicy::TakeoverIfDisconnected) => ConflictPolicy::TakeoverIfDisconnected,
         Err(_) => {
             return Err(bad(
                 "on_conflict",
@@ -85,6 +86,19 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         short_text("attributes", v, MAX_ATTRIBUTE_VALUE)?;
     }
     short_text("idempotency_key", &r.idempotency_key, MAX_IDEMPOTENCY_KEY)?;
+    let expected_session_id = if r.expected_session_id.is_empty() {
+        None
+    } else if policy == ConflictPolicy::Reject {
+        return Err(bad(
+            "expected_session_id",
+            "needs on_conflict CONFLICT_POLICY_TAKEOVER or CONFLICT_POLICY_TAKEOVER_IF_DISCONNECTED",
+        ));
+    } else {
+        Some(
+            crate::session::SessionId::parse_field("expected_session_id", &r.expected_session_id)
+                .map_err(invalid)?,
+        )
+    };
     Ok(ClaimRequest {
         tenant,
         login,
@@ -102,6 +116,7 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         policy,
         attributes: r.attributes.into_iter().collect::<BTreeMap<_, _>>(),
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+        expected_session_id,
     })
 }
 

@@ -100,6 +100,7 @@ impl Api {
         self.tenant(caller, &r.tenant)?;
         let (login, station) = (r.login.clone(), r.station.clone());
         let req = convert::claim_request(r)?;
+        let (expected, policy) = (req.expected_session_id.clone(), req.policy);
         let outcome = self.registry.claim(req).await.map_err(convert::status)?;
         Ok(match outcome {
             ClaimOutcome::Granted { session, evicted } => {
@@ -121,7 +122,19 @@ impl Api {
                 }
             }
             ClaimOutcome::LoginInUse { holder } => {
-                crate::audit::conflict("login_in_use", &login, &station, &holder, from);
+                // Why a takeover was refused: the holder is not the session
+                // the user confirmed ending, or it still has a socket.
+                let refused = if expected.is_some_and(|e| e != holder.id) {
+                    "holder_changed"
+                } else if policy == crate::session::ConflictPolicy::TakeoverIfDisconnected {
+                    "holder_connected"
+                } else {
+                    "login_in_use"
+                };
+                if refused != "login_in_use" {
+                    metrics::counter!(m::TAKEOVERS_REFUSED, "why" => refused).increment(1);
+                }
+                crate::audit::conflict(refused, &login, &station, &holder, from);
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::LoginInUse as i32,
                     holder: Some(convert::session(&holder)),

@@ -26,6 +26,11 @@ pub const PASSWORD: &str = "demo";
 /// The message the page shows (and asks to confirm) on `LOGIN_IN_USE`.
 pub const LOGIN_IN_USE_MSG: &str = "User already logged. Do you want to continue?";
 
+/// The message on `LOGIN_IN_USE` after a confirmed Continue: the session the
+/// person agreed to end is gone and another one holds the login now.
+pub const LOGIN_CHANGED_MSG: &str =
+    "Someone else signed in as this user since you were asked. Do you want to continue?";
+
 /// Pages of `ListSessions` read for one `/api/agents` (× 1000 sessions).
 const MAX_LIST_PAGES: usize = 20;
 
@@ -191,6 +196,11 @@ pub struct LoginRequest {
     /// claim with TAKEOVER.
     #[serde(default)]
     pub confirm: bool,
+    /// With `confirm`: the holder's session id the person was shown. The
+    /// takeover ends only that session (`expected_session_id`), never one
+    /// that signed in meanwhile.
+    #[serde(default)]
+    pub takeover_of: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -302,6 +312,11 @@ impl LoginService {
                 on_conflict: policy as i32,
                 attributes: HashMap::from([("name".to_string(), user.name.to_string())]),
                 idempotency_key: String::new(),
+                expected_session_id: if req.confirm {
+                    req.takeover_of.clone()
+                } else {
+                    String::new()
+                },
             })
             .await?
             .into_inner();
@@ -345,7 +360,7 @@ impl LoginService {
                 status: StatusCode::CONFLICT,
                 body: json!({
                     "outcome": "login_in_use",
-                    "message": LOGIN_IN_USE_MSG,
+                    "message": if req.confirm { LOGIN_CHANGED_MSG } else { LOGIN_IN_USE_MSG },
                     "holder": r.holder.as_ref().map(session_json),
                 }),
             }),
@@ -626,6 +641,7 @@ mod tests {
             password: PASSWORD.into(),
             station: station.into(),
             confirm,
+            takeover_of: String::new(),
         }
     }
 
@@ -655,6 +671,41 @@ mod tests {
         assert_eq!(confirmed.body["outcome"], "granted");
         assert_eq!(confirmed.body["evicted"][0]["station"], "desk-101");
         assert_eq!(confirmed.body["evicted"][0]["state"], "ended");
+    }
+
+    #[tokio::test]
+    async fn continue_ends_only_the_session_shown_and_asks_again_when_it_changed() {
+        let (svc, _server) = service().await;
+        sign_in(&svc, "ana", "desk-101", false).await;
+        let refused = sign_in(&svc, "ana", "desk-102", false).await;
+        let shown = refused.body["holder"]["session_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Meanwhile ana signs in again elsewhere: the session shown is gone.
+        let elsewhere = sign_in(&svc, "ana", "desk-103", true).await;
+        assert_eq!(elsewhere.body["outcome"], "granted");
+        let current = elsewhere.body["session"]["session_id"].clone();
+
+        let mut stale = req("ana", "desk-102", true);
+        stale.takeover_of = shown;
+        let again = tokio::time::timeout(T, svc.login(stale, None))
+            .await
+            .expect("login answers in time")
+            .expect("login succeeds");
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert_eq!(again.body["outcome"], "login_in_use");
+        assert_eq!(again.body["message"], LOGIN_CHANGED_MSG);
+        assert_eq!(again.body["holder"]["session_id"], current);
+
+        let mut fresh = req("ana", "desk-102", true);
+        fresh.takeover_of = current.as_str().unwrap().to_string();
+        let confirmed = tokio::time::timeout(T, svc.login(fresh, None))
+            .await
+            .expect("login answers in time")
+            .expect("login succeeds");
+        assert_eq!(confirmed.body["outcome"], "granted");
+        assert_eq!(confirmed.body["evicted"][0]["session_id"], current);
     }
 
     #[tokio::test]

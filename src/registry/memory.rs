@@ -370,6 +370,7 @@ mod tests {
             policy: ConflictPolicy::Reject,
             attributes: Default::default(),
             idempotency_key: None,
+            expected_session_id: None,
         }
     }
 

@@ -157,9 +157,11 @@ impl TenantState {
         let new_id = SessionId::random();
         let mut evicted = Vec::new();
         if let Some(holder_id) = self.by_login.get(&req.login).cloned() {
-            if req.policy == ConflictPolicy::Reject {
-                let holder = self.sessions[&holder_id].session.clone();
-                return ClaimOutcome::LoginInUse { holder };
+            let holder = &self.sessions[&holder_id].session;
+            if !takes_over(req, holder) {
+                return ClaimOutcome::LoginInUse {
+                    holder: holder.clone(),
+                };
             }
             let holder_station = self.sessions[&holder_id].session.station.clone();
             let reason = match &req.station {
@@ -734,6 +736,24 @@ fn check_generation(record: &Record, presented: Generation) -> Result<(), Regist
         });
     }
     Ok(())
+}
+
+/// Whether a claim of a held login ends `holder` (otherwise: `LoginInUse`).
+/// An `expected_session_id` that is not the holder refuses under every
+/// policy: the user confirmed ending another session than this one.
+fn takes_over(req: &ClaimRequest, holder: &Session) -> bool {
+    if req
+        .expected_session_id
+        .as_ref()
+        .is_some_and(|e| *e != holder.id)
+    {
+        return false;
+    }
+    match req.policy {
+        ConflictPolicy::Reject => false,
+        ConflictPolicy::Takeover => true,
+        ConflictPolicy::TakeoverIfDisconnected => holder.state != SessionState::Connected,
+    }
 }
 
 /// Adds or replaces (same id) a notice, dropping expired and, past `max`, the oldest.

@@ -262,6 +262,7 @@ impl Registry for RedisRegistry {
             attrs: &req.attributes,
             idem: req.idempotency_key.as_deref().unwrap_or(""),
             kep: self.known(&tenant),
+            exp: req.expected_session_id.as_ref().map(|e| e.as_str()),
         };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {

@@ -124,6 +124,9 @@ pub struct ClaimReq<'a> {
     pub idem: &'a str,
     /// Whether this node knew the tenant's epoch marker.
     pub kep: bool,
+    /// The expected holder of a takeover; absent: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<&'a str>,
 }
 
 /// socket.lua's request: a node's write for one of its sockets. Absent

@@ -1,5 +1,6 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
--- attrs, idem, kep}. Returns {o = 'granted'|'login'|'station', s, ev, h}.
+-- attrs, idem, kep, exp (expected holder, absent: any)}.
+-- Returns {o = 'granted'|'login'|'station', s, ev, h}.
 if C.ge ~= '' then
   -- One Redis (not a cluster): refuse while the data set is being rebuilt.
   if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
@@ -37,7 +38,10 @@ if not out then
   local evicted, evj = {}, {}
   local hid = redis.call('GET', P .. 'l:' .. R.login)
   local h = hid and rec(hid)
-  if h and R.policy == 'reject' then
+  -- The holder stays unless the policy ends it and it is the session the
+  -- user was shown (exp); takeover_if_disconnected spares a connected one.
+  if h and (R.policy == 'reject' or (R.exp and R.exp ~= hid)
+      or (R.policy == 'takeover_if_disconnected' and h.s.state == 'connected')) then
     out = {o = 'login', h = h.s}
   else
     if h then
