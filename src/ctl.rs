@@ -97,6 +97,14 @@ enum Cmd {
         tenant: String,
         stations: Vec<String>,
     },
+    /// A tenant's seats in use against its licence; `--limit` sets it.
+    Seats {
+        #[arg(long)]
+        tenant: String,
+        /// Set the seat limit (0: none), overriding `seat_limits`.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Push a notice now or queue it for the next connect.
     Notify {
         #[arg(long)]
@@ -241,7 +249,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     json!({"outcome": outcome, "token": r.token,
                            "session": r.session.as_ref().map(session_json),
                            "holder": r.holder.as_ref().map(session_json),
-                           "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>()})
+                           "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>(),
+                           "seats": r.seats.as_ref().map(usage_json)})
                 );
             } else {
                 println!("outcome: {outcome}");
@@ -260,6 +269,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
                 for e in &r.evicted {
                     println!("evicted: {}", session_line(e));
+                }
+                if let Some(u) = &r.seats {
+                    print_usage(false, u);
                 }
             }
         }
@@ -360,6 +372,26 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Seats { tenant, limit } => {
+            let usage = match limit {
+                Some(seat_limit) => {
+                    c.set_seat_limit(pb::SetSeatLimitRequest { tenant, seat_limit })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .usage
+                }
+                None => {
+                    c.get_tenant_usage(pb::GetTenantUsageRequest { tenant })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .usage
+                }
+            }
+            .unwrap_or_default();
+            print_usage(json, &usage);
+        }
         Cmd::Notify {
             tenant,
             session,
@@ -435,5 +467,19 @@ fn print_session(json: bool, s: Option<&pb::Session>) {
         println!("{}", session_json(s));
     } else {
         println!("{}", session_line(s));
+    }
+}
+
+fn usage_json(u: &pb::TenantUsage) -> serde_json::Value {
+    json!({"seats_used": u.seats_used, "seat_limit": u.seat_limit})
+}
+
+fn print_usage(json: bool, u: &pb::TenantUsage) {
+    if json {
+        println!("{}", usage_json(u));
+    } else if u.seat_limit == 0 {
+        println!("seats:   {} in use, no limit", u.seats_used);
+    } else {
+        println!("seats:   {} of {} in use", u.seats_used, u.seat_limit);
     }
 }

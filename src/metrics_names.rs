@@ -8,7 +8,7 @@ pub const SOCKETS: &str = "turnstile_sockets";
 pub const DEGRADED: &str = "turnstile_degraded";
 /// Gauge by `state`: live sessions known to this node's registry.
 pub const SESSIONS: &str = "turnstile_sessions";
-/// Counter by `outcome` (granted, login_in_use, station_in_use, error).
+/// Counter by `outcome` (granted, login_in_use, station_in_use, seats_exhausted, error).
 pub const CLAIMS: &str = "turnstile_claims_total";
 /// Counter by `why` (holder_changed: not the `expected_session_id`;
 /// holder_connected: TAKEOVER_IF_DISCONNECTED met an open socket): takeovers
@@ -44,7 +44,8 @@ pub const REDIS_EXPIRY_TENANTS: &str = "turnstile_redis_expiry_tenants_total";
 /// Counter: sessions whose sockets Redis listed under this node after it
 /// had let them go (a missed detach); reconciliation dropped them.
 pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";
-/// Counter by `event` (forced_logout, conflict, auth_failure): audit events.
+/// Counter by `event` (forced_logout, conflict, seats_exhausted, seat_limit_set,
+/// auth_failure): audit events.
 pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 /// Counter: log lines (audit events included) dropped because the log sink
 /// did not keep up; the audit count above still counts them.

@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +77,8 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         max_notices_per_session: 3,
         default_notice_ttl: Duration::from_secs(24 * 3600),
         clock: clock.clone(),
+        // Tight enough that histories run into it (3 logins).
+        seat_limits: Arc::new(HashMap::from([(Tenant::parse(TENANT).unwrap(), 2)])),
     }
 }
 
@@ -415,6 +417,18 @@ impl Pair {
                 let a = self.mem.ack(&t, &m, &nid).await;
                 let b = self.red.ack(&t, &r, &nid).await;
                 self.same(&what, a, b);
+                what
+            }
+            90..=91 => {
+                // A seat limit set at run time (0: none), then the use.
+                let limit = rng.random_range(0..4);
+                let what = format!("seat limit {limit}");
+                let a = self.mem.set_seat_limit(&t, limit).await;
+                let b = self.red.set_seat_limit(&t, limit).await;
+                self.same(&what, a, b);
+                let a = self.mem.usage(&t).await;
+                let b = self.red.usage(&t).await;
+                self.same("usage", a, b);
                 what
             }
             _ => {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use crate::pb;
-use crate::registry::{RegistryError, StationInfo};
+use crate::registry::{RegistryError, StationInfo, TenantUsage};
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, InvalidField, Notice, PresenceChange, PresenceEvent,
     Session, SessionState, Station,
@@ -118,6 +118,13 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
         expected_session_id,
     })
+}
+
+pub fn usage(u: TenantUsage) -> pb::TenantUsage {
+    pb::TenantUsage {
+        seats_used: u.seats_used,
+        seat_limit: u.seat_limit,
+    }
 }
 
 pub fn notice(n: Option<pb::Notice>) -> Result<Notice, Status> {

@@ -97,7 +97,7 @@ impl Api {
         from: &str,
         r: pb::ClaimRequest,
     ) -> Result<pb::ClaimResponse, Status> {
-        self.tenant(caller, &r.tenant)?;
+        let tenant = self.tenant(caller, &r.tenant)?;
         let (login, station) = (r.login.clone(), r.station.clone());
         let req = convert::claim_request(r)?;
         let (expected, policy) = (req.expected_session_id.clone(), req.policy);
@@ -119,6 +119,7 @@ impl Api {
                     session: Some(convert::session(&session)),
                     holder: None,
                     evicted: evicted.iter().map(convert::session).collect(),
+                    seats: None,
                 }
             }
             ClaimOutcome::LoginInUse { holder } => {
@@ -149,6 +150,17 @@ impl Api {
                     ..Default::default()
                 }
             }
+            ClaimOutcome::SeatsExhausted { used, limit } => {
+                crate::audit::seats_exhausted(&tenant, &login, used, limit, from);
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::SeatsExhausted as i32,
+                    seats: Some(pb::TenantUsage {
+                        seats_used: used,
+                        seat_limit: limit,
+                    }),
+                    ..Default::default()
+                }
+            }
         })
     }
 }
@@ -159,6 +171,7 @@ fn outcome_label(r: &Result<pb::ClaimResponse, Status>) -> &'static str {
             Ok(pb::ClaimOutcome::Granted) => "granted",
             Ok(pb::ClaimOutcome::LoginInUse) => "login_in_use",
             Ok(pb::ClaimOutcome::StationInUse) => "station_in_use",
+            Ok(pb::ClaimOutcome::SeatsExhausted) => "seats_exhausted",
             Ok(pb::ClaimOutcome::Unspecified) | Err(_) => "unknown",
         },
         Err(_) => "error",
@@ -348,6 +361,49 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         Ok(Response::new(pb::NotifyResponse {
             delivered: counts.delivered,
             queued: counts.queued,
+        }))
+    }
+
+    async fn set_seat_limit(
+        &self,
+        request: Request<pb::SetSeatLimitRequest>,
+    ) -> Result<Response<pb::SetSeatLimitResponse>, Status> {
+        let caller = caller_of(&request);
+        let from = peer_of(&request);
+        let r = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
+        // A key bound to a tenant is that tenant's login service: it must
+        // not raise its own licence.
+        if caller.as_ref().is_some_and(|c| c.tenant.is_some()) {
+            return Err(Status::permission_denied(
+                "tenant: SetSeatLimit needs an API key without a tenant (an operator's key)",
+            ));
+        }
+        let usage = self
+            .registry
+            .set_seat_limit(&tenant, r.seat_limit)
+            .await
+            .map_err(convert::status)?;
+        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
+        crate::audit::seat_limit_set(&tenant, r.seat_limit, usage.seats_used, by, &from);
+        Ok(Response::new(pb::SetSeatLimitResponse {
+            usage: Some(convert::usage(usage)),
+        }))
+    }
+
+    async fn get_tenant_usage(
+        &self,
+        request: Request<pb::GetTenantUsageRequest>,
+    ) -> Result<Response<pb::GetTenantUsageResponse>, Status> {
+        let caller = caller_of(&request);
+        let tenant = self.tenant(caller.as_ref(), &request.into_inner().tenant)?;
+        let usage = self
+            .registry
+            .usage(&tenant)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::GetTenantUsageResponse {
+            usage: Some(convert::usage(usage)),
         }))
     }
 

@@ -131,6 +131,10 @@ pub struct Config {
     /// When set, only these tenants are served; others get NOT_FOUND.
     #[serde(with = "ids::opt_list")]
     pub tenants: Option<Vec<Tenant>>,
+    /// Seat licences: live sessions a tenant may hold at once (tenants not
+    /// listed: no limit). `SetSeatLimit` overrides a tenant's entry.
+    #[serde(with = "ids::map_u32")]
+    pub seat_limits: std::collections::HashMap<Tenant, u32>,
     /// gRPC API keys. Empty: every call is allowed (loopback only).
     pub api_keys: Vec<ApiKeyConfig>,
     /// Browser `Origin`s allowed to open a WebSocket (e.g.
@@ -220,6 +224,7 @@ impl Default for Config {
             signing_keys: Vec::new(),
             log_format: LogFormat::Human,
             tenants: None,
+            seat_limits: Default::default(),
             api_keys: Vec::new(),
             allowed_origins: None,
             handshake_timeout: Duration::from_secs(10),
@@ -573,6 +578,7 @@ impl Config {
             max_notices_per_session: self.max_notices_per_session,
             default_notice_ttl: self.default_notice_ttl,
             clock: crate::clock::Clock::system(),
+            seat_limits: std::sync::Arc::new(self.seat_limits.clone()),
         }
     }
 
@@ -701,6 +707,7 @@ mod tests {
             (&[("node", "no spaces")][..], "node"),
             (&[("log_format", "xml")][..], "log_format"),
             (&[("tenants", "[ok, \"b a d\"]")][..], "tenants"),
+            (&[("seat_limits", "{\"b a d\" = 3}")][..], "seat_limits"),
         ] {
             let e = load_err(pairs);
             assert!(e.contains(says), "{pairs:?}: {e}");

@@ -31,6 +31,14 @@ pub const LOGIN_IN_USE_MSG: &str = "User already logged. Do you want to continue
 pub const LOGIN_CHANGED_MSG: &str =
     "Someone else signed in as this user since you were asked. Do you want to continue?";
 
+/// The message on `SEATS_EXHAUSTED`: what happened and what to do.
+pub fn seats_exhausted_message(used: u32, limit: u32) -> String {
+    format!(
+        "All {limit} seats of your organisation's licence are in use ({used} signed in). \
+         Please try again when a colleague signs out, or ask your administrator for more seats."
+    )
+}
+
 /// Pages of `ListSessions` read for one `/api/agents` (× 1000 sessions).
 const MAX_LIST_PAGES: usize = 20;
 
@@ -379,6 +387,18 @@ impl LoginService {
                     }),
                 })
             }
+            pb::ClaimOutcome::SeatsExhausted => {
+                let u = r.seats.unwrap_or_default();
+                Ok(Reply {
+                    status: StatusCode::CONFLICT,
+                    body: json!({
+                        "outcome": "seats_exhausted",
+                        "message": seats_exhausted_message(u.seats_used, u.seat_limit),
+                        "seats_used": u.seats_used,
+                        "seat_limit": u.seat_limit,
+                    }),
+                })
+            }
             pb::ClaimOutcome::Unspecified => Err(DemoError::Unavailable(tonic::Status::internal(
                 "the broker answered a claim without an outcome",
             ))),
@@ -671,6 +691,33 @@ mod tests {
         assert_eq!(confirmed.body["outcome"], "granted");
         assert_eq!(confirmed.body["evicted"][0]["station"], "desk-101");
         assert_eq!(confirmed.body["evicted"][0]["state"], "ended");
+    }
+
+    #[tokio::test]
+    async fn a_full_licence_is_a_clear_message_with_the_seats() {
+        let (svc, _server) = service().await;
+        svc.client()
+            .set_seat_limit(pb::SetSeatLimitRequest {
+                tenant: "acme".into(),
+                seat_limit: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            sign_in(&svc, "ana", "desk-101", false).await.status,
+            StatusCode::OK
+        );
+        let r = sign_in(&svc, "bob", "desk-102", false).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.body["outcome"], "seats_exhausted");
+        assert_eq!(
+            (r.body["seats_used"].as_u64(), r.body["seat_limit"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(r.body["message"], seats_exhausted_message(1, 1));
+        // ana moving desks needs no second seat.
+        let moved = sign_in(&svc, "ana", "desk-103", true).await;
+        assert_eq!(moved.body["outcome"], "granted");
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::state::{Effects, TenantState};
 use super::{
     Attached, Census, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page,
-    Registry, RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+    Registry, RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo, TenantUsage,
 };
 use crate::session::{ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant};
 
@@ -241,6 +241,22 @@ impl Registry for MemoryRegistry {
         Ok(self
             .read(tenant, |s| s.list(after.as_ref(), limit))
             .unwrap_or_default())
+    }
+
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError> {
+        Ok(self.write(tenant, |s, cfg, _, _| s.set_seat_limit(limit, cfg)))
+    }
+
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError> {
+        let cfg = &self.shared.cfg;
+        Ok(self.read(tenant, |s| s.usage(cfg)).unwrap_or(TenantUsage {
+            seats_used: 0,
+            seat_limit: cfg.seat_limit(tenant),
+        }))
     }
 
     async fn stations(

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod redis;
 mod state;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub struct RegistryConfig {
     pub default_notice_ttl: Duration,
     /// Where every transition reads "now" (see [`crate::clock`]).
     pub clock: Clock,
+    /// Configured seat licences: live sessions a tenant may hold at once.
+    /// A limit set by `SetSeatLimit` overrides the tenant's entry here.
+    pub seat_limits: Arc<HashMap<Tenant, u32>>,
 }
 
 impl Default for RegistryConfig {
@@ -64,7 +68,15 @@ impl Default for RegistryConfig {
             max_notices_per_session: 32,
             default_notice_ttl: Duration::from_secs(24 * 3600),
             clock: Clock::system(),
+            seat_limits: Arc::default(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// The configured seat limit of `tenant` (0: none).
+    pub fn seat_limit(&self, tenant: &Tenant) -> u32 {
+        self.seat_limits.get(tenant).copied().unwrap_or(0)
     }
 }
 
@@ -82,6 +94,20 @@ pub enum ClaimOutcome {
     StationInUse {
         holder: Session,
     },
+    /// The claim needs a new seat and the tenant's `limit` live sessions
+    /// are all in use (`used` of them; more only if the limit was lowered).
+    SeatsExhausted {
+        used: u32,
+        limit: u32,
+    },
+}
+
+/// A tenant's seat licence: how many live sessions it holds against its
+/// limit (0: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub seats_used: u32,
+    pub seat_limit: u32,
 }
 
 /// Which session(s) an eviction targets.
@@ -262,6 +288,17 @@ pub trait Registry: Send + Sync + 'static {
         tenant: &Tenant,
         stations: &[Station],
     ) -> Result<Vec<StationInfo>, RegistryError>;
+
+    /// Sets the tenant's seat limit (0: none), overriding the configured
+    /// one; sessions beyond a lowered limit are not ended. Returns the use.
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError>;
+
+    /// The tenant's live sessions against its seat limit.
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError>;
 
     /// Delivers or queues a notice.
     async fn notify(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{
     Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
-    RegistryError, SessionKey, SocketId, StationInfo,
+    RegistryError, SessionKey, SocketId, StationInfo, TenantUsage,
 };
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, EndedBy, Ending, Generation, Login, Notice,
@@ -70,6 +70,9 @@ pub(crate) struct TenantState {
     mailbox: HashMap<Login, Mailbox>,
     /// Mailboxes by when their last notice expires.
     mailbox_expiry: BTreeSet<(i64, Login)>,
+    /// The seat limit set by `SetSeatLimit` (0: none); `None`: the
+    /// configured one applies.
+    seat_limit: Option<u32>,
 }
 
 /// The notices queued for a login without a live session.
@@ -94,7 +97,24 @@ impl TenantState {
             idempotency_expiry: VecDeque::new(),
             mailbox: HashMap::new(),
             mailbox_expiry: BTreeSet::new(),
+            seat_limit: None,
         }
+    }
+
+    /// Live sessions against the seat limit in force.
+    pub fn usage(&self, cfg: &RegistryConfig) -> TenantUsage {
+        TenantUsage {
+            seats_used: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            seat_limit: self
+                .seat_limit
+                .unwrap_or_else(|| cfg.seat_limit(&self.tenant)),
+        }
+    }
+
+    /// Sets the seat limit, overriding the configured one (0: none).
+    pub fn set_seat_limit(&mut self, limit: u32, cfg: &RegistryConfig) -> TenantUsage {
+        self.seat_limit = Some(limit);
+        self.usage(cfg)
     }
 
     /// Rules 1–3: one live session per login and per station in this tenant.
@@ -163,6 +183,17 @@ impl TenantState {
                     holder: holder.clone(),
                 };
             }
+        } else {
+            // A new seat is needed (a takeover of one's own login reuses its).
+            let u = self.usage(cfg);
+            if u.seat_limit > 0 && u.seats_used >= u.seat_limit {
+                return ClaimOutcome::SeatsExhausted {
+                    used: u.seats_used,
+                    limit: u.seat_limit,
+                };
+            }
+        }
+        if let Some(holder_id) = self.by_login.get(&req.login).cloned() {
             let holder_station = self.sessions[&holder_id].session.station.clone();
             let reason = match &req.station {
                 Some(s) if Some(s) != holder_station.as_ref() => EndReason::StationChanged,

@@ -31,7 +31,7 @@ use wire::{Reply, WNotice, WSession};
 
 use super::{
     Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
-    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo,
+    RegistryConfig, RegistryError, SessionKey, SocketId, StationInfo, TenantUsage,
 };
 use crate::cluster::{fenced, Cluster};
 use crate::hub::sockets::LocalSockets;
@@ -85,6 +85,9 @@ pub struct RedisRegistry {
 struct Inner {
     /// Sockets one session may hold (for the error message).
     max_sockets_per_session: usize,
+    /// Configured seat limits, sent with each claim (a limit set by
+    /// SetSeatLimit is kept in Redis and overrides them).
+    seat_limits: Arc<std::collections::HashMap<Tenant, u32>>,
     store: Store,
     /// Who this node is, its lease, its subscriptions and sockets.
     cluster: Cluster,
@@ -121,6 +124,7 @@ impl RedisRegistry {
         Ok(RedisRegistry {
             inner: Arc::new(Inner {
                 max_sockets_per_session: cfg.max_sockets_per_session,
+                seat_limits: cfg.seat_limits.clone(),
                 store,
                 cluster,
             }),
@@ -151,6 +155,32 @@ impl RedisRegistry {
     /// the expiry task does every tick; for tests that move a manual clock.
     pub async fn expire_due(&self) {
         self.inner.cluster.expire_due().await;
+    }
+
+    /// The configured seat limit of `tenant` (0: none).
+    fn seat_limit(&self, tenant: &Tenant) -> u32 {
+        self.inner.seat_limits.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Reads (and with `limit`, first sets) the tenant's seat use.
+    async fn seats(
+        &self,
+        tenant: &Tenant,
+        limit: Option<u32>,
+    ) -> Result<TenantUsage, RegistryError> {
+        // `limit` absent (not null: cjson would make null a truthy value).
+        let mut body = json!({"seats": self.seat_limit(tenant)});
+        if let Some(limit) = limit {
+            body["limit"] = json!(limit);
+        }
+        let r = self.run(&SCRIPTS.seats, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        Ok(TenantUsage {
+            seats_used: r.used,
+            seat_limit: r.limit,
+        })
     }
 
     fn knows(&self, tenant: &Tenant) {
@@ -263,6 +293,7 @@ impl Registry for RedisRegistry {
             idem: req.idempotency_key.as_deref().unwrap_or(""),
             kep: self.known(&tenant),
             exp: req.expected_session_id.as_ref().map(|e| e.as_str()),
+            seats: self.seat_limit(&tenant),
         };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {
@@ -290,6 +321,10 @@ impl Registry for RedisRegistry {
             }),
             Some("station") => Ok(ClaimOutcome::StationInUse {
                 holder: self.session(&tenant, r.h.as_ref())?,
+            }),
+            Some("seats") => Ok(ClaimOutcome::SeatsExhausted {
+                used: r.used,
+                limit: r.limit,
             }),
             other => Err(RegistryError::Unavailable(format!(
                 "unexpected claim outcome {other:?}"
@@ -325,6 +360,18 @@ impl Registry for RedisRegistry {
             return Err(self.error(tenant, &r, v));
         }
         r.ev.iter().map(|w| w.to_session(tenant)).collect()
+    }
+
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError> {
+        self.seats(tenant, Some(limit)).await
+    }
+
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError> {
+        self.seats(tenant, None).await
     }
 
     async fn get(&self, tenant: &Tenant, key: SessionKey) -> Result<Session, RegistryError> {

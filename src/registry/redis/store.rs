@@ -73,6 +73,7 @@ pub(crate) struct Scripts {
     pub reassert: Script,
     pub nodes: Script,
     pub due: Script,
+    pub seats: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -88,6 +89,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reassert: indexed_script(include_str!("lua/reassert.lua"), true),
     nodes: Script::new(include_str!("lua/nodes.lua")),
     due: Script::new(include_str!("lua/due.lua")),
+    seats: tenant_script(include_str!("lua/seats.lua")),
 });
 
 fn script_limits(c: &RegistryConfig) -> [u64; 7] {

@@ -1,6 +1,7 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
--- attrs, idem, kep, exp (expected holder, absent: any)}.
--- Returns {o = 'granted'|'login'|'station', s, ev, h}.
+-- attrs, idem, kep, exp (expected holder, absent: any), seats (the
+-- configured seat limit, 0: none; the key `seats` overrides it)}.
+-- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, used, limit}.
 if C.ge ~= '' then
   -- One Redis (not a cluster): refuse while the data set is being rebuilt.
   if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
@@ -40,9 +41,14 @@ if not out then
   local h = hid and rec(hid)
   -- The holder stays unless the policy ends it and it is the session the
   -- user was shown (exp); takeover_if_disconnected spares a connected one.
+  -- Without a holder to take over the claim needs a new seat.
+  local lim = not h and tonumber(redis.call('GET', P .. 'seats') or R.seats)
+  local used = lim and lim > 0 and redis.call('ZCARD', P .. 'live')
   if h and (R.policy == 'reject' or (R.exp and R.exp ~= hid)
       or (R.policy == 'takeover_if_disconnected' and h.s.state == 'connected')) then
     out = {o = 'login', h = h.s}
+  elseif used and used >= lim then
+    out = {o = 'seats', used = used, limit = lim}
   else
     if h then
       local reason = 'superseded'
