@@ -64,7 +64,8 @@ enum Cmd {
         tenant: String,
         session_id: String,
     },
-    /// Force a logout by session, login or station.
+    /// Force a logout by session, login or station, of a role, or of
+    /// everyone in the tenant.
     Evict {
         #[arg(long)]
         tenant: String,
@@ -74,6 +75,12 @@ enum Cmd {
         login: Option<String>,
         #[arg(long, group = "target")]
         station: Option<String>,
+        /// Every live session of this role.
+        #[arg(long, group = "target")]
+        role: Option<String>,
+        /// Every live session of the tenant.
+        #[arg(long, group = "target")]
+        all: bool,
         #[arg(long, default_value = "")]
         message: String,
     },
@@ -288,14 +295,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             session,
             login,
             station,
+            role,
+            all,
             message,
         } => {
             use pb::evict_request::Target;
-            let target = match (session, login, station) {
-                (Some(s), _, _) => Target::SessionId(s),
-                (_, Some(l), _) => Target::Login(l),
-                (_, _, Some(s)) => Target::Station(s),
-                _ => bail!("evict needs one of --session, --login, --station"),
+            let target = match (session, login, station, role) {
+                (Some(s), _, _, _) => Target::SessionId(s),
+                (_, Some(l), _, _) => Target::Login(l),
+                (_, _, Some(s), _) => Target::Station(s),
+                (_, _, _, Some(r)) => Target::Role(r),
+                _ if all => Target::AllSessions(true),
+                _ => bail!("evict needs one of --session, --login, --station, --role, --all"),
             };
             let r = c
                 .evict(pb::EvictRequest {
@@ -308,6 +319,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .into_inner();
             for s in &r.evicted {
                 print_session(json, Some(s));
+            }
+            if !json && r.evicted_count as usize > r.evicted.len() {
+                println!("… {} sessions evicted in all", r.evicted_count);
             }
         }
         Cmd::Get {

@@ -16,6 +16,8 @@ pub const CLAIMS: &str = "turnstile_claims_total";
 pub const TAKEOVERS_REFUSED: &str = "turnstile_takeovers_refused_total";
 /// Histogram: claim latency, gRPC request in → reply, seconds.
 pub const CLAIM_SECONDS: &str = "turnstile_claim_seconds";
+/// Counter: Evict calls with a tenant-wide target (all sessions or a role).
+pub const TENANT_EVICTIONS: &str = "turnstile_tenant_evictions_total";
 /// Counter by `reason`: forced logouts pushed to sockets.
 pub const FORCED_LOGOUTS: &str = "turnstile_forced_logouts_total";
 /// Counter by `code`: WebSocket errors sent or seen.

@@ -789,3 +789,82 @@ async fn expected_session_id_needs_a_takeover_policy_and_a_valid_id() {
     }
     node.shutdown().await;
 }
+
+/// Issue 17.6: one Evict logs out a whole tenant, or one role of it; every
+/// socket is told why with the admin's message; other tenants are untouched.
+#[tokio::test]
+async fn evict_all_sessions_or_a_role_tells_every_socket_why() {
+    let node = start().await;
+    let msg = "MFA is now required for everyone. Please sign in again.";
+    let mut agents = Vec::new();
+    for login in ["ana", "bob", "cy"] {
+        let r = node.grant(T, login, "").await;
+        agents.push(node.connect_welcome(&r.token).await.0);
+    }
+    let sup = node.grant_role(T, "sue", "supervisor").await;
+    let (mut sup_ws, _) = node.connect_welcome(&sup.token).await;
+    let other = node.grant("globex", "ana", "").await;
+
+    let resp = evict(&node, pb::evict_request::Target::Role("agent".into()), msg).await;
+    assert_eq!(resp.evicted_count, 3, "{resp:?}");
+    assert_eq!(resp.evicted.len(), 3);
+    assert!(resp.evicted.iter().all(|s| s.role == "agent"), "{resp:?}");
+    for ws in &mut agents {
+        ws.expect_forced_logout("evicted", msg, 4003).await;
+    }
+    let live = node.list_all(T).await;
+    assert_eq!(live.len(), 1, "the supervisor stays: {live:?}");
+
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), msg).await;
+    assert_eq!(resp.evicted_count, 1);
+    sup_ws.expect_forced_logout("evicted", msg, 4003).await;
+    assert!(node.list_all(T).await.is_empty());
+    // Nothing left: a tenant-wide eviction of nobody ends nobody, no error.
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), "").await;
+    assert_eq!(resp.evicted_count, 0);
+    // The other tenant's ana is untouched.
+    let s = node.get_by_login("globex", "ana").await.unwrap();
+    assert_eq!(s.session_id, session_of(&other).session_id);
+
+    let mut c = node.client.clone();
+    for (target, field) in [
+        (pb::evict_request::Target::AllSessions(false), "target"),
+        (pb::evict_request::Target::Role(String::new()), "role"),
+    ] {
+        let err = within(
+            "Evict",
+            c.evict(pb::EvictRequest {
+                tenant: T.into(),
+                target: Some(target),
+                message: String::new(),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{err:?}");
+    }
+    node.shutdown().await;
+}
+
+/// More sessions than one Redis batch (500) and than the response lists
+/// (1000): all end, the count says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_wide_eviction_ends_every_session_past_the_batch_and_list_bounds() {
+    let node = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..1100 {
+        let mut c = node.client.clone();
+        let req = claim_req(T, &format!("u{i}"), "", ConflictPolicy::Reject);
+        tasks.push(tokio::spawn(async move { c.claim(req).await }));
+    }
+    for t in tasks {
+        let r = within("claim", t).await.unwrap().unwrap().into_inner();
+        assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    }
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), "").await;
+    assert_eq!(resp.evicted_count, 1100);
+    assert_eq!(resp.evicted.len(), 1000, "the list is bounded");
+    assert!(node.list_all(T).await.is_empty());
+    node.shutdown().await;
+}

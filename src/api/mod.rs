@@ -234,9 +234,17 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
             Some(Target::Station(s)) => {
                 EvictTarget::Station(Station::parse(&s).map_err(convert::invalid)?)
             }
-            None => {
+            Some(Target::AllSessions(true)) => EvictTarget::Tenant { role: None },
+            Some(Target::Role(role)) => {
+                if role.is_empty() {
+                    return Err(Status::invalid_argument("role: must not be empty"));
+                }
+                convert::short_text("role", &role, convert::MAX_ROLE_LEN)?;
+                EvictTarget::Tenant { role: Some(role) }
+            }
+            Some(Target::AllSessions(false)) | None => {
                 return Err(Status::invalid_argument(
-                    "target: set one of session_id, login or station",
+                    "target: set one of session_id, login, station, all_sessions=true or role",
                 ))
             }
         };
@@ -247,6 +255,7 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
             .map(|c| c.name.as_str())
             .filter(|n| *n != "anonymous")
             .unwrap_or("admin");
+        let tenant_wide = matches!(target, EvictTarget::Tenant { .. });
         let evicted = self
             .registry
             .evict(&tenant, target, message, by)
@@ -258,8 +267,17 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         for e in &evicted {
             info!(tenant = %e.tenant, login = %e.login, session = %e.id, "session evicted by admin");
         }
+        if tenant_wide {
+            metrics::counter!(m::TENANT_EVICTIONS).increment(1);
+            info!(tenant = %tenant, sessions = evicted.len(), by, "tenant-wide eviction");
+        }
         Ok(Response::new(pb::EvictResponse {
-            evicted: evicted.iter().map(convert::session).collect(),
+            evicted_count: u32::try_from(evicted.len()).unwrap_or(u32::MAX),
+            evicted: evicted
+                .iter()
+                .take(crate::limits::MAX_EVICTED_LISTED)
+                .map(convert::session)
+                .collect(),
         }))
     }
 

@@ -116,6 +116,10 @@ pub enum EvictTarget {
     Session(SessionId),
     Login(Login),
     Station(Station),
+    /// Every live session of the tenant, or only those of `role`.
+    Tenant {
+        role: Option<String>,
+    },
 }
 
 /// How GetSession finds a session.
@@ -261,7 +265,9 @@ pub trait Registry: Send + Sync + 'static {
     /// its tombstone's session unchanged.
     async fn release(&self, tenant: &Tenant, id: &SessionId) -> Result<Session, RegistryError>;
 
-    /// Ends the targeted live session with EVICTED and `message`.
+    /// Ends the targeted live session(s) with EVICTED and `message`. A
+    /// session, login or station that holds nothing is an error; a
+    /// tenant-wide target that matches nothing ends nothing.
     async fn evict(
         &self,
         tenant: &Tenant,

@@ -401,6 +401,34 @@ impl TenantState {
     ) -> Result<Vec<Session>, RegistryError> {
         self.prune(now);
         let id = match target {
+            EvictTarget::Tenant { role } => {
+                let ids: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, r)| role.as_ref().is_none_or(|role| r.session.role == *role))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let by = EndedBy {
+                    client: by.to_string(),
+                    station: None,
+                    session_id: None,
+                    at_ms: now,
+                };
+                return Ok(ids
+                    .iter()
+                    .filter_map(|id| {
+                        self.end(
+                            id,
+                            EndReason::Evicted,
+                            by.clone(),
+                            message.clone(),
+                            cfg,
+                            now,
+                            fx,
+                        )
+                    })
+                    .collect());
+            }
             EvictTarget::Session(id) => self.live(id)?.session.id.clone(),
             EvictTarget::Login(login) => {
                 self.by_login

@@ -157,6 +157,36 @@ impl RedisRegistry {
         self.inner.cluster.expire_due().await;
     }
 
+    /// A tenant-wide eviction, NOTIFY_BATCH sessions per script call (one
+    /// call ending 8,000 sessions would block Redis for over 100 ms).
+    async fn evict_all(
+        &self,
+        tenant: &Tenant,
+        role: Option<&str>,
+        message: Option<String>,
+        by: &str,
+    ) -> Result<Vec<Session>, RegistryError> {
+        let msg = message.unwrap_or_default();
+        let mut evicted = Vec::new();
+        let mut after = String::new();
+        for _ in 0..MAX_NOTIFY_BATCHES {
+            let body = json!({"by_kind": "all", "v": "", "msg": msg, "by": by,
+                              "role": role.unwrap_or(""), "after": after, "max": NOTIFY_BATCH});
+            let r = self.run(&SCRIPTS.evict, tenant, &body).await?;
+            if r.err.is_some() {
+                return Err(self.error(tenant, &r, ""));
+            }
+            for w in &r.ev {
+                evicted.push(w.to_session(tenant)?);
+            }
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        Ok(evicted)
+    }
+
     /// The configured seat limit of `tenant` (0: none).
     fn seat_limit(&self, tenant: &Tenant) -> u32 {
         self.inner.seat_limits.get(tenant).copied().unwrap_or(0)
@@ -353,6 +383,9 @@ impl Registry for RedisRegistry {
             EvictTarget::Session(id) => ("sid", id.as_str()),
             EvictTarget::Login(l) => ("login", l.as_str()),
             EvictTarget::Station(s) => ("station", s.as_str()),
+            EvictTarget::Tenant { role } => {
+                return self.evict_all(tenant, role.as_deref(), message, by).await
+            }
         };
         let body = json!({"by_kind": kind, "v": v, "msg": message.unwrap_or_default(), "by": by});
         let r = self.run(&SCRIPTS.evict, tenant, &body).await?;

@@ -191,6 +191,35 @@ fn takeover_if_disconnected_spares_a_connected_holder_only() {
 }
 
 #[test]
+fn a_tenant_wide_eviction_ends_every_session_or_every_one_of_a_role() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
+    let mut sup = req("sue", None, ConflictPolicy::Reject);
+    sup.role = "supervisor".into();
+    let (b, _, _) = grant(&mut s, sup, T0);
+    let mut fx = Effects::default();
+    let role = EvictTarget::Tenant {
+        role: Some("supervisor".into()),
+    };
+    let ended = s
+        .evict(&role, Some("MFA".into()), "admin", &cfg(), T0, &mut fx)
+        .unwrap();
+    assert_eq!(ended.iter().map(|e| &e.id).collect::<Vec<_>>(), [&b.id]);
+    let all = EvictTarget::Tenant { role: None };
+    let ended = s.evict(&all, None, "admin", &cfg(), T0, &mut fx).unwrap();
+    assert_eq!(ended.iter().map(|e| &e.id).collect::<Vec<_>>(), [&a.id]);
+    assert_eq!(
+        ended_reasons(&fx),
+        vec![(b.id, EndReason::Evicted), (a.id, EndReason::Evicted)]
+    );
+    assert!(s
+        .evict(&all, None, "admin", &cfg(), T0, &mut fx)
+        .unwrap()
+        .is_empty());
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn the_first_user_keeps_the_station_under_either_policy() {
     let mut s = state();
     let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
