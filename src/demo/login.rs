@@ -34,8 +34,9 @@ pub const LOGIN_CHANGED_MSG: &str =
 /// The message on `SEATS_EXHAUSTED`: what happened and what to do.
 pub fn seats_exhausted_message(used: u32, limit: u32) -> String {
     format!(
-        "All {limit} seats of your organisation's licence are in use ({used} signed in). \
-         Please try again when a colleague signs out, or ask your administrator for more seats."
+        "No seat is free: your organisation's licence allows {limit} signed-in users and \
+         {used} are signed in. Please try again when a colleague signs out, or ask your \
+         administrator for more seats."
     )
 }
 

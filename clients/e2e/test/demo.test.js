@@ -8,6 +8,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { resolve } from "node:path";
 
 import { ARTIFACTS, SHOTS, suite, TEST_MS, WAIT_MS } from "../lib/suite.js";
@@ -17,6 +18,8 @@ const STATION_CHANGED = "Your connection has been dropped due to a subsequent lo
 const NETWORK = "Experiencing network connectivity issues. Please check your internet connection.";
 const SERVICE = "Service notice: we are having trouble with our systems. Your session is safe — keep working; you stay signed in.";
 const LOGIN_IN_USE = "User already logged. Do you want to continue?";
+const SEATS_EXHAUSTED = "No seat is free: your organisation's licence allows 1 signed-in users and 1 are signed in. " +
+  "Please try again when a colleague signs out, or ask your administrator for more seats.";
 const LOGIN_CHANGED = "Someone else signed in as this user since you were asked. Do you want to continue?";
 
 const { browser, demo } = suite();
@@ -156,6 +159,25 @@ test("Continue ends only the session it asked about; a sign-in in between is ask
     await online(asker.page);
     await meanwhile.page.locator("#ended").waitFor({ state: "visible" });
     assert.equal(await text(meanwhile.page, "#ended-message"), STATION_CHANGED);
+  });
+});
+
+test("a full seat licence is a clear message, with no takeover offered", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  // The operator sets the demo tenant's licence to one seat through `turnstile ctl`.
+  const bin = process.env.TURNSTILE_BIN ?? resolve(ARTIFACTS, "../../../target/debug/turnstile");
+  const out = execFileSync(bin, ["ctl", "--addr", `http://${d.grpc}`, "seats", "--tenant", "demo", "--limit", "1"],
+    { encoding: "utf8", timeout: WAIT_MS });
+  assert.match(out, /0 of 1 in use/);
+  const ana = await person(d, "ana");
+  const bob = await person(d, "bob");
+  await withPeople("seats", [ana, bob], async () => {
+    await signIn(ana, "ana", "desk-101");
+    await submitSignIn(bob.page, "bob", "desk-102");
+    await bob.page.locator("#signin-error").waitFor({ state: "visible" });
+    assert.equal(await text(bob.page, "#signin-error"), SEATS_EXHAUSTED);
+    assert.equal(await bob.page.locator("#confirm").isHidden(), true, "no takeover is offered for a seat");
+    await shot(bob.page, "17-seats-exhausted");
   });
 });
 
