@@ -6,7 +6,7 @@
 use tracing::info;
 
 use crate::metrics_names as m;
-use crate::session::{Session, SessionState};
+use crate::session::{Session, SessionState, Tenant};
 
 const TARGET: &str = "turnstile::audit";
 
@@ -54,6 +54,26 @@ pub fn conflict(
         holder_session = %holder.id,
         from,
     );
+}
+
+/// A claim refused because the tenant's seats are all in use.
+pub fn seats_exhausted(tenant: &Tenant, claim_login: &str, used: u32, limit: u32, from: &str) {
+    count("seats_exhausted");
+    info!(
+        target: TARGET,
+        event = "seats_exhausted",
+        tenant = %tenant,
+        login = claim_login,
+        used,
+        limit,
+        from,
+    );
+}
+
+/// An operator set a tenant's seat limit (0: none).
+pub fn seat_limit_set(tenant: &Tenant, limit: u32, used: u32, by: &str, from: &str) {
+    count("seat_limit_set");
+    info!(target: TARGET, event = "seat_limit_set", tenant = %tenant, limit, used, by, from);
 }
 
 /// A connect token, API key or origin refused: `who` is the key's name

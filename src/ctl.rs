@@ -43,8 +43,15 @@ enum Cmd {
         #[arg(long, default_value = "agent")]
         role: String,
         /// End the current holder instead of refusing.
-        #[arg(long)]
+        #[arg(long, group = "policy")]
         takeover: bool,
+        /// End the holder only if it is still this session (the one you
+        /// were shown); another holder is answered LOGIN_IN_USE.
+        #[arg(long, value_name = "SESSION_ID", group = "policy")]
+        takeover_of: Option<String>,
+        /// End the holder only if it has no open socket.
+        #[arg(long, group = "policy")]
+        takeover_if_disconnected: bool,
         /// key=value, repeatable.
         #[arg(long = "attr")]
         attrs: Vec<String>,
@@ -57,7 +64,8 @@ enum Cmd {
         tenant: String,
         session_id: String,
     },
-    /// Force a logout by session, login or station.
+    /// Force a logout by session, login or station, of a role, or of
+    /// everyone in the tenant.
     Evict {
         #[arg(long)]
         tenant: String,
@@ -67,6 +75,12 @@ enum Cmd {
         login: Option<String>,
         #[arg(long, group = "target")]
         station: Option<String>,
+        /// Every live session of this role.
+        #[arg(long, group = "target")]
+        role: Option<String>,
+        /// Every live session of the tenant.
+        #[arg(long, group = "target")]
+        all: bool,
         #[arg(long, default_value = "")]
         message: String,
     },
@@ -89,6 +103,14 @@ enum Cmd {
         #[arg(long)]
         tenant: String,
         stations: Vec<String>,
+    },
+    /// A tenant's seats in use against its licence; `--limit` sets it.
+    Seats {
+        #[arg(long)]
+        tenant: String,
+        /// Set the seat limit (0: none), overriding `seat_limits`.
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// Push a notice now or queue it for the next connect.
     Notify {
@@ -193,6 +215,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             client,
             role,
             takeover,
+            takeover_of,
+            takeover_if_disconnected,
             attrs,
             idempotency_key,
         } => {
@@ -203,7 +227,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("--attr {a:?}: expected key=value"))?;
                 attributes.insert(k.to_string(), v.to_string());
             }
-            let policy = if takeover {
+            let policy = if takeover_if_disconnected {
+                pb::ConflictPolicy::TakeoverIfDisconnected
+            } else if takeover || takeover_of.is_some() {
                 pb::ConflictPolicy::Takeover
             } else {
                 pb::ConflictPolicy::Reject
@@ -218,6 +244,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     on_conflict: policy as i32,
                     attributes,
                     idempotency_key,
+                    expected_session_id: takeover_of.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?
@@ -229,7 +256,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     json!({"outcome": outcome, "token": r.token,
                            "session": r.session.as_ref().map(session_json),
                            "holder": r.holder.as_ref().map(session_json),
-                           "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>()})
+                           "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>(),
+                           "seats": r.seats.as_ref().map(usage_json)})
                 );
             } else {
                 println!("outcome: {outcome}");
@@ -240,11 +268,17 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 if let Some(h) = &r.holder {
                     println!("holder:  {}", session_line(h));
                     if r.outcome == pb::ClaimOutcome::LoginInUse as i32 {
-                        println!("(User already logged. Re-run with --takeover to continue.)");
+                        println!(
+                            "(User already logged. Re-run with --takeover-of {} to continue.)",
+                            h.session_id
+                        );
                     }
                 }
                 for e in &r.evicted {
                     println!("evicted: {}", session_line(e));
+                }
+                if let Some(u) = &r.seats {
+                    print_usage(false, u);
                 }
             }
         }
@@ -261,14 +295,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             session,
             login,
             station,
+            role,
+            all,
             message,
         } => {
             use pb::evict_request::Target;
-            let target = match (session, login, station) {
-                (Some(s), _, _) => Target::SessionId(s),
-                (_, Some(l), _) => Target::Login(l),
-                (_, _, Some(s)) => Target::Station(s),
-                _ => bail!("evict needs one of --session, --login, --station"),
+            let target = match (session, login, station, role) {
+                (Some(s), _, _, _) => Target::SessionId(s),
+                (_, Some(l), _, _) => Target::Login(l),
+                (_, _, Some(s), _) => Target::Station(s),
+                (_, _, _, Some(r)) => Target::Role(r),
+                _ if all => Target::AllSessions(true),
+                _ => bail!("evict needs one of --session, --login, --station, --role, --all"),
             };
             let r = c
                 .evict(pb::EvictRequest {
@@ -281,6 +319,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .into_inner();
             for s in &r.evicted {
                 print_session(json, Some(s));
+            }
+            if !json && r.evicted_count as usize > r.evicted.len() {
+                println!("… {} sessions evicted in all", r.evicted_count);
             }
         }
         Cmd::Get {
@@ -344,6 +385,26 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     println!("{}  held by {} ({})", s.station, s.login, s.session_id);
                 }
             }
+        }
+        Cmd::Seats { tenant, limit } => {
+            let usage = match limit {
+                Some(seat_limit) => {
+                    c.set_seat_limit(pb::SetSeatLimitRequest { tenant, seat_limit })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .usage
+                }
+                None => {
+                    c.get_tenant_usage(pb::GetTenantUsageRequest { tenant })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .usage
+                }
+            }
+            .unwrap_or_default();
+            print_usage(json, &usage);
         }
         Cmd::Notify {
             tenant,
@@ -423,5 +484,19 @@ fn print_session(json: bool, s: Option<&pb::Session>) {
         println!("{}", session_json(s));
     } else {
         println!("{}", session_line(s));
+    }
+}
+
+fn usage_json(u: &pb::TenantUsage) -> serde_json::Value {
+    json!({"seats_used": u.seats_used, "seat_limit": u.seat_limit})
+}
+
+fn print_usage(json: bool, u: &pb::TenantUsage) {
+    if json {
+        println!("{}", usage_json(u));
+    } else if u.seat_limit == 0 {
+        println!("seats:   {} in use, no limit", u.seats_used);
+    } else {
+        println!("seats:   {} of {} in use", u.seats_used, u.seat_limit);
     }
 }

@@ -33,6 +33,10 @@ pub const MAX_STATIONS: usize = 500;
 pub const DEFAULT_PAGE: usize = 100;
 /// The largest ListSessions page.
 pub const MAX_PAGE: usize = 1000;
+/// Sessions listed in an EvictResponse of a tenant-wide eviction (the rest
+/// are counted in `evicted_count`): a reply for 10,000 sessions would be
+/// ~2 MB, near the 4 MB a default gRPC client accepts.
+pub const MAX_EVICTED_LISTED: usize = 1000;
 /// Largest gRPC request message: every field above fits with room to spare.
 pub const MAX_GRPC_REQUEST_BYTES: usize = 64 * 1024;
 

@@ -11,10 +11,16 @@ pub const DEGRADED: &str = "turnstile_degraded";
 pub const READY: &str = "turnstile_ready";
 /// Gauge by `state`: live sessions known to this node's registry.
 pub const SESSIONS: &str = "turnstile_sessions";
-/// Counter by `outcome` (granted, login_in_use, station_in_use, error).
+/// Counter by `outcome` (granted, login_in_use, station_in_use, seats_exhausted, error).
 pub const CLAIMS: &str = "turnstile_claims_total";
+/// Counter by `why` (holder_changed: not the `expected_session_id`;
+/// holder_connected: TAKEOVER_IF_DISCONNECTED met an open socket): takeovers
+/// answered LOGIN_IN_USE instead.
+pub const TAKEOVERS_REFUSED: &str = "turnstile_takeovers_refused_total";
 /// Histogram: claim latency, gRPC request in → reply, seconds.
 pub const CLAIM_SECONDS: &str = "turnstile_claim_seconds";
+/// Counter: Evict calls with a tenant-wide target (all sessions or a role).
+pub const TENANT_EVICTIONS: &str = "turnstile_tenant_evictions_total";
 /// Counter by `reason`: forced logouts pushed to sockets.
 pub const FORCED_LOGOUTS: &str = "turnstile_forced_logouts_total";
 /// Counter by `code`: WebSocket errors sent or seen.
@@ -46,7 +52,8 @@ pub const REDIS_EXPIRY_TENANTS: &str = "turnstile_redis_expiry_tenants_total";
 /// Counter: sessions whose sockets Redis listed under this node after it
 /// had let them go (a missed detach); reconciliation dropped them.
 pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";
-/// Counter by `event` (forced_logout, conflict, auth_failure): audit events.
+/// Counter by `event` (forced_logout, conflict, seats_exhausted, seat_limit_set,
+/// auth_failure): audit events.
 pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 /// Counter: log lines (audit events included) dropped because the log sink
 /// did not keep up; the audit count above still counts them.

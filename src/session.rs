@@ -321,6 +321,10 @@ pub struct ClaimRequest {
     pub policy: ConflictPolicy,
     pub attributes: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// A takeover proceeds only while the login's holder is still this
+    /// session (the one the user was shown); another holder is
+    /// `LoginInUse`, no holder is a plain grant.
+    pub expected_session_id: Option<SessionId>,
 }
 
 /// What to do when the login is already held.
@@ -331,15 +335,23 @@ pub enum ConflictPolicy {
     Reject,
     /// End the holder and grant.
     Takeover,
+    /// End the holder only when it has no open socket (PENDING or
+    /// DISCONNECTED); a connected holder is `LoginInUse`.
+    TakeoverIfDisconnected,
 }
 
 impl ConflictPolicy {
-    pub const ALL: [ConflictPolicy; 2] = [ConflictPolicy::Reject, ConflictPolicy::Takeover];
+    pub const ALL: [ConflictPolicy; 3] = [
+        ConflictPolicy::Reject,
+        ConflictPolicy::Takeover,
+        ConflictPolicy::TakeoverIfDisconnected,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ConflictPolicy::Reject => "reject",
             ConflictPolicy::Takeover => "takeover",
+            ConflictPolicy::TakeoverIfDisconnected => "takeover_if_disconnected",
         }
     }
 }

@@ -602,3 +602,269 @@ async fn evicting_nothing_is_not_found() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     node.shutdown().await;
 }
+
+/// Issue 17.1: a Continue (TAKEOVER with `expected_session_id`) ends only the
+/// session the user was shown. When the login changed hands in between, the
+/// answer is LOGIN_IN_USE with the current holder and nobody is ended.
+#[tokio::test]
+async fn continue_against_a_holder_that_changed_asks_again_and_ends_nobody() {
+    let node = start().await;
+    let shown = node.grant(T, "ana", "s1").await;
+    let shown_id = session_of(&shown).session_id.clone();
+    // ana signs in again elsewhere; that session has a socket open.
+    let current = node.claim(T, "ana", "s2", ConflictPolicy::Takeover).await;
+    let current_id = session_of(&current).session_id.clone();
+    let (mut current_ws, _) = node.connect_welcome(&current.token).await;
+
+    let mut req = claim_req(T, "ana", "s3", ConflictPolicy::Takeover);
+    req.expected_session_id = shown_id.clone();
+    let r = node.claim_with(req).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    assert_eq!(r.holder.as_ref().unwrap().session_id, current_id);
+    assert!(r.evicted.is_empty() && r.session.is_none(), "{r:?}");
+    assert_eq!(
+        node.get_by_login(T, "ana").await.unwrap().session_id,
+        current_id,
+        "the current holder is untouched"
+    );
+
+    // Asked again about the current holder, the Continue ends it.
+    let mut req = claim_req(T, "ana", "s3", ConflictPolicy::Takeover);
+    req.expected_session_id = current_id.clone();
+    let r = node.claim_with(req).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    assert_eq!(r.evicted.len(), 1);
+    assert_eq!(r.evicted[0].session_id, current_id);
+    assert_eq!(r.evicted[0].end_reason(), EndReason::StationChanged);
+    current_ws
+        .expect_forced_logout("station_changed", STATION_CHANGED_MSG, 4002)
+        .await;
+
+    // A Continue against a session that ended meanwhile (nobody holds the
+    // login) is a plain grant.
+    let granted = session_of(&r).session_id.clone();
+    node.client
+        .clone()
+        .release(pb::ReleaseRequest {
+            tenant: T.into(),
+            session_id: granted.clone(),
+        })
+        .await
+        .unwrap();
+    let mut req = claim_req(T, "ana", "", ConflictPolicy::Takeover);
+    req.expected_session_id = granted;
+    let r = node.claim_with(req).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    assert!(r.evicted.is_empty(), "{r:?}");
+    node.shutdown().await;
+}
+
+/// The race itself: for each of 50 logins, a Continue against the shown
+/// session and a sign-in elsewhere (plain TAKEOVER) are sent at once. Either
+/// order is fine; what must never happen is the Continue ending a session
+/// other than the one shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_continue_racing_a_sign_in_elsewhere_never_ends_an_unseen_session() {
+    let node = start().await;
+    let mut shown = HashMap::new();
+    for i in 0..50 {
+        let login = format!("u{i}");
+        let r = node.grant(T, &login, "").await;
+        shown.insert(login, session_of(&r).session_id.clone());
+    }
+    let mut tasks = Vec::new();
+    for (login, shown_id) in &shown {
+        let mut elsewhere = claim_req(T, login, "", ConflictPolicy::Takeover);
+        elsewhere.client = "elsewhere".into();
+        let mut cont = claim_req(T, login, "", ConflictPolicy::Takeover);
+        cont.client = "continue".into();
+        cont.expected_session_id = shown_id.clone();
+        let (mut a, mut b) = (node.client.clone(), node.client.clone());
+        tasks.push((
+            login.clone(),
+            tokio::spawn(async move { a.claim(elsewhere).await }),
+            tokio::spawn(async move { b.claim(cont).await }),
+        ));
+    }
+    let (mut continue_first, mut elsewhere_first) = (0, 0);
+    for (login, a, b) in tasks {
+        let other = within("elsewhere", a).await.unwrap().unwrap().into_inner();
+        let cont = within("continue", b).await.unwrap().unwrap().into_inner();
+        let shown_id = &shown[&login];
+        assert_eq!(other.outcome(), ClaimOutcome::Granted, "{other:?}");
+        let other_id = &session_of(&other).session_id;
+        match cont.outcome() {
+            ClaimOutcome::Granted => {
+                continue_first += 1;
+                let ended: Vec<_> = cont.evicted.iter().map(|e| &e.session_id).collect();
+                assert_eq!(
+                    ended,
+                    [shown_id],
+                    "the Continue ended only the shown session"
+                );
+                let ended: Vec<_> = other.evicted.iter().map(|e| &e.session_id).collect();
+                assert_eq!(ended, [&session_of(&cont).session_id]);
+            }
+            ClaimOutcome::LoginInUse => {
+                elsewhere_first += 1;
+                assert_eq!(&cont.holder.as_ref().unwrap().session_id, other_id);
+                let ended: Vec<_> = other.evicted.iter().map(|e| &e.session_id).collect();
+                assert_eq!(ended, [shown_id]);
+            }
+            o => panic!("unexpected outcome {o:?}: {cont:?}"),
+        }
+        // Both orders end with the sign-in elsewhere holding the login.
+        assert_eq!(
+            &node.get_by_login(T, &login).await.unwrap().session_id,
+            other_id
+        );
+    }
+    eprintln!("continue first {continue_first}, elsewhere first {elsewhere_first}");
+    assert_eq!(
+        node.list_all(T).await.len(),
+        50,
+        "one live session per login"
+    );
+    node.shutdown().await;
+}
+
+/// Issue 17.2: TAKEOVER_IF_DISCONNECTED clears a holder without a socket
+/// and answers LOGIN_IN_USE while the holder is connected.
+#[tokio::test]
+async fn takeover_if_disconnected_ends_a_stale_holder_and_spares_a_live_one() {
+    let node = start().await;
+    let mut watch = node.watch(T).await;
+    // A PENDING holder (nobody connected): cleared without asking.
+    let pending = node.grant(T, "ana", "").await;
+    let r = node
+        .claim(T, "ana", "", ConflictPolicy::TakeoverIfDisconnected)
+        .await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    assert_eq!(r.evicted[0].session_id, session_of(&pending).session_id);
+    // A CONNECTED holder: refused with the holder, nothing ended.
+    let id = session_of(&r).session_id.clone();
+    let (ws, _) = node.connect_welcome(&r.token).await;
+    let again = node
+        .claim(T, "ana", "", ConflictPolicy::TakeoverIfDisconnected)
+        .await;
+    assert_eq!(again.outcome(), ClaimOutcome::LoginInUse, "{again:?}");
+    assert_eq!(again.holder.as_ref().unwrap().session_id, id);
+    assert_eq!(
+        again.holder.as_ref().unwrap().state(),
+        SessionState::Connected
+    );
+    // The laptop closes: DISCONNECTED (inside grace), cleared.
+    ws.close().await;
+    let s = node
+        .session_after(&mut watch, T, &id, PresenceChange::Disconnected)
+        .await;
+    assert_eq!(s.state(), SessionState::Disconnected);
+    let last = node
+        .claim(T, "ana", "", ConflictPolicy::TakeoverIfDisconnected)
+        .await;
+    assert_eq!(last.outcome(), ClaimOutcome::Granted, "{last:?}");
+    assert_eq!(last.evicted[0].session_id, id);
+    assert_eq!(last.evicted[0].end_reason(), EndReason::Superseded);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn expected_session_id_needs_a_takeover_policy_and_a_valid_id() {
+    let node = start().await;
+    let mut c = node.client.clone();
+    for (policy, id) in [
+        (ConflictPolicy::Reject, "5f0c"),
+        (ConflictPolicy::Unspecified, "5f0c"),
+        (ConflictPolicy::Takeover, "not an id"),
+    ] {
+        let mut req = claim_req(T, "ana", "", policy);
+        req.expected_session_id = id.into();
+        let err = within("Claim", c.claim(req)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with("expected_session_id:"),
+            "names the field: {:?}",
+            err.message()
+        );
+    }
+    node.shutdown().await;
+}
+
+/// Issue 17.6: one Evict logs out a whole tenant, or one role of it; every
+/// socket is told why with the admin's message; other tenants are untouched.
+#[tokio::test]
+async fn evict_all_sessions_or_a_role_tells_every_socket_why() {
+    let node = start().await;
+    let msg = "MFA is now required for everyone. Please sign in again.";
+    let mut agents = Vec::new();
+    for login in ["ana", "bob", "cy"] {
+        let r = node.grant(T, login, "").await;
+        agents.push(node.connect_welcome(&r.token).await.0);
+    }
+    let sup = node.grant_role(T, "sue", "supervisor").await;
+    let (mut sup_ws, _) = node.connect_welcome(&sup.token).await;
+    let other = node.grant("globex", "ana", "").await;
+
+    let resp = evict(&node, pb::evict_request::Target::Role("agent".into()), msg).await;
+    assert_eq!(resp.evicted_count, 3, "{resp:?}");
+    assert_eq!(resp.evicted.len(), 3);
+    assert!(resp.evicted.iter().all(|s| s.role == "agent"), "{resp:?}");
+    for ws in &mut agents {
+        ws.expect_forced_logout("evicted", msg, 4003).await;
+    }
+    let live = node.list_all(T).await;
+    assert_eq!(live.len(), 1, "the supervisor stays: {live:?}");
+
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), msg).await;
+    assert_eq!(resp.evicted_count, 1);
+    sup_ws.expect_forced_logout("evicted", msg, 4003).await;
+    assert!(node.list_all(T).await.is_empty());
+    // Nothing left: a tenant-wide eviction of nobody ends nobody, no error.
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), "").await;
+    assert_eq!(resp.evicted_count, 0);
+    // The other tenant's ana is untouched.
+    let s = node.get_by_login("globex", "ana").await.unwrap();
+    assert_eq!(s.session_id, session_of(&other).session_id);
+
+    let mut c = node.client.clone();
+    for (target, field) in [
+        (pb::evict_request::Target::AllSessions(false), "target"),
+        (pb::evict_request::Target::Role(String::new()), "role"),
+    ] {
+        let err = within(
+            "Evict",
+            c.evict(pb::EvictRequest {
+                tenant: T.into(),
+                target: Some(target),
+                message: String::new(),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{err:?}");
+    }
+    node.shutdown().await;
+}
+
+/// More sessions than one Redis batch (500) and than the response lists
+/// (1000): all end, the count says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_wide_eviction_ends_every_session_past_the_batch_and_list_bounds() {
+    let node = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..1100 {
+        let mut c = node.client.clone();
+        let req = claim_req(T, &format!("u{i}"), "", ConflictPolicy::Reject);
+        tasks.push(tokio::spawn(async move { c.claim(req).await }));
+    }
+    for t in tasks {
+        let r = within("claim", t).await.unwrap().unwrap().into_inner();
+        assert_eq!(r.outcome(), ClaimOutcome::Granted);
+    }
+    let resp = evict(&node, pb::evict_request::Target::AllSessions(true), "").await;
+    assert_eq!(resp.evicted_count, 1100);
+    assert_eq!(resp.evicted.len(), 1000, "the list is bounded");
+    assert!(node.list_all(T).await.is_empty());
+    node.shutdown().await;
+}

@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +88,8 @@ fn cfg(clock: &Clock) -> RegistryConfig {
             max_events: 100_000,
             max_age: Duration::from_secs(100 * 3600),
         },
+        // Tight enough that histories run into it (3 logins).
+        seat_limits: Arc::new(HashMap::from([(Tenant::parse(TENANT).unwrap(), 2)])),
     }
 }
 
@@ -331,11 +333,15 @@ impl Pair {
                     0 => None,
                     i => Some(STATIONS[i - 1]),
                 };
-                let policy = if rng.random_bool(0.5) {
-                    ConflictPolicy::Takeover
-                } else {
-                    ConflictPolicy::Reject
+                let policy = match rng.random_range(0..5) {
+                    0 | 1 => ConflictPolicy::Takeover,
+                    2 => ConflictPolicy::TakeoverIfDisconnected,
+                    _ => ConflictPolicy::Reject,
                 };
+                // A takeover confirmed against a session shown earlier
+                // (mostly a recent one, which may or may not still hold).
+                let expected = (policy != ConflictPolicy::Reject && rng.random_ratio(1, 3))
+                    .then(|| self.pick(rng));
                 let idem = rng
                     .random_ratio(1, 4)
                     .then(|| format!("k{}", rng.random_range(0..3)));
@@ -344,14 +350,22 @@ impl Pair {
                     login: Login::parse(login).unwrap(),
                     station: station.map(|s| Station::parse(s).unwrap()),
                     client: "desk".into(),
-                    role: "agent".into(),
+                    role: if login == "cy" { "supervisor" } else { "agent" }.into(),
                     policy,
                     attributes: BTreeMap::from([("k".to_string(), "v".to_string())]),
                     idempotency_key: idem.clone(),
+                    expected_session_id: expected.as_ref().map(|(m, _)| m.clone()),
                 };
-                let what = format!("claim {login} {station:?} {policy:?} idem {idem:?}");
-                let m = self.mem.claim(req.clone()).await;
-                let r = self.red.claim(req).await;
+                let what = format!(
+                    "claim {login} {station:?} {policy:?} idem {idem:?} expecting {:?}",
+                    expected.as_ref().map(|(m, _)| m)
+                );
+                let red_req = ClaimRequest {
+                    expected_session_id: expected.map(|(_, r)| r),
+                    ..req.clone()
+                };
+                let m = self.mem.claim(req).await;
+                let r = self.red.claim(red_req).await;
                 use turnstile::registry::ClaimOutcome::Granted;
                 if let (Ok(Granted { session: ms, .. }), Ok(Granted { session: rs, .. })) = (&m, &r)
                 {
@@ -377,6 +391,16 @@ impl Pair {
                 let (tm, tr) = match self.who(rng) {
                     Who::Session(m, r) => (EvictTarget::Session(m), EvictTarget::Session(r)),
                     Who::Login(l) => (EvictTarget::Login(l.clone()), EvictTarget::Login(l)),
+                    Who::Rest if rng.random_ratio(1, 4) => {
+                        // Tenant-wide: everyone, or one role.
+                        let role = [None, Some("agent"), Some("supervisor")]
+                            [rng.random_range(0..3)]
+                        .map(String::from);
+                        (
+                            EvictTarget::Tenant { role: role.clone() },
+                            EvictTarget::Tenant { role },
+                        )
+                    }
                     Who::Rest => {
                         let s = station(rng);
                         (EvictTarget::Station(s.clone()), EvictTarget::Station(s))
@@ -386,6 +410,16 @@ impl Pair {
                 let msg = Some("bye".to_string());
                 let a = self.mem.evict(&t, tm, msg.clone(), "admin").await;
                 let b = self.red.evict(&t, tr, msg, "admin").await;
+                // A tenant-wide eviction ends sessions in id order, and the
+                // ids are random per registry: compared as sets, like list.
+                let sorted = |r: Result<Vec<String>, _>| {
+                    r.map(|mut v: Vec<String>| {
+                        v.sort();
+                        v
+                    })
+                };
+                let a = sorted(a.map(|v| v.iter().map(|s| format!("{s:?}")).collect()));
+                let b = sorted(b.map(|v| v.iter().map(|s| self.norm(format!("{s:?}"))).collect()));
                 self.same(&what, a, b);
                 what
             }
@@ -472,6 +506,18 @@ impl Pair {
                 let a = self.mem.ack(&t, &m, &nid).await;
                 let b = self.red.ack(&t, &r, &nid).await;
                 self.same(&what, a, b);
+                what
+            }
+            90..=91 => {
+                // A seat limit set at run time (0: none), then the use.
+                let limit = rng.random_range(0..4);
+                let what = format!("seat limit {limit}");
+                let a = self.mem.set_seat_limit(&t, limit).await;
+                let b = self.red.set_seat_limit(&t, limit).await;
+                self.same(&what, a, b);
+                let a = self.mem.usage(&t).await;
+                let b = self.red.usage(&t).await;
+                self.same("usage", a, b);
                 what
             }
             _ => {
@@ -640,6 +686,7 @@ async fn a_mailbox_keeps_a_long_notice_when_a_short_one_follows() {
         policy: ConflictPolicy::Reject,
         attributes: BTreeMap::new(),
         idempotency_key: None,
+        expected_session_id: None,
     };
     use turnstile::registry::ClaimOutcome::Granted;
     let (Ok(Granted { session: m, .. }), Ok(Granted { session: r, .. })) = (

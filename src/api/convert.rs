@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use crate::pb;
-use crate::registry::{RegistryError, StationInfo};
+use crate::registry::{RegistryError, StationInfo, TenantUsage};
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, InvalidField, Notice, PresenceChange, PresenceEvent,
     Session, SessionState, Station,
@@ -61,6 +61,7 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         // ends anybody's session.
         Ok(pb::ConflictPolicy::Unspecified | pb::ConflictPolicy::Reject) => ConflictPolicy::Reject,
         Ok(pb::ConflictPolicy::Takeover) => ConflictPolicy::Takeover,
+        Ok(pb::ConflictPolicy::TakeoverIfDisconnected) => ConflictPolicy::TakeoverIfDisconnected,
         Err(_) => {
             return Err(bad(
                 "on_conflict",
@@ -85,6 +86,19 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         short_text("attributes", v, MAX_ATTRIBUTE_VALUE)?;
     }
     short_text("idempotency_key", &r.idempotency_key, MAX_IDEMPOTENCY_KEY)?;
+    let expected_session_id = if r.expected_session_id.is_empty() {
+        None
+    } else if policy == ConflictPolicy::Reject {
+        return Err(bad(
+            "expected_session_id",
+            "needs on_conflict CONFLICT_POLICY_TAKEOVER or CONFLICT_POLICY_TAKEOVER_IF_DISCONNECTED",
+        ));
+    } else {
+        Some(
+            crate::session::SessionId::parse_field("expected_session_id", &r.expected_session_id)
+                .map_err(invalid)?,
+        )
+    };
     Ok(ClaimRequest {
         tenant,
         login,
@@ -102,7 +116,15 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         policy,
         attributes: r.attributes.into_iter().collect::<BTreeMap<_, _>>(),
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+        expected_session_id,
     })
+}
+
+pub fn usage(u: TenantUsage) -> pb::TenantUsage {
+    pb::TenantUsage {
+        seats_used: u.seats_used,
+        seat_limit: u.seat_limit,
+    }
 }
 
 pub fn notice(n: Option<pb::Notice>) -> Result<Notice, Status> {

@@ -99,9 +99,10 @@ impl Api {
         from: &str,
         r: pb::ClaimRequest,
     ) -> Result<pb::ClaimResponse, Status> {
-        self.tenant(caller, &r.tenant)?;
+        let tenant = self.tenant(caller, &r.tenant)?;
         let (login, station) = (r.login.clone(), r.station.clone());
         let req = convert::claim_request(r)?;
+        let (expected, policy) = (req.expected_session_id.clone(), req.policy);
         let outcome = self.registry.claim(req).await.map_err(convert::status)?;
         Ok(match outcome {
             ClaimOutcome::Granted { session, evicted } => {
@@ -120,10 +121,23 @@ impl Api {
                     session: Some(convert::session(&session)),
                     holder: None,
                     evicted: evicted.iter().map(convert::session).collect(),
+                    seats: None,
                 }
             }
             ClaimOutcome::LoginInUse { holder } => {
-                crate::audit::conflict("login_in_use", &login, &station, &holder, from);
+                // Why a takeover was refused: the holder is not the session
+                // the user confirmed ending, or it still has a socket.
+                let refused = if expected.is_some_and(|e| e != holder.id) {
+                    "holder_changed"
+                } else if policy == crate::session::ConflictPolicy::TakeoverIfDisconnected {
+                    "holder_connected"
+                } else {
+                    "login_in_use"
+                };
+                if refused != "login_in_use" {
+                    metrics::counter!(m::TAKEOVERS_REFUSED, "why" => refused).increment(1);
+                }
+                crate::audit::conflict(refused, &login, &station, &holder, from);
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::LoginInUse as i32,
                     holder: Some(convert::session(&holder)),
@@ -138,6 +152,17 @@ impl Api {
                     ..Default::default()
                 }
             }
+            ClaimOutcome::SeatsExhausted { used, limit } => {
+                crate::audit::seats_exhausted(&tenant, &login, used, limit, from);
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::SeatsExhausted as i32,
+                    seats: Some(pb::TenantUsage {
+                        seats_used: used,
+                        seat_limit: limit,
+                    }),
+                    ..Default::default()
+                }
+            }
         })
     }
 }
@@ -148,6 +173,7 @@ fn outcome_label(r: &Result<pb::ClaimResponse, Status>) -> &'static str {
             Ok(pb::ClaimOutcome::Granted) => "granted",
             Ok(pb::ClaimOutcome::LoginInUse) => "login_in_use",
             Ok(pb::ClaimOutcome::StationInUse) => "station_in_use",
+            Ok(pb::ClaimOutcome::SeatsExhausted) => "seats_exhausted",
             Ok(pb::ClaimOutcome::Unspecified) | Err(_) => "unknown",
         },
         Err(_) => "error",
@@ -210,9 +236,17 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
             Some(Target::Station(s)) => {
                 EvictTarget::Station(Station::parse(&s).map_err(convert::invalid)?)
             }
-            None => {
+            Some(Target::AllSessions(true)) => EvictTarget::Tenant { role: None },
+            Some(Target::Role(role)) => {
+                if role.is_empty() {
+                    return Err(Status::invalid_argument("role: must not be empty"));
+                }
+                convert::short_text("role", &role, convert::MAX_ROLE_LEN)?;
+                EvictTarget::Tenant { role: Some(role) }
+            }
+            Some(Target::AllSessions(false)) | None => {
                 return Err(Status::invalid_argument(
-                    "target: set one of session_id, login or station",
+                    "target: set one of session_id, login, station, all_sessions=true or role",
                 ))
             }
         };
@@ -223,6 +257,7 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
             .map(|c| c.name.as_str())
             .filter(|n| *n != "anonymous")
             .unwrap_or("admin");
+        let tenant_wide = matches!(target, EvictTarget::Tenant { .. });
         let evicted = self
             .registry
             .evict(&tenant, target, message, by)
@@ -234,8 +269,17 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         for e in &evicted {
             info!(tenant = %e.tenant, login = %e.login, session = %e.id, "session evicted by admin");
         }
+        if tenant_wide {
+            metrics::counter!(m::TENANT_EVICTIONS).increment(1);
+            info!(tenant = %tenant, sessions = evicted.len(), by, "tenant-wide eviction");
+        }
         Ok(Response::new(pb::EvictResponse {
-            evicted: evicted.iter().map(convert::session).collect(),
+            evicted_count: u32::try_from(evicted.len()).unwrap_or(u32::MAX),
+            evicted: evicted
+                .iter()
+                .take(crate::limits::MAX_EVICTED_LISTED)
+                .map(convert::session)
+                .collect(),
         }))
     }
 
@@ -337,6 +381,49 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         Ok(Response::new(pb::NotifyResponse {
             delivered: counts.delivered,
             queued: counts.queued,
+        }))
+    }
+
+    async fn set_seat_limit(
+        &self,
+        request: Request<pb::SetSeatLimitRequest>,
+    ) -> Result<Response<pb::SetSeatLimitResponse>, Status> {
+        let caller = caller_of(&request);
+        let from = peer_of(&request);
+        let r = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
+        // A key bound to a tenant is that tenant's login service: it must
+        // not raise its own licence.
+        if caller.as_ref().is_some_and(|c| c.tenant.is_some()) {
+            return Err(Status::permission_denied(
+                "tenant: SetSeatLimit needs an API key without a tenant (an operator's key)",
+            ));
+        }
+        let usage = self
+            .registry
+            .set_seat_limit(&tenant, r.seat_limit)
+            .await
+            .map_err(convert::status)?;
+        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
+        crate::audit::seat_limit_set(&tenant, r.seat_limit, usage.seats_used, by, &from);
+        Ok(Response::new(pb::SetSeatLimitResponse {
+            usage: Some(convert::usage(usage)),
+        }))
+    }
+
+    async fn get_tenant_usage(
+        &self,
+        request: Request<pb::GetTenantUsageRequest>,
+    ) -> Result<Response<pb::GetTenantUsageResponse>, Status> {
+        let caller = caller_of(&request);
+        let tenant = self.tenant(caller.as_ref(), &request.into_inner().tenant)?;
+        let usage = self
+            .registry
+            .usage(&tenant)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::GetTenantUsageResponse {
+            usage: Some(convert::usage(usage)),
         }))
     }
 

@@ -96,3 +96,25 @@ pub mod opt_list {
         }
     }
 }
+
+/// `HashMap<T, u32>`: a number per identifier (`seat_limits = { acme = 100 }`).
+pub mod map_u32 {
+    use std::collections::{BTreeMap, HashMap};
+    use std::hash::Hash;
+
+    use super::*;
+
+    pub fn serialize<T: Id, S: Serializer>(v: &HashMap<T, u32>, s: S) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&str, u32> = v.iter().map(|(k, n)| (k.text(), *n)).collect();
+        sorted.serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Id + Eq + Hash, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<T, u32>, D::Error> {
+        BTreeMap::<String, u32>::deserialize(d)?
+            .into_iter()
+            .map(|(k, n)| Ok((parse(Text(k))?, n)))
+            .collect()
+    }
+}

@@ -143,6 +143,10 @@ pub struct Config {
     /// When set, only these tenants are served; others get NOT_FOUND.
     #[serde(with = "ids::opt_list")]
     pub tenants: Option<Vec<Tenant>>,
+    /// Seat licences: live sessions a tenant may hold at once (tenants not
+    /// listed: no limit). `SetSeatLimit` overrides a tenant's entry.
+    #[serde(with = "ids::map_u32")]
+    pub seat_limits: std::collections::HashMap<Tenant, u32>,
     /// gRPC API keys. Empty: every call is allowed (loopback only).
     pub api_keys: Vec<ApiKeyConfig>,
     /// Browser `Origin`s allowed to open a WebSocket (e.g.
@@ -262,6 +266,7 @@ impl Default for Config {
             signing_keys: Vec::new(),
             log_format: LogFormat::Human,
             tenants: None,
+            seat_limits: Default::default(),
             api_keys: Vec::new(),
             allowed_origins: None,
             handshake_timeout: Duration::from_secs(10),
@@ -712,6 +717,7 @@ impl Config {
                 max_events: self.event_log_max_events,
                 max_age: self.event_log_max_age,
             },
+            seat_limits: std::sync::Arc::new(self.seat_limits.clone()),
         }
     }
 
@@ -923,6 +929,7 @@ mod tests {
             (&[("node", "no spaces")][..], "node"),
             (&[("log_format", "xml")][..], "log_format"),
             (&[("tenants", "[ok, \"b a d\"]")][..], "tenants"),
+            (&[("seat_limits", "{\"b a d\" = 3}")][..], "seat_limits"),
         ] {
             let e = load_err(pairs);
             assert!(e.contains(says), "{pairs:?}: {e}");

@@ -26,6 +26,20 @@ pub const PASSWORD: &str = "demo";
 /// The message the page shows (and asks to confirm) on `LOGIN_IN_USE`.
 pub const LOGIN_IN_USE_MSG: &str = "User already logged. Do you want to continue?";
 
+/// The message on `LOGIN_IN_USE` after a confirmed Continue: the session the
+/// person agreed to end is gone and another one holds the login now.
+pub const LOGIN_CHANGED_MSG: &str =
+    "Someone else signed in as this user since you were asked. Do you want to continue?";
+
+/// The message on `SEATS_EXHAUSTED`: what happened and what to do.
+pub fn seats_exhausted_message(used: u32, limit: u32) -> String {
+    format!(
+        "No seat is free: your organisation's licence allows {limit} signed-in users and \
+         {used} are signed in. Please try again when a colleague signs out, or ask your \
+         administrator for more seats."
+    )
+}
+
 /// Pages of `ListSessions` read for one `/api/agents` (× 1000 sessions).
 const MAX_LIST_PAGES: usize = 20;
 
@@ -191,6 +205,11 @@ pub struct LoginRequest {
     /// claim with TAKEOVER.
     #[serde(default)]
     pub confirm: bool,
+    /// With `confirm`: the holder's session id the person was shown. The
+    /// takeover ends only that session (`expected_session_id`), never one
+    /// that signed in meanwhile.
+    #[serde(default)]
+    pub takeover_of: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -302,6 +321,11 @@ impl LoginService {
                 on_conflict: policy as i32,
                 attributes: HashMap::from([("name".to_string(), user.name.to_string())]),
                 idempotency_key: String::new(),
+                expected_session_id: if req.confirm {
+                    req.takeover_of.clone()
+                } else {
+                    String::new()
+                },
             })
             .await?
             .into_inner();
@@ -345,7 +369,7 @@ impl LoginService {
                 status: StatusCode::CONFLICT,
                 body: json!({
                     "outcome": "login_in_use",
-                    "message": LOGIN_IN_USE_MSG,
+                    "message": if req.confirm { LOGIN_CHANGED_MSG } else { LOGIN_IN_USE_MSG },
                     "holder": r.holder.as_ref().map(session_json),
                 }),
             }),
@@ -361,6 +385,18 @@ impl LoginService {
                         "outcome": "station_in_use",
                         "message": format!("Station {station} is in use{by}. Please pick another station."),
                         "holder": r.holder.as_ref().map(session_json),
+                    }),
+                })
+            }
+            pb::ClaimOutcome::SeatsExhausted => {
+                let u = r.seats.unwrap_or_default();
+                Ok(Reply {
+                    status: StatusCode::CONFLICT,
+                    body: json!({
+                        "outcome": "seats_exhausted",
+                        "message": seats_exhausted_message(u.seats_used, u.seat_limit),
+                        "seats_used": u.seats_used,
+                        "seat_limit": u.seat_limit,
                     }),
                 })
             }
@@ -626,6 +662,7 @@ mod tests {
             password: PASSWORD.into(),
             station: station.into(),
             confirm,
+            takeover_of: String::new(),
         }
     }
 
@@ -655,6 +692,68 @@ mod tests {
         assert_eq!(confirmed.body["outcome"], "granted");
         assert_eq!(confirmed.body["evicted"][0]["station"], "desk-101");
         assert_eq!(confirmed.body["evicted"][0]["state"], "ended");
+    }
+
+    #[tokio::test]
+    async fn a_full_licence_is_a_clear_message_with_the_seats() {
+        let (svc, _server) = service().await;
+        svc.client()
+            .set_seat_limit(pb::SetSeatLimitRequest {
+                tenant: "acme".into(),
+                seat_limit: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            sign_in(&svc, "ana", "desk-101", false).await.status,
+            StatusCode::OK
+        );
+        let r = sign_in(&svc, "bob", "desk-102", false).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.body["outcome"], "seats_exhausted");
+        assert_eq!(
+            (r.body["seats_used"].as_u64(), r.body["seat_limit"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(r.body["message"], seats_exhausted_message(1, 1));
+        // ana moving desks needs no second seat.
+        let moved = sign_in(&svc, "ana", "desk-103", true).await;
+        assert_eq!(moved.body["outcome"], "granted");
+    }
+
+    #[tokio::test]
+    async fn continue_ends_only_the_session_shown_and_asks_again_when_it_changed() {
+        let (svc, _server) = service().await;
+        sign_in(&svc, "ana", "desk-101", false).await;
+        let refused = sign_in(&svc, "ana", "desk-102", false).await;
+        let shown = refused.body["holder"]["session_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Meanwhile ana signs in again elsewhere: the session shown is gone.
+        let elsewhere = sign_in(&svc, "ana", "desk-103", true).await;
+        assert_eq!(elsewhere.body["outcome"], "granted");
+        let current = elsewhere.body["session"]["session_id"].clone();
+
+        let mut stale = req("ana", "desk-102", true);
+        stale.takeover_of = shown;
+        let again = tokio::time::timeout(T, svc.login(stale, None))
+            .await
+            .expect("login answers in time")
+            .expect("login succeeds");
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert_eq!(again.body["outcome"], "login_in_use");
+        assert_eq!(again.body["message"], LOGIN_CHANGED_MSG);
+        assert_eq!(again.body["holder"]["session_id"], current);
+
+        let mut fresh = req("ana", "desk-102", true);
+        fresh.takeover_of = current.as_str().unwrap().to_string();
+        let confirmed = tokio::time::timeout(T, svc.login(fresh, None))
+            .await
+            .expect("login answers in time")
+            .expect("login succeeds");
+        assert_eq!(confirmed.body["outcome"], "granted");
+        assert_eq!(confirmed.body["evicted"][0]["session_id"], current);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /`, `/app.js`, `/style.css`, `/turnstile.js`, `/tabs.js`, `/emitter.js` | the page and the SDK |
 //! | `GET /api/stations` | registered stations, free or held (`StationStatus`) |
-//! | `POST /api/login` | `{login, password, station, confirm}` → `Claim` |
+//! | `POST /api/login` | `{login, password, station, confirm, takeover_of}` → `Claim` |
 //! | `POST /api/logout` | `Release` of the caller's session |
 //! | `GET /api/agents` | directory + live sessions (`ListSessions`), supervisor |
 //! | `POST /api/notify` | `{login?, kind, days}` → `Notify`, supervisor |

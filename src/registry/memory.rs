@@ -27,6 +27,7 @@ use super::state::{Effects, TenantState};
 use super::{
     Attached, Census, ClaimOutcome, Event, EventSink, EvictTarget, NotifyCounts, NotifyTarget,
     Page, Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
+    TenantUsage,
 };
 use crate::session::{ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant};
 
@@ -256,6 +257,22 @@ impl Registry for MemoryRegistry {
             .unwrap_or_default())
     }
 
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError> {
+        Ok(self.write(tenant, |s, cfg, _, _| s.set_seat_limit(limit, cfg)))
+    }
+
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError> {
+        let cfg = &self.shared.cfg;
+        Ok(self.read(tenant, |s| s.usage(cfg)).unwrap_or(TenantUsage {
+            seats_used: 0,
+            seat_limit: cfg.seat_limit(tenant),
+        }))
+    }
+
     async fn stations(
         &self,
         tenant: &Tenant,
@@ -426,6 +443,7 @@ mod tests {
             policy: ConflictPolicy::Reject,
             attributes: Default::default(),
             idempotency_key: None,
+            expected_session_id: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod notice_rules;
 pub mod redis;
 mod state;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ pub struct RegistryConfig {
     pub clock: Clock,
     /// How much of each tenant's event log is kept ([`log`]).
     pub event_log: LogBounds,
+    /// Configured seat licences: live sessions a tenant may hold at once.
+    /// A limit set by `SetSeatLimit` overrides the tenant's entry here.
+    pub seat_limits: Arc<HashMap<Tenant, u32>>,
 }
 
 impl Default for RegistryConfig {
@@ -80,7 +84,15 @@ impl Default for RegistryConfig {
             max_notice_ttl: Duration::from_secs(366 * 24 * 3600),
             clock: Clock::system(),
             event_log: LogBounds::default(),
+            seat_limits: Arc::default(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// The configured seat limit of `tenant` (0: none).
+    pub fn seat_limit(&self, tenant: &Tenant) -> u32 {
+        self.seat_limits.get(tenant).copied().unwrap_or(0)
     }
 }
 
@@ -98,6 +110,20 @@ pub enum ClaimOutcome {
     StationInUse {
         holder: Session,
     },
+    /// The claim needs a new seat and the tenant's `limit` live sessions
+    /// are all in use (`used` of them; more only if the limit was lowered).
+    SeatsExhausted {
+        used: u32,
+        limit: u32,
+    },
+}
+
+/// A tenant's seat licence: how many live sessions it holds against its
+/// limit (0: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub seats_used: u32,
+    pub seat_limit: u32,
 }
 
 /// Which session(s) an eviction targets.
@@ -106,6 +132,10 @@ pub enum EvictTarget {
     Session(SessionId),
     Login(Login),
     Station(Station),
+    /// Every live session of the tenant, or only those of `role`.
+    Tenant {
+        role: Option<String>,
+    },
 }
 
 /// How GetSession finds a session.
@@ -291,7 +321,9 @@ pub trait Registry: Send + Sync + 'static {
     /// its tombstone's session unchanged.
     async fn release(&self, tenant: &Tenant, id: &SessionId) -> Result<Session, RegistryError>;
 
-    /// Ends the targeted live session with EVICTED and `message`.
+    /// Ends the targeted live session(s) with EVICTED and `message`. A
+    /// session, login or station that holds nothing is an error; a
+    /// tenant-wide target that matches nothing ends nothing.
     async fn evict(
         &self,
         tenant: &Tenant,
@@ -318,6 +350,17 @@ pub trait Registry: Send + Sync + 'static {
         tenant: &Tenant,
         stations: &[Station],
     ) -> Result<Vec<StationInfo>, RegistryError>;
+
+    /// Sets the tenant's seat limit (0: none), overriding the configured
+    /// one; sessions beyond a lowered limit are not ended. Returns the use.
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError>;
+
+    /// The tenant's live sessions against its seat limit.
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError>;
 
     /// Delivers or queues a notice.
     async fn notify(

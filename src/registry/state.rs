@@ -15,7 +15,7 @@ use super::log::EventLog;
 use super::notice_rules;
 use super::{
     Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
-    RegistryError, SessionKey, SocketId, StationInfo,
+    RegistryError, SessionKey, SocketId, StationInfo, TenantUsage,
 };
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, EndedBy, Ending, Generation, Login, Notice,
@@ -76,6 +76,9 @@ pub(crate) struct TenantState {
     /// The tenant's presence events with their sequence numbers, appended
     /// by the registry as it publishes them (under the same lock).
     pub(crate) log: EventLog,
+    /// The seat limit set by `SetSeatLimit` (0: none); `None`: the
+    /// configured one applies.
+    seat_limit: Option<u32>,
 }
 
 /// The notices queued for a login without a live session.
@@ -101,7 +104,24 @@ impl TenantState {
             mailbox: HashMap::new(),
             mailbox_expiry: BTreeSet::new(),
             log: EventLog::default(),
+            seat_limit: None,
         }
+    }
+
+    /// Live sessions against the seat limit in force.
+    pub fn usage(&self, cfg: &RegistryConfig) -> TenantUsage {
+        TenantUsage {
+            seats_used: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            seat_limit: self
+                .seat_limit
+                .unwrap_or_else(|| cfg.seat_limit(&self.tenant)),
+        }
+    }
+
+    /// Sets the seat limit, overriding the configured one (0: none).
+    pub fn set_seat_limit(&mut self, limit: u32, cfg: &RegistryConfig) -> TenantUsage {
+        self.seat_limit = Some(limit);
+        self.usage(cfg)
     }
 
     /// Rules 1–3: one live session per login and per station in this tenant.
@@ -164,10 +184,23 @@ impl TenantState {
         let new_id = SessionId::random();
         let mut evicted = Vec::new();
         if let Some(holder_id) = self.by_login.get(&req.login).cloned() {
-            if req.policy == ConflictPolicy::Reject {
-                let holder = self.sessions[&holder_id].session.clone();
-                return ClaimOutcome::LoginInUse { holder };
+            let holder = &self.sessions[&holder_id].session;
+            if !takes_over(req, holder) {
+                return ClaimOutcome::LoginInUse {
+                    holder: holder.clone(),
+                };
             }
+        } else {
+            // A new seat is needed (a takeover of one's own login reuses its).
+            let u = self.usage(cfg);
+            if u.seat_limit > 0 && u.seats_used >= u.seat_limit {
+                return ClaimOutcome::SeatsExhausted {
+                    used: u.seats_used,
+                    limit: u.seat_limit,
+                };
+            }
+        }
+        if let Some(holder_id) = self.by_login.get(&req.login).cloned() {
             let holder_station = self.sessions[&holder_id].session.station.clone();
             let reason = match &req.station {
                 Some(s) if Some(s) != holder_station.as_ref() => EndReason::StationChanged,
@@ -389,6 +422,34 @@ impl TenantState {
     ) -> Result<Vec<Session>, RegistryError> {
         self.prune(now);
         let id = match target {
+            EvictTarget::Tenant { role } => {
+                let ids: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, r)| role.as_ref().is_none_or(|role| r.session.role == *role))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let by = EndedBy {
+                    client: by.to_string(),
+                    station: None,
+                    session_id: None,
+                    at_ms: now,
+                };
+                return Ok(ids
+                    .iter()
+                    .filter_map(|id| {
+                        self.end(
+                            id,
+                            EndReason::Evicted,
+                            by.clone(),
+                            message.clone(),
+                            cfg,
+                            now,
+                            fx,
+                        )
+                    })
+                    .collect());
+            }
             EvictTarget::Session(id) => self.live(id)?.session.id.clone(),
             EvictTarget::Login(login) => {
                 self.by_login
@@ -743,6 +804,24 @@ fn check_generation(record: &Record, presented: Generation) -> Result<(), Regist
         });
     }
     Ok(())
+}
+
+/// Whether a claim of a held login ends `holder` (otherwise: `LoginInUse`).
+/// An `expected_session_id` that is not the holder refuses under every
+/// policy: the user confirmed ending another session than this one.
+fn takes_over(req: &ClaimRequest, holder: &Session) -> bool {
+    if req
+        .expected_session_id
+        .as_ref()
+        .is_some_and(|e| *e != holder.id)
+    {
+        return false;
+    }
+    match req.policy {
+        ConflictPolicy::Reject => false,
+        ConflictPolicy::Takeover => true,
+        ConflictPolicy::TakeoverIfDisconnected => holder.state != SessionState::Connected,
+    }
 }
 
 fn presence(fx: &mut Effects, session: &Session, change: PresenceChange, now: i64) {

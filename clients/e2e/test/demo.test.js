@@ -8,6 +8,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { resolve } from "node:path";
 
 import { ARTIFACTS, SHOTS, suite, TEST_MS, WAIT_MS } from "../lib/suite.js";
@@ -17,6 +18,9 @@ const STATION_CHANGED = "Your connection has been dropped due to a subsequent lo
 const NETWORK = "Experiencing network connectivity issues. Please check your internet connection.";
 const SERVICE = "Service notice: we are having trouble with our systems. Your session is safe — keep working; you stay signed in.";
 const LOGIN_IN_USE = "User already logged. Do you want to continue?";
+const SEATS_EXHAUSTED = "No seat is free: your organisation's licence allows 1 signed-in users and 1 are signed in. " +
+  "Please try again when a colleague signs out, or ask your administrator for more seats.";
+const LOGIN_CHANGED = "Someone else signed in as this user since you were asked. Do you want to continue?";
 
 const { browser, demo } = suite();
 
@@ -120,6 +124,60 @@ test("a second sign-in asks to confirm, takes over, and the first desktop shows 
     await second.page.waitForTimeout(2500);
     assert.equal(await second.page.locator("#ended").isVisible(), true);
     assert.equal(await text(second.page, "#conn"), "offline");
+  });
+});
+
+test("Continue ends only the session it asked about; a sign-in in between is asked about again", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  const first = await person(d, "first");
+  const asker = await person(d, "asker");
+  const meanwhile = await person(d, "meanwhile");
+  await withPeople("continue-race", [first, asker, meanwhile], async () => {
+    await signIn(first, "ana", "desk-101");
+    // The asker is shown ana at desk-101 ...
+    await submitSignIn(asker.page, "ana", "desk-102");
+    await asker.page.locator("#confirm").waitFor({ state: "visible" });
+    assert.match(await text(asker.page, "#confirm-detail"), /ana is signed in at desk-101/);
+    // ... but before the click ana signs in again at desk-103.
+    await submitSignIn(meanwhile.page, "ana", "desk-103");
+    await meanwhile.page.locator("#confirm").waitFor({ state: "visible" });
+    await meanwhile.page.click("#confirm-yes");
+    await online(meanwhile.page);
+    await first.page.locator("#ended").waitFor({ state: "visible" });
+
+    // Continue does not end desk-103, which the asker never saw: it asks again.
+    await asker.page.click("#confirm-yes");
+    await waitText(asker.page, "#confirm-text", LOGIN_CHANGED);
+    assert.equal(await asker.page.locator("#confirm").isVisible(), true);
+    assert.match(await text(asker.page, "#confirm-detail"), /ana is signed in at desk-103/);
+    assert.equal(await text(meanwhile.page, "#conn"), "online", "the unseen session is untouched");
+    assert.equal(await meanwhile.page.locator("#ended").isHidden(), true);
+    await shot(asker.page, "16-login-changed-asks-again");
+
+    // Confirmed against desk-103 this time: that one ends.
+    await asker.page.click("#confirm-yes");
+    await online(asker.page);
+    await meanwhile.page.locator("#ended").waitFor({ state: "visible" });
+    assert.equal(await text(meanwhile.page, "#ended-message"), STATION_CHANGED);
+  });
+});
+
+test("a full seat licence is a clear message, with no takeover offered", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  // The operator sets the demo tenant's licence to one seat through `turnstile ctl`.
+  const bin = process.env.TURNSTILE_BIN ?? resolve(ARTIFACTS, "../../../target/debug/turnstile");
+  const out = execFileSync(bin, ["ctl", "--addr", `http://${d.grpc}`, "seats", "--tenant", "demo", "--limit", "1"],
+    { encoding: "utf8", timeout: WAIT_MS });
+  assert.match(out, /0 of 1 in use/);
+  const ana = await person(d, "ana");
+  const bob = await person(d, "bob");
+  await withPeople("seats", [ana, bob], async () => {
+    await signIn(ana, "ana", "desk-101");
+    await submitSignIn(bob.page, "bob", "desk-102");
+    await bob.page.locator("#signin-error").waitFor({ state: "visible" });
+    assert.equal(await text(bob.page, "#signin-error"), SEATS_EXHAUSTED);
+    assert.equal(await bob.page.locator("#confirm").isHidden(), true, "no takeover is offered for a seat");
+    await shot(bob.page, "17-seats-exhausted");
   });
 });
 

@@ -99,6 +99,9 @@ function when(ms) {
   return ms ? new Date(ms).toLocaleTimeString() : "?";
 }
 
+// The holder the person was asked about: Continue ends only that session.
+let shownHolder = "";
+
 async function signIn(confirm) {
   signinError("");
   $("confirm").hidden = true;
@@ -107,6 +110,7 @@ async function signIn(confirm) {
     password: $("password").value,
     station: $("station").value,
     confirm,
+    takeover_of: confirm ? shownHolder : "",
   };
   $("signin-btn").disabled = true;
   const r = await api("POST", "/api/login", body);
@@ -117,6 +121,7 @@ async function signIn(confirm) {
   }
   if (r.data.outcome === "login_in_use") {
     const h = r.data.holder ?? {};
+    shownHolder = h.session_id ?? "";
     $("confirm-text").textContent = r.data.message;
     $("confirm-detail").textContent =
       `${h.login} is signed in${h.station ? ` at ${h.station}` : ""} (${h.client}, ${h.state}) since ${when(h.created_at_ms)}. ` +

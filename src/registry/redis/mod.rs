@@ -34,7 +34,7 @@ use wire::{Reply, WNotice, WSession};
 use super::notice_rules;
 use super::{
     Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
-    RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
+    RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo, TenantUsage,
 };
 use crate::cluster::{fenced, Cluster};
 use crate::hub::sockets::LocalSockets;
@@ -126,6 +126,9 @@ struct Inner {
     /// The registry's settings: the notice bounds are checked here, before
     /// a script runs.
     cfg: RegistryConfig,
+    /// Configured seat limits, sent with each claim (a limit set by
+    /// SetSeatLimit is kept in Redis and overrides them).
+    seat_limits: Arc<std::collections::HashMap<Tenant, u32>>,
     store: Store,
     /// Who this node is, its lease, its subscriptions and sockets.
     cluster: Cluster,
@@ -162,6 +165,7 @@ impl RedisRegistry {
         Ok(RedisRegistry {
             inner: Arc::new(Inner {
                 max_sockets_per_session: cfg.max_sockets_per_session,
+                seat_limits: cfg.seat_limits.clone(),
                 cfg,
                 store,
                 cluster,
@@ -193,6 +197,62 @@ impl RedisRegistry {
     /// the expiry task does every tick; for tests that move a manual clock.
     pub async fn expire_due(&self) {
         self.inner.cluster.expire_due().await;
+    }
+
+    /// A tenant-wide eviction, NOTIFY_BATCH sessions per script call (one
+    /// call ending 8,000 sessions would block Redis for over 100 ms).
+    async fn evict_all(
+        &self,
+        tenant: &Tenant,
+        role: Option<&str>,
+        message: Option<String>,
+        by: &str,
+    ) -> Result<Vec<Session>, RegistryError> {
+        let msg = message.unwrap_or_default();
+        let mut evicted = Vec::new();
+        let mut after = String::new();
+        for _ in 0..MAX_NOTIFY_BATCHES {
+            let body = json!({"by_kind": "all", "v": "", "msg": msg, "by": by,
+                              "role": role.unwrap_or(""), "after": after, "max": NOTIFY_BATCH});
+            let r = self.run(&SCRIPTS.evict, tenant, &body).await?;
+            if r.err.is_some() {
+                return Err(self.error(tenant, &r, ""));
+            }
+            for w in &r.ev {
+                evicted.push(w.to_session(tenant)?);
+            }
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        Ok(evicted)
+    }
+
+    /// The configured seat limit of `tenant` (0: none).
+    fn seat_limit(&self, tenant: &Tenant) -> u32 {
+        self.inner.seat_limits.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Reads (and with `limit`, first sets) the tenant's seat use.
+    async fn seats(
+        &self,
+        tenant: &Tenant,
+        limit: Option<u32>,
+    ) -> Result<TenantUsage, RegistryError> {
+        // `limit` absent (not null: cjson would make null a truthy value).
+        let mut body = json!({"seats": self.seat_limit(tenant)});
+        if let Some(limit) = limit {
+            body["limit"] = json!(limit);
+        }
+        let r = self.run(&SCRIPTS.seats, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        Ok(TenantUsage {
+            seats_used: r.used,
+            seat_limit: r.limit,
+        })
     }
 
     fn knows(&self, tenant: &Tenant) {
@@ -311,6 +371,8 @@ impl Registry for RedisRegistry {
             attrs: &req.attributes,
             idem: req.idempotency_key.as_deref().unwrap_or(""),
             kep: self.known(&tenant),
+            exp: req.expected_session_id.as_ref().map(|e| e.as_str()),
+            seats: self.seat_limit(&tenant),
         };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {
@@ -339,6 +401,10 @@ impl Registry for RedisRegistry {
             Some("station") => Ok(ClaimOutcome::StationInUse {
                 holder: self.session(&tenant, r.h.as_ref())?,
             }),
+            Some("seats") => Ok(ClaimOutcome::SeatsExhausted {
+                used: r.used,
+                limit: r.limit,
+            }),
             other => Err(RegistryError::Unavailable(format!(
                 "unexpected claim outcome {other:?}"
             ))),
@@ -366,6 +432,9 @@ impl Registry for RedisRegistry {
             EvictTarget::Session(id) => ("sid", id.as_str()),
             EvictTarget::Login(l) => ("login", l.as_str()),
             EvictTarget::Station(s) => ("station", s.as_str()),
+            EvictTarget::Tenant { role } => {
+                return self.evict_all(tenant, role.as_deref(), message, by).await
+            }
         };
         let body = json!({"by_kind": kind, "v": v, "msg": message.unwrap_or_default(), "by": by});
         let r = self.run(&SCRIPTS.evict, tenant, &body).await?;
@@ -373,6 +442,18 @@ impl Registry for RedisRegistry {
             return Err(self.error(tenant, &r, v));
         }
         r.ev.iter().map(|w| w.to_session(tenant)).collect()
+    }
+
+    async fn set_seat_limit(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<TenantUsage, RegistryError> {
+        self.seats(tenant, Some(limit)).await
+    }
+
+    async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError> {
+        self.seats(tenant, None).await
     }
 
     async fn get(&self, tenant: &Tenant, key: SessionKey) -> Result<Session, RegistryError> {

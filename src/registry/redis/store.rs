@@ -111,6 +111,7 @@ pub(crate) struct Scripts {
     pub due: Script,
     pub log: Script,
     pub hook: Script,
+    pub seats: Script,
 }
 
 impl Scripts {
@@ -142,6 +143,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     due: Script::new(include_str!("lua/due.lua")),
     log: Script::new(include_str!("lua/log.lua")),
     hook: Script::new(include_str!("lua/hook.lua")),
+    seats: tenant_script(include_str!("lua/seats.lua")),
 });
 
 fn script_limits(c: &RegistryConfig) -> [u64; 7] {

@@ -125,6 +125,11 @@ pub struct ClaimReq<'a> {
     pub idem: &'a str,
     /// Whether this node knew the tenant's epoch marker.
     pub kep: bool,
+    /// The expected holder of a takeover; absent: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<&'a str>,
+    /// The configured seat limit of the tenant (0: none).
+    pub seats: u32,
 }
 
 /// socket.lua's request: a node's write for one of its sockets. Absent
@@ -207,6 +212,12 @@ pub struct Reply {
     /// claim: the holder of the login or station on a conflict.
     #[serde(default)]
     pub h: Option<WSession>,
+    /// claim (seats), seats: live sessions of the tenant.
+    #[serde(default)]
+    pub used: u32,
+    /// claim (seats), seats: the seat limit in force (0: none).
+    #[serde(default)]
+    pub limit: u32,
     /// claim: the sessions a takeover ended (evicted).
     #[serde(default, deserialize_with = "list")]
     pub ev: Vec<WSession>,

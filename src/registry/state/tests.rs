@@ -31,6 +31,7 @@ fn req(login: &str, station: Option<&str>, policy: ConflictPolicy) -> ClaimReque
         policy,
         attributes: Default::default(),
         idempotency_key: None,
+        expected_session_id: None,
     }
 }
 
@@ -107,10 +108,122 @@ fn takeover_supersedes_and_a_new_station_is_a_station_change() {
 }
 
 #[test]
+fn a_takeover_expecting_a_session_ends_only_that_one() {
+    let mut s = state();
+    let (shown, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    // ana signs in again elsewhere before the Continue arrives.
+    let (current, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Takeover), T0);
+    let mut stale = req("ana", Some("p1"), ConflictPolicy::Takeover);
+    stale.expected_session_id = Some(shown.id.clone());
+    let mut fx = Effects::default();
+    let out = s.claim(stale, &cfg(), T0, &mut fx).unwrap();
+    assert_eq!(
+        out,
+        ClaimOutcome::LoginInUse {
+            holder: current.clone()
+        }
+    );
+    assert!(fx.events.is_empty(), "a refusal changes nothing");
+    // Confirmed against the current holder: it ends.
+    let mut confirmed = req("ana", Some("p1"), ConflictPolicy::Takeover);
+    confirmed.expected_session_id = Some(current.id.clone());
+    let (_, evicted, _) = grant(&mut s, confirmed, T0);
+    assert_eq!(
+        evicted.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        [&current.id]
+    );
+    // No holder at all: a plain grant.
+    s.release(
+        &s.get(&SessionKey::Login(current.login.clone())).unwrap().id,
+        &cfg(),
+        T0,
+        &mut Effects::default(),
+    )
+    .unwrap();
+    let mut late = req("ana", None, ConflictPolicy::Takeover);
+    late.expected_session_id = Some(current.id);
+    let (_, evicted, _) = grant(&mut s, late, T0);
+    assert!(evicted.is_empty());
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn takeover_if_disconnected_spares_a_connected_holder_only() {
+    let mut s = state();
+    let policy = ConflictPolicy::TakeoverIfDisconnected;
+    // PENDING: no socket yet, taken over.
+    let (pending, _, _) = grant(&mut s, req("ana", None, ConflictPolicy::Reject), T0);
+    let (connected, evicted, _) = grant(&mut s, req("ana", None, policy), T0);
+    assert_eq!(evicted[0].id, pending.id);
+    // CONNECTED: refused with the holder.
+    let mut fx = Effects::default();
+    let at = s
+        .attach(
+            &connected.id,
+            connected.generation,
+            sock(1),
+            &cfg(),
+            T0,
+            &mut fx,
+        )
+        .unwrap();
+    let Attached::Live { session: live, .. } = at else {
+        panic!("attached")
+    };
+    let out = s
+        .claim(req("ana", None, policy), &cfg(), T0, &mut fx)
+        .unwrap();
+    assert_eq!(out, ClaimOutcome::LoginInUse { holder: live });
+    // DISCONNECTED (inside grace): taken over.
+    s.detach(
+        &connected.id,
+        connected.generation,
+        &sock(1),
+        &cfg(),
+        T0,
+        &mut fx,
+    )
+    .unwrap();
+    let (_, evicted, _) = grant(&mut s, req("ana", None, policy), T0);
+    assert_eq!(evicted[0].id, connected.id);
+    assert_eq!(evicted[0].state, SessionState::Ended(EndReason::Superseded));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_tenant_wide_eviction_ends_every_session_or_every_one_of_a_role() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
+    let mut sup = req("sue", None, ConflictPolicy::Reject);
+    sup.role = "supervisor".into();
+    let (b, _, _) = grant(&mut s, sup, T0);
+    let mut fx = Effects::default();
+    let role = EvictTarget::Tenant {
+        role: Some("supervisor".into()),
+    };
+    let ended = s
+        .evict(&role, Some("MFA".into()), "admin", &cfg(), T0, &mut fx)
+        .unwrap();
+    assert_eq!(ended.iter().map(|e| &e.id).collect::<Vec<_>>(), [&b.id]);
+    let all = EvictTarget::Tenant { role: None };
+    let ended = s.evict(&all, None, "admin", &cfg(), T0, &mut fx).unwrap();
+    assert_eq!(ended.iter().map(|e| &e.id).collect::<Vec<_>>(), [&a.id]);
+    assert_eq!(
+        ended_reasons(&fx),
+        vec![(b.id, EndReason::Evicted), (a.id, EndReason::Evicted)]
+    );
+    assert!(s
+        .evict(&all, None, "admin", &cfg(), T0, &mut fx)
+        .unwrap()
+        .is_empty());
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn the_first_user_keeps_the_station_under_either_policy() {
     let mut s = state();
     let (a, _, _) = grant(&mut s, req("ana", Some("p1"), ConflictPolicy::Reject), T0);
-    for policy in [ConflictPolicy::Reject, ConflictPolicy::Takeover] {
+    for policy in ConflictPolicy::ALL {
         let mut fx = Effects::default();
         let out = s
             .claim(req("bob", Some("p1"), policy), &cfg(), T0, &mut fx)

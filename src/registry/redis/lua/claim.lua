@@ -1,5 +1,7 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
--- attrs, idem, kep}. Returns {o = 'granted'|'login'|'station', s, ev, h}.
+-- attrs, idem, kep, exp (expected holder, absent: any), seats (the
+-- configured seat limit, 0: none; the key `seats` overrides it)}.
+-- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, used, limit}.
 local again = claimed_before(R.sid)
 if again then return again end
 if C.ge ~= '' then
@@ -42,8 +44,16 @@ if not out then
   local evicted, evj = {}, {}
   local hid = redis.call('GET', P .. 'l:' .. R.login)
   local h = hid and rec(hid)
-  if h and R.policy == 'reject' then
+  -- The holder stays unless the policy ends it and it is the session the
+  -- user was shown (exp); takeover_if_disconnected spares a connected one.
+  -- Without a holder to take over the claim needs a new seat.
+  local lim = not h and tonumber(redis.call('GET', P .. 'seats') or R.seats)
+  local used = lim and lim > 0 and redis.call('ZCARD', P .. 'live')
+  if h and (R.policy == 'reject' or (R.exp and R.exp ~= hid)
+      or (R.policy == 'takeover_if_disconnected' and h.s.state == 'connected')) then
     out = {o = 'login', h = h.s}
+  elseif used and used >= lim then
+    out = {o = 'seats', used = used, limit = lim}
   else
     if h then
       local reason = 'superseded'

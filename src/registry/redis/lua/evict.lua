@@ -1,4 +1,23 @@
--- Admin force logout. R = {by_kind = 'sid'|'login'|'station', v, msg, by}.
+-- Admin force logout. R = {by_kind = 'sid'|'login'|'station'|'all', v, msg,
+-- by; for 'all': role ('' = any), after, max}. 'all' ends at most R.max live
+-- sessions per call, in id order after R.after, like a tenant-wide notice;
+-- `next` is where the caller goes on, '' when done.
+local by = {client = R.by, station = '', sid = '', at = NOW}
+if R.by_kind == 'all' then
+  local from = '-'
+  if R.after ~= '' then from = '(' .. R.after end
+  local ids = redis.call('ZRANGEBYLEX', P .. 'live', from, '+', 'LIMIT', 0, R.max)
+  local ev, next = {}, ''
+  if #ids == R.max then next = ids[#ids] end
+  for _, id in ipairs(ids) do
+    local r = rec(id)
+    if r and (R.role == '' or r.s.role == R.role) then
+      local s = finish(r, 'evicted', by, R.msg)
+      table.insert(ev, s)
+    end
+  end
+  return cjson.encode({ev = ev, next = next})
+end
 local id
 if R.by_kind == 'sid' then
   if redis.call('EXISTS', P .. 's:' .. R.v) == 1 then id = R.v
@@ -13,5 +32,5 @@ else
 end
 local r = rec(id)
 if not r then return err('notfound') end
-local s = finish(r, 'evicted', {client = R.by, station = '', sid = '', at = NOW}, R.msg)
+local s = finish(r, 'evicted', by, R.msg)
 return cjson.encode({ev = {s}})
