@@ -104,17 +104,26 @@ fn log_view(r: Result<Replay, RegistryError>, norm: impl Fn(String) -> String) -
     };
     let seqs: Vec<u64> = r.events.iter().map(|e| e.seq).collect();
     let mut out: Vec<String> = Vec::new();
-    let mut run: (i64, Vec<String>) = (i64::MIN, Vec::new());
+    // Sessions one step ends together (an expiry sweep, a tenant-wide
+    // evict) end in session-id order, and ids are random per registry: such
+    // a run is compared as a set; its sequence numbers still in order.
+    let mut run: (Option<(i64, EndReason)>, Vec<String>) = (None, Vec::new());
     for e in &r.events {
         let mut e = (**e).clone();
         e.seq = 0;
         let text = norm(format!("{e:?}"));
-        let expired = e.change == PresenceChange::Ended
-            && e.session.state == SessionState::Ended(EndReason::Expired);
-        if !expired || e.at_ms != run.0 {
+        let batch = match e.session.state {
+            SessionState::Ended(reason @ (EndReason::Expired | EndReason::Evicted))
+                if e.change == PresenceChange::Ended =>
+            {
+                Some((e.at_ms, reason))
+            }
+            _ => None,
+        };
+        if batch.is_none() || batch != run.0 {
             run.1.sort();
             out.append(&mut run.1);
-            run.0 = if expired { e.at_ms } else { i64::MIN };
+            run.0 = batch;
         }
         run.1.push(text);
     }
