@@ -400,6 +400,36 @@ async fn every_method_answers_over_http_as_grpc_does() {
         ("PRESENCE_CHANGE_ENDED".into(), "carl".into())
     );
 
+    // Seat licences: a tenant's own key may read its use but not raise its
+    // limit; the operator's key may.
+    let (status, refused) = call(
+        addr,
+        "SetSeatLimit",
+        key,
+        &json!({"tenant": "acme", "seatLimit": 5}),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, set) = call(
+        addr,
+        "SetSeatLimit",
+        Some(ADMIN_KEY),
+        &json!({"tenant": "acme", "seatLimit": 5}),
+    )
+    .await;
+    called.insert("SetSeatLimit");
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["usage"]["seatLimit"], 5, "{set}");
+    let (status, usage) = call(addr, "GetTenantUsage", key, &json!({"tenant": "acme"})).await;
+    called.insert("GetTenantUsage");
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["usage"]["seatLimit"], 5, "{usage}");
+    // Canonical proto3 JSON leaves out zero values: no seats used here.
+    let used = usage["usage"]
+        .get("seatsUsed")
+        .map_or(Some(0), |v| v.as_u64());
+    assert!(used.is_some(), "{usage}");
+
     let all: BTreeSet<&str> = turnstile::api::http::METHODS
         .iter()
         .map(|m| m.name)
