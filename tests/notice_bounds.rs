@@ -115,6 +115,32 @@ async fn a_notice_over_its_byte_cap_is_refused() {
     node.shutdown().await;
 }
 
+/// Frames over 1 KiB go out in fragments (so no socket's write buffer is
+/// pinned at the size of the largest notice); a notice at its byte cap,
+/// its multi-byte characters split across fragment boundaries, still
+/// arrives as one whole message.
+#[tokio::test]
+async fn a_notice_at_its_byte_cap_arrives_whole_across_fragments() {
+    let node = start().await;
+    let g = node.grant(T, "ana", "").await;
+    let (mut ws, _) = node.connect_welcome(&g.token).await;
+    let mut big = notice("big", 0);
+    big.text = "é".repeat(1001);
+    big.data_json = json!({"k": "ü".repeat(1001)}).to_string();
+    let (text, data) = (big.text.clone(), big.data_json.clone());
+    let r = notify(&node, login("ana"), big)
+        .await
+        .expect("4 KiB of text and data is within the cap");
+    assert_eq!(r.delivered, 1);
+    let n = ws.expect_type("notice").await;
+    assert_eq!(n["notice"]["text"], text.as_str());
+    assert_eq!(
+        n["notice"]["data"],
+        serde_json::from_str::<serde_json::Value>(&data).unwrap()
+    );
+    node.shutdown().await;
+}
+
 /// A counter's value on the node's `/metrics` (0 before it is counted).
 async fn counter(node: &Node, line_prefix: &str) -> f64 {
     let (_, body) = http_get(node.http, "/metrics").await;

@@ -11,10 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -414,14 +417,51 @@ where
 }
 
 /// Writes one frame, bounded by the write timeout; false when the socket is gone.
+/// A text longer than [`FRAGMENT_BYTES`] goes out as fragments of that size
+/// (one message to the client, RFC 6455 §5.4).
 async fn write<S>(ws: &mut Ws<S>, msg: Message) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let send = async {
+        match msg {
+            Message::Text(text) if text.len() > FRAGMENT_BYTES => {
+                for frame in fragments(text.into()) {
+                    ws.feed(Message::Frame(frame)).await?;
+                }
+                ws.flush().await
+            }
+            msg => ws.send(msg).await,
+        }
+    };
     matches!(
-        tokio::time::timeout(write_timeout(), ws.send(msg)).await,
+        tokio::time::timeout(write_timeout(), send).await,
         Ok(Ok(()))
     )
+}
+
+/// The largest frame a socket writes. A connection's write buffer keeps the
+/// capacity of the largest frame it ever wrote (tungstenite's `FrameCodec`
+/// never shrinks it), so one 4 KiB notice would otherwise pin ~4 KiB on
+/// every socket it reached, for the socket's life. With `write_buffer_size`
+/// 0 each fragment is written as it is fed, so the buffer holds one.
+pub(crate) const FRAGMENT_BYTES: usize = 1024;
+
+/// A text message as frames of at most [`FRAGMENT_BYTES`]: a text frame,
+/// then continuations, the last one final. Slices of one buffer, no copy;
+/// a fragment may end inside a UTF-8 character (the message as a whole is
+/// what must be valid UTF-8).
+fn fragments(text: Bytes) -> impl Iterator<Item = Frame> {
+    let n = text.len().div_ceil(FRAGMENT_BYTES);
+    (0..n).map(move |i| {
+        let end = ((i + 1) * FRAGMENT_BYTES).min(text.len());
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        Frame::message(text.slice(i * FRAGMENT_BYTES..end), opcode, i + 1 == n)
+    })
 }
 
 /// Sends an optional last frame and the close.
@@ -448,5 +488,26 @@ async fn detach(shared: &Shared, session: &Holder, socket: SocketId) {
         .await
     {
         warn!(tenant = %session.tenant, login = %session.login, session = %session.id, error = %e, "detach failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_go_as_a_text_frame_then_final_continuations() {
+        let text = Bytes::from("é".repeat(FRAGMENT_BYTES + 10)); // 2,068 bytes
+        let frames: Vec<Frame> = fragments(text.clone()).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].header().opcode, OpCode::Data(Data::Text));
+        assert!(frames[1..]
+            .iter()
+            .all(|f| f.header().opcode == OpCode::Data(Data::Continue)));
+        let fins: Vec<bool> = frames.iter().map(|f| f.header().is_final).collect();
+        assert_eq!(fins, [false, false, true]);
+        assert!(frames.iter().all(|f| f.payload().len() <= FRAGMENT_BYTES));
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, text.to_vec());
     }
 }

@@ -107,12 +107,14 @@ fn pending(tenant: &Tenant, session: &Session, r: &Reply) -> Vec<Notice> {
         .collect()
 }
 
-/// Sessions a tenant-wide notice reaches per script call: 500 took 6–16 ms
-/// of Redis (release build, 10,000 sessions on a lightly loaded 2-core
-/// machine), over the ~10 ms a script may block every other tenant.
-const NOTIFY_BATCH: usize = 200;
-/// Script calls per tenant-wide notice (200 × 25,000 = 5,000,000 sessions).
-const MAX_NOTIFY_BATCHES: usize = 25_000;
+/// Sessions a tenant-wide notice (or evict) reaches per script call: 500
+/// took 6–16 ms of Redis (release build, 10,000 sessions on a lightly
+/// loaded 2-core machine), and 200 still 10–18 ms when every session's
+/// queue was full (32 notices), over the ~10 ms a script may block every
+/// other tenant (docs/benchmarks.md).
+const NOTIFY_BATCH: usize = 100;
+/// Script calls per tenant-wide notice (100 × 50,000 = 5,000,000 sessions).
+const MAX_NOTIFY_BATCHES: usize = 50_000;
 
 /// The shared registry. Cheap to clone.
 #[derive(Clone)]
