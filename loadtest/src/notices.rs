@@ -257,26 +257,7 @@ pub async fn notice_fanout(t: &Target, plan: &Plan) -> Report {
         }
     }
     if let Some(s) = slowlog.as_mut() {
-        match s.read().await {
-            Ok(slow) => {
-                report.count("redis_slowlog_entries", slow.entries);
-                report
-                    .machine
-                    .insert("redis_slowlog_max_ms".into(), slow.max_us as f64 / 1e3);
-                if let Some(th) = slow.threshold_us {
-                    report
-                        .machine
-                        .insert("redis_slowlog_threshold_ms".into(), th as f64 / 1e3);
-                }
-                if slow.entries > 0 {
-                    report.notes.push(format!(
-                        "slowest Redis command during the fan-out: {} ({} µs)",
-                        slow.worst, slow.max_us
-                    ));
-                }
-            }
-            Err(e) => report.notes.push(format!("SLOWLOG not read: {e}")),
-        }
+        s.report_into(&mut report, "the fan-out").await;
     }
     let lost = unexpected.load(Ordering::Relaxed);
     if lost > 0 {

@@ -26,6 +26,31 @@ pub struct Slow {
 }
 
 impl Slowlog {
+    /// Reads the entries written since [`open`](Self::open) into `report`:
+    /// their count, the slowest (in a note naming `during`), the threshold.
+    pub async fn report_into(&mut self, report: &mut crate::report::Report, during: &str) {
+        match self.read().await {
+            Ok(slow) => {
+                report.count("redis_slowlog_entries", slow.entries);
+                report
+                    .machine
+                    .insert("redis_slowlog_max_ms".into(), slow.max_us as f64 / 1e3);
+                if let Some(th) = slow.threshold_us {
+                    report
+                        .machine
+                        .insert("redis_slowlog_threshold_ms".into(), th as f64 / 1e3);
+                }
+                if slow.entries > 0 {
+                    report.notes.push(format!(
+                        "slowest Redis command during {during}: {} ({} µs)",
+                        slow.worst, slow.max_us
+                    ));
+                }
+            }
+            Err(e) => report.notes.push(format!("SLOWLOG not read: {e}")),
+        }
+    }
+
     /// Connects to `url` and notes where the slow log stands.
     pub async fn open(url: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
