@@ -7,7 +7,7 @@
 const KNOWN = new Set([
   "$schema", "$id", "$defs", "$ref", "title", "description",
   "type", "const", "enum", "properties", "required", "additionalProperties",
-  "oneOf", "anyOf", "minLength", "maxLength", "pattern", "minimum",
+  "oneOf", "anyOf", "minLength", "maxLength", "pattern", "minimum", "maximum",
 ]);
 
 const typeOf = (v) => {
@@ -68,6 +68,9 @@ export function validate(root, value, schema = root, at = "") {
   }
   if (typeof value === "number" && schema.minimum !== undefined && value < schema.minimum) {
     fail(`less than ${schema.minimum}`);
+  }
+  if (typeof value === "number" && schema.maximum !== undefined && value > schema.maximum) {
+    fail(`more than ${schema.maximum}`);
   }
   if (typeOf(value) === "object") {
     const props = schema.properties ?? {};
