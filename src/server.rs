@@ -127,7 +127,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let tracker = TaskTracker::new();
     crate::webhooks::spawn(
         config.webhook_endpoints()?,
-        config.webhook_options(),
+        config.webhook_options()?,
         registry.clone(),
         hub.clone(),
         &tracker,

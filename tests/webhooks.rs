@@ -76,6 +76,8 @@ struct Receiver {
     addr: SocketAddr,
     state: Arc<State>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Set: the receiver speaks only HTTPS, with this certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Receiver {
@@ -87,17 +89,58 @@ impl Receiver {
             addr,
             state,
             task: None,
+            tls: None,
         };
         r.serve(listener);
         r
     }
 
+    /// A receiver that speaks only HTTPS, its certificate (for 127.0.0.1)
+    /// signed by a throwaway CA; returns it and the CA's PEM.
+    async fn start_https() -> (Self, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("receiver cert");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+        )
+        .expect("server config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut r = Receiver {
+            addr: listener.local_addr().expect("addr"),
+            state: Arc::new(State::default()),
+            task: None,
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        };
+        r.serve(listener);
+        (r, ca.pem())
+    }
+
     fn url(&self) -> String {
-        format!("http://{}/hooks/turnstile", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/hooks/turnstile", self.addr)
     }
 
     fn serve(&mut self, listener: TcpListener) {
         let state = self.state.clone();
+        let tls = self.tls.clone();
         self.task = Some(tokio::spawn(async move {
             // Dropping the set (when this task is aborted) closes every
             // connection too, as a receiver that went away would.
@@ -107,6 +150,7 @@ impl Receiver {
                     continue;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let state = state.clone();
@@ -157,9 +201,17 @@ impl Receiver {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         }));
@@ -316,6 +368,48 @@ async fn an_event_refused_past_retry_for_is_a_dead_letter_and_the_next_goes_on()
     assert!(hits.iter().all(|h| h.seq() != 1 || h.status == 500));
     assert_eq!(accepted(&hits), [2], "the next event went on");
     node.shutdown().await;
+}
+
+/// An `https://` receiver whose certificate a private CA signed: the node
+/// trusts it through `webhook_ca_file`, and the events arrive signed.
+#[tokio::test]
+async fn an_https_receiver_is_checked_against_webhook_ca_file() {
+    let (receiver, ca_pem) = Receiver::start_https().await;
+    let ca = std::env::temp_dir().join(format!(
+        "turnstile-webhook-ca-{:08x}.pem",
+        rand::random::<u32>()
+    ));
+    std::fs::write(&ca, ca_pem).expect("write the CA");
+    let node = start_with(|c| {
+        c.webhooks = vec![hook(&receiver)];
+        c.webhook_ca_file = Some(ca.clone());
+    })
+    .await;
+    let _ = node.grant(T, "ana", "").await;
+    let hits = receiver.until_accepted("ana").await;
+    assert!(receiver.url().starts_with("https://"));
+    assert_eq!(accepted(&hits), vec![1]);
+    assert_signed(&hits[0]);
+    node.shutdown().await;
+    let _ = std::fs::remove_file(&ca);
+}
+
+/// A `webhook_ca_file` that holds no certificate stops the node at start,
+/// naming the setting.
+#[test]
+fn a_webhook_ca_file_without_a_certificate_is_refused_naming_it() {
+    let bad = std::env::temp_dir().join(format!(
+        "turnstile-webhook-ca-{:08x}.pem",
+        rand::random::<u32>()
+    ));
+    std::fs::write(&bad, "not a certificate").expect("write");
+    let c = turnstile::config::Config {
+        webhook_ca_file: Some(bad.clone()),
+        ..Default::default()
+    };
+    let e = c.webhook_options().expect_err("no certificate in the file");
+    let _ = std::fs::remove_file(&bad);
+    assert!(e.to_string().contains("webhook_ca_file"), "{e}");
 }
 
 const FAILED: &str = "turnstile_webhook_attempts_total{outcome=\"failed\"}";

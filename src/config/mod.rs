@@ -189,6 +189,9 @@ pub struct Config {
     /// A webhook event not delivered within this is a dead letter.
     #[serde(with = "humantime_serde")]
     pub webhook_retry_for: Duration,
+    /// PEM CA bundle trusted for `https://` webhook URLs, besides the
+    /// built-in Mozilla roots.
+    pub webhook_ca_file: Option<std::path::PathBuf>,
     /// Concurrent gRPC calls (HTTP/2 streams) on one connection.
     pub grpc_max_concurrent_streams: u32,
     /// How long a claim's `idempotency_key` is remembered.
@@ -282,6 +285,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(5),
             webhook_backoff: Duration::from_millis(500),
             webhook_retry_for: Duration::from_secs(3600),
+            webhook_ca_file: None,
             grpc_max_concurrent_streams: 256,
             idempotency_ttl: Duration::from_secs(300),
             max_notices_per_session: 32,
@@ -721,8 +725,8 @@ impl Config {
         }
     }
 
-    /// The webhooks, checked: a tenant id, an `http://` URL and a Standard
-    /// Webhooks secret each.
+    /// The webhooks, checked: a tenant id, an `http://` or `https://` URL
+    /// and a Standard Webhooks secret each.
     pub fn webhook_endpoints(&self) -> Result<Vec<crate::webhooks::Endpoint>, ConfigError> {
         let mut out = Vec::new();
         for (i, w) in self.webhooks.iter().enumerate() {
@@ -735,13 +739,10 @@ impl Config {
                 .url
                 .parse()
                 .map_err(|e| field("url", format!("{:?} is not a URL: {e}", w.url)))?;
-            if url.scheme_str() != Some("http") || url.host().is_none() {
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
                 return Err(field(
                     "url",
-                    format!(
-                        "{:?} must be http://host[:port]/path (for HTTPS, a TLS-terminating proxy)",
-                        w.url
-                    ),
+                    format!("{:?} must be https://host[:port]/path (or http://)", w.url),
                 ));
             }
             let secret =
@@ -755,13 +756,28 @@ impl Config {
         Ok(out)
     }
 
-    /// How webhooks are sent.
-    pub fn webhook_options(&self) -> crate::webhooks::Options {
-        crate::webhooks::Options {
+    /// How webhooks are sent, with the roots `https://` receivers are
+    /// checked against; the error names `webhook_ca_file`.
+    pub fn webhook_options(&self) -> Result<crate::webhooks::Options, ConfigError> {
+        let ca = match &self.webhook_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| ConfigError::Invalid {
+                field: "webhook_ca_file",
+                problem: format!("cannot read {}: {e}", p.display()),
+            })?),
+            None => None,
+        };
+        let tls = crate::webhooks::tls_config(ca.as_deref()).map_err(|problem| {
+            ConfigError::Invalid {
+                field: "webhook_ca_file",
+                problem,
+            }
+        })?;
+        Ok(crate::webhooks::Options {
             timeout: self.webhook_timeout,
             backoff: self.webhook_backoff,
             retry_for: self.webhook_retry_for,
-        }
+            tls,
+        })
     }
 
     /// The gateway's part of the settings; `tls` is the listener's rustls

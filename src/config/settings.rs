@@ -107,6 +107,7 @@ pub const SETTINGS: &[Setting] = &[
     s("webhook_timeout", Duration, "", "one webhook POST may take this long"),
     s("webhook_backoff", Duration, "", "the wait before a webhook's first retry; doubled each time, at most 1 min"),
     s("webhook_retry_for", Duration, "", "a webhook event not delivered within this is a dead letter"),
+    s("webhook_ca_file", Path, "none", "PEM CA bundle trusted for `https://` webhook URLs besides the built-in Mozilla roots (a receiver's private CA)"),
     s("grpc_max_concurrent_streams", Number, "", "concurrent gRPC calls on one connection"),
     s("idempotency_ttl", Duration, "", "how long a claim's `idempotency_key` is remembered"),
     s("max_notices_per_session", Number, "", "undelivered notices kept per session (or per login without one)"),

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -29,6 +30,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use tokio_rustls::rustls;
 
 use crate::hub::{Hub, PresenceWatch};
 use crate::metrics_names as m;
@@ -73,7 +76,44 @@ pub struct Options {
     /// An event not delivered within this (from its first attempt) is a
     /// dead letter.
     pub retry_for: Duration,
+    /// What `https://` receivers are checked against ([`tls_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
 }
+
+/// The client side of `https://` webhooks: the Mozilla roots compiled in
+/// (`webpki-roots`) plus the PEM certificates of `extra_ca`, on rustls with
+/// ring, as the listeners use. The error says what was wrong with the PEM.
+pub fn tls_config(extra_ca: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = extra_ca {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("a certificate cannot be a root: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no PEM certificate in the file".into());
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The one HTTP client of every sender: `http://` and `https://` URLs.
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Starts one sender task per webhook; they end with `stop`.
 pub fn spawn(
@@ -87,8 +127,12 @@ pub fn spawn(
     if endpoints.is_empty() {
         return;
     }
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*opts.tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: WebhookClient = Client::builder(TokioExecutor::new()).build(connector);
     for ep in endpoints {
         let sender = Sender {
             id: ep.id(),
@@ -119,7 +163,7 @@ struct Sender {
     opts: Options,
     registry: Arc<dyn Registry>,
     hub: Arc<Hub>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: WebhookClient,
     stop: CancellationToken,
     /// The lag this sender last added to the lag gauge.
     lag: u64,
