@@ -115,18 +115,19 @@ async fn a_notice_over_its_byte_cap_is_refused() {
     node.shutdown().await;
 }
 
-/// Frames over 1 KiB go out in fragments (so no socket's write buffer is
-/// pinned at the size of the largest notice); a notice at its byte cap,
-/// its multi-byte characters split across fragment boundaries, still
-/// arrives as one whole message.
+/// Frames over 1 KiB go out in 1 KiB fragments (so no socket's write buffer
+/// is pinned at the size of the largest notice); a notice at its byte cap
+/// still arrives as one whole message. Its data is a 3,000-byte run of
+/// 3-byte characters: the run spans two fragment boundaries 1,024 bytes
+/// apart (1,024 ≡ 1 mod 3), so at least one boundary splits a character.
 #[tokio::test]
 async fn a_notice_at_its_byte_cap_arrives_whole_across_fragments() {
     let node = start().await;
     let g = node.grant(T, "ana", "").await;
     let (mut ws, _) = node.connect_welcome(&g.token).await;
     let mut big = notice("big", 0);
-    big.text = "é".repeat(1001);
-    big.data_json = json!({"k": "ü".repeat(1001)}).to_string();
+    big.text = "é".repeat(500);
+    big.data_json = json!({"k": "€".repeat(1000)}).to_string();
     let (text, data) = (big.text.clone(), big.data_json.clone());
     let r = notify(&node, login("ana"), big)
         .await
