@@ -766,12 +766,11 @@ impl Config {
             })?),
             None => None,
         };
-        let tls = crate::webhooks::tls_config(ca.as_deref()).map_err(|problem| {
-            ConfigError::Invalid {
+        let tls =
+            crate::webhooks::tls_config(ca.as_deref()).map_err(|problem| ConfigError::Invalid {
                 field: "webhook_ca_file",
                 problem,
-            }
-        })?;
+            })?;
         Ok(crate::webhooks::Options {
             timeout: self.webhook_timeout,
             backoff: self.webhook_backoff,
