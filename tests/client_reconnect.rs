@@ -273,17 +273,15 @@ async fn a_logout_is_confirmed_and_ends_the_session() {
 async fn a_draining_node_sends_the_agent_to_another_node_and_the_session_resumes() {
     let redis = RedisServer::start().await;
     let ns = format!("t{:016x}", rand::random::<u64>());
-    let on_redis = |name: &'static str| {
-        let (url, ns) = (redis.url(), ns.clone());
+    let node = |name: &'static str| {
+        let on = on_redis(redis.url(), &ns, name);
         move |c: &mut turnstile::config::Config| {
-            c.node = Some(turnstile::session::NodeId::parse(name).expect("a node name"));
-            c.redis = Some(url.parse().expect("a redis:// URL"));
-            c.redis_namespace = ns;
+            on(c);
             c.drain_window = Duration::from_millis(300);
         }
     };
-    let a = start_with(on_redis("node-a")).await;
-    let b = start_with(on_redis("node-b")).await;
+    let a = start_with(node("node-a")).await;
+    let b = start_with(node("node-b")).await;
     // The relay plays the load balancer in front of both.
     let relay = Relay::start(a.http).await;
     let r = a.grant(T, "ana", "desk-1").await;

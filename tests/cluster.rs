@@ -10,86 +10,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::agent::{welcome_on, Agent};
 use support::procs::{eventually, NodeProc, RedisCluster, RedisServer};
 use support::*;
 use turnstile::pb;
 use turnstile_client::{AgentSocket, ConnectOptions, ServerFrame};
 
 const T: &str = "acme";
-
-/// An agent's socket, through the `turnstile-client` crate as a real agent
-/// application would use it.
-struct Agent(AgentSocket);
-
-/// What a welcome said.
-struct Welcome {
-    session_id: String,
-    resumed: bool,
-}
-
-impl Agent {
-    /// The next frame but `connectivity` (tests/connectivity.rs covers
-    /// those; the faults here cause them).
-    async fn next(&mut self) -> ServerFrame {
-        within("a frame", async {
-            loop {
-                match self.0.next_frame().await.expect("a protocol frame") {
-                    ServerFrame::Connectivity { .. } => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await
-    }
-
-    async fn expect_forced_logout(&mut self, reason: &str, message: &str, code: u16) {
-        match self.next().await {
-            ServerFrame::ForcedLogout {
-                reason: r,
-                message: m,
-            } => {
-                assert_eq!((r.as_str(), m.as_str()), (reason, message));
-            }
-            other => panic!("expected forced_logout {reason}, got {other:?}"),
-        }
-        self.expect_close(code).await;
-    }
-
-    async fn expect_close(&mut self, code: u16) {
-        match self.next().await {
-            ServerFrame::Closed { code: c, .. } => assert_eq!(c, Some(code)),
-            other => panic!("expected close {code}, got {other:?}"),
-        }
-    }
-
-    async fn close(self) {
-        self.0.close().await;
-    }
-}
-
-async fn welcome_on(node: &NodeProc, token: &str) -> (Agent, Welcome) {
-    let socket = within(
-        "connect",
-        AgentSocket::connect(node.http, token, &ConnectOptions::default()),
-    )
-    .await
-    .expect("the socket opens");
-    let mut agent = Agent(socket);
-    match agent.next().await {
-        ServerFrame::Welcome {
-            session_id,
-            resumed,
-            ..
-        } => (
-            agent,
-            Welcome {
-                session_id,
-                resumed,
-            },
-        ),
-        other => panic!("expected welcome, got {other:?}"),
-    }
-}
 
 async fn grant_on(node: &NodeProc, login: &str, station: &str) -> pb::ClaimResponse {
     let mut c = node.client().await;

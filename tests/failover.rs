@@ -11,51 +11,12 @@ mod support;
 
 use std::time::Duration;
 
+use support::agent::welcome_on;
 use support::procs::{NodeProc, RedisServer, SentinelSet};
 use support::*;
 use turnstile::pb;
-use turnstile_client::{AgentSocket, ConnectOptions, ServerFrame};
 
 const T: &str = "acme";
-
-/// An agent's socket, through the `turnstile-client` crate.
-struct Agent(AgentSocket);
-
-impl Agent {
-    async fn open(node: &NodeProc, token: &str) -> (Agent, String) {
-        let socket = within(
-            "connect",
-            AgentSocket::connect(node.http, token, &ConnectOptions::default()),
-        )
-        .await
-        .expect("the socket opens");
-        let mut agent = Agent(socket);
-        match agent.next().await {
-            ServerFrame::Welcome { session_id, .. } => (agent, session_id),
-            other => panic!("expected welcome, got {other:?}"),
-        }
-    }
-
-    /// The next frame but `connectivity` (a failover causes those).
-    async fn next(&mut self) -> ServerFrame {
-        within("a frame", async {
-            loop {
-                match self.0.next_frame().await.expect("a protocol frame") {
-                    ServerFrame::Connectivity { .. } => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await
-    }
-
-    async fn expect_superseded(&mut self) {
-        match self.next().await {
-            ServerFrame::ForcedLogout { reason, .. } => assert_eq!(reason, "superseded"),
-            other => panic!("expected forced_logout superseded, got {other:?}"),
-        }
-    }
-}
 
 async fn grant_on(node: &NodeProc, login: &str) -> pb::ClaimResponse {
     let mut c = node.client().await;
@@ -124,7 +85,7 @@ async fn a_failover_grants_nothing_twice(fail: impl AsyncFnOnce(&mut SentinelSet
     let a = NodeProc::start_sentinel(&set, &[]).await;
     let b = NodeProc::start_sentinel(&set, &[]).await;
     let ana = grant_on(&a, "ana").await;
-    let (mut ws, _) = Agent::open(&a, &ana.token).await;
+    let (mut ws, _) = welcome_on(&a, &ana.token).await;
     replicated(&set, "turnstile:{acme}:l:ana").await;
     let old = set.master.port;
 
@@ -148,7 +109,7 @@ async fn a_failover_grants_nothing_twice(fail: impl AsyncFnOnce(&mut SentinelSet
     // Events flow through the new master: a takeover still reaches ana.
     let r = claim_on(&mut ca, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
     assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    ws.expect_superseded().await;
+    ws.expect_forced_logout_reason("superseded").await;
 }
 
 #[tokio::test]
@@ -204,8 +165,9 @@ async fn reassertion_adds_every_nodes_sockets_to_a_session_already_put_back() {
     let a = NodeProc::start(&redis.url(), false, &[]).await;
     let b = NodeProc::start(&redis.url(), false, &[]).await;
     let ana = grant_on(&a, "ana").await;
-    let (_on_a, id) = Agent::open(&a, &ana.token).await;
-    let (_on_b, _) = Agent::open(&b, &ana.token).await;
+    let (_on_a, id) = welcome_on(&a, &ana.token).await;
+    let id = id.session_id;
+    let (_on_b, _) = welcome_on(&b, &ana.token).await;
     let mut both = vec![a.name.clone(), b.name.clone()];
     both.sort();
     assert_eq!(socket_nodes(&redis, &id).await, both);
@@ -234,14 +196,14 @@ async fn lost_writes_are_noticed_and_their_sessions_are_not_granted_twice() {
     let a = NodeProc::start(&redis.url(), false, &[]).await;
     let b = NodeProc::start(&redis.url(), false, &[]).await;
     let ana = grant_on(&a, "ana").await;
-    let (_ana_ws, _) = Agent::open(&a, &ana.token).await;
+    let (_ana_ws, _) = welcome_on(&a, &ana.token).await;
     // What the lagging copy holds: the epoch, ana.
     assert_eq!(redis.cmd(&["SAVE"]).await, redis::Value::Okay);
     // The writes it lacks: bob granted and connected on a, and b reading
     // bob's session (so b has seen those writes).
     let bob = grant_on(&a, "bob").await;
     let bob_id = session_of(&bob).session_id.clone();
-    let (mut bob_ws, _) = Agent::open(&a, &bob.token).await;
+    let (mut bob_ws, _) = welcome_on(&a, &bob.token).await;
     let mut cb = b.client().await;
     let s = get_on(&mut cb, T, &bob_id).await.expect("bob's session");
     assert_eq!(s.state(), SessionState::Connected);
@@ -260,7 +222,7 @@ async fn lost_writes_are_noticed_and_their_sessions_are_not_granted_twice() {
     // bob's socket on a still works: a takeover reaches it.
     let r = claim_on(&mut cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
     assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    bob_ws.expect_superseded().await;
+    bob_ws.expect_forced_logout_reason("superseded").await;
 }
 
 /// Redis restarted empty while the node holding ana was paused, and the
@@ -279,7 +241,8 @@ async fn a_loss_first_seen_by_a_fresh_node_still_holds_claims_until_reasserted()
     )
     .await;
     assert_eq!(ana.outcome(), ClaimOutcome::Granted, "{ana:?}");
-    let (_ws, ana_id) = Agent::open(&a, &ana.token).await;
+    let (_ws, ana_id) = welcome_on(&a, &ana.token).await;
+    let ana_id = ana_id.session_id;
 
     a.sigstop();
     redis.restart_empty().await;

@@ -120,18 +120,10 @@ async fn a_tenant_bound_api_key_cannot_raise_its_own_licence() {
 async fn three_hundred_claims_over_three_nodes_grant_exactly_the_hundred_seats() {
     let redis = RedisServer::start().await;
     let ns = format!("t{:016x}", rand::random::<u64>());
-    let on_redis = |name: &'static str| {
-        let (url, ns) = (redis.url(), ns.clone());
-        move |c: &mut turnstile::config::Config| {
-            c.node = Some(turnstile::session::NodeId::parse(name).expect("a node name"));
-            c.redis = Some(url.parse().expect("a redis:// URL"));
-            c.redis_namespace = ns;
-        }
-    };
     let nodes = [
-        start_with(on_redis("node-a")).await,
-        start_with(on_redis("node-b")).await,
-        start_with(on_redis("node-c")).await,
+        start_with(on_redis(redis.url(), &ns, "node-a")).await,
+        start_with(on_redis(redis.url(), &ns, "node-b")).await,
+        start_with(on_redis(redis.url(), &ns, "node-c")).await,
     ];
     // Set on one node, in force on all: the limit lives in Redis.
     set_limit(&mut nodes[0].client.clone(), T, 100).await;

@@ -125,21 +125,7 @@ pub async fn notice_fanout(t: &Target, plan: &Plan) -> Report {
         }));
     }
 
-    let mut slowlog = match &plan.redis {
-        Some(url) => match Slowlog::open(url).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                report.notes.push(format!("SLOWLOG not read: {e}"));
-                None
-            }
-        },
-        None => {
-            report
-                .notes
-                .push("SLOWLOG not read: no --redis given".into());
-            None
-        }
-    };
+    let mut slowlog = Slowlog::open_or_note(plan.redis.as_deref(), &mut report).await;
     let rss_before = rss(t).await;
 
     // The claim loop: fresh logins of another tenant, until the fan-out ends.

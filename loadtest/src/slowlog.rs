@@ -26,6 +26,27 @@ pub struct Slow {
 }
 
 impl Slowlog {
+    /// [`open`](Self::open) when a Redis URL was given (`--redis`); why
+    /// not, in a note of the report, when it was not or did not answer.
+    pub async fn open_or_note(
+        url: Option<&str>,
+        report: &mut crate::report::Report,
+    ) -> Option<Self> {
+        let Some(url) = url else {
+            report
+                .notes
+                .push("SLOWLOG not read: no --redis given".into());
+            return None;
+        };
+        match Self::open(url).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                report.notes.push(format!("SLOWLOG not read: {e}"));
+                None
+            }
+        }
+    }
+
     /// Reads the entries written since [`open`](Self::open) into `report`:
     /// their count, the slowest (in a note naming `during`), the threshold.
     pub async fn report_into(&mut self, report: &mut crate::report::Report, during: &str) {

@@ -70,21 +70,7 @@ pub async fn tenants(t: &Target, plan: &Plan) -> Report {
         .describe()
         .replace("memory and ", ""),
     );
-    let mut slowlog = match &plan.redis {
-        Some(url) => match Slowlog::open(url).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                report.notes.push(format!("SLOWLOG not read: {e}"));
-                None
-            }
-        },
-        None => {
-            report
-                .notes
-                .push("SLOWLOG not read: no --redis given".into());
-            None
-        }
-    };
+    let mut slowlog = Slowlog::open_or_note(plan.redis.as_deref(), &mut report).await;
     let cpu0 = sys::cpu_time("self");
     let started = Instant::now();
     let held = claim_all(t, plan, &mut report).await;

@@ -7,6 +7,7 @@
 //! sleeps to synchronise: each one awaits the frame or event it is about.
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
 pub mod procs;
 
 use std::future::Future;
@@ -682,4 +683,15 @@ pub fn session_in(r: tonic::Response<pb::GetSessionResponse>) -> pb::Session {
 /// The event of a WatchPresence answer (the broker always sets it).
 pub fn event_in(r: pb::WatchPresenceResponse) -> pb::PresenceEvent {
     r.event.expect("a WatchPresenceResponse carries an event")
+}
+
+/// Settings of a node named `name` on the Redis at `url`, in namespace `ns`
+/// (tests that start several in-process nodes on one Redis).
+pub fn on_redis(url: String, ns: &str, name: &'static str) -> impl FnOnce(&mut Config) {
+    let ns = ns.to_string();
+    move |c: &mut Config| {
+        c.node = Some(turnstile::session::NodeId::parse(name).expect("a node name"));
+        c.redis = Some(url.parse().expect("a redis:// URL"));
+        c.redis_namespace = ns;
+    }
 }
