@@ -123,14 +123,11 @@ pub struct RedisRegistry {
 }
 
 struct Inner {
-    /// Sockets one session may hold (for the error message).
-    max_sockets_per_session: usize,
     /// The registry's settings: the notice bounds are checked here, before
-    /// a script runs.
+    /// a script runs; the configured seat limits are sent with each claim
+    /// (a limit set by SetSeatLimit is kept in Redis and overrides them);
+    /// `max_sockets_per_session` is named in the refusal.
     cfg: RegistryConfig,
-    /// Configured seat limits, sent with each claim (a limit set by
-    /// SetSeatLimit is kept in Redis and overrides them).
-    seat_limits: Arc<std::collections::HashMap<Tenant, u32>>,
     store: Store,
     /// Who this node is, its lease, its subscriptions and sockets.
     cluster: Cluster,
@@ -166,8 +163,6 @@ impl RedisRegistry {
             .map_err(cerr)?;
         Ok(RedisRegistry {
             inner: Arc::new(Inner {
-                max_sockets_per_session: cfg.max_sockets_per_session,
-                seat_limits: cfg.seat_limits.clone(),
                 cfg,
                 store,
                 cluster,
@@ -233,7 +228,7 @@ impl RedisRegistry {
 
     /// The configured seat limit of `tenant` (0: none).
     fn seat_limit(&self, tenant: &Tenant) -> u32 {
-        self.inner.seat_limits.get(tenant).copied().unwrap_or(0)
+        self.inner.cfg.seat_limits.get(tenant).copied().unwrap_or(0)
     }
 
     /// Reads (and with `limit`, first sets) the tenant's seat use.
@@ -319,14 +314,14 @@ impl RedisRegistry {
             "toomany" if !reply.elsewhere.is_empty() => match sid() {
                 Ok(id) => RegistryError::SocketsElsewhere {
                     id,
-                    limit: self.inner.max_sockets_per_session,
+                    limit: self.inner.cfg.max_sockets_per_session,
                 },
                 Err(e) => RegistryError::Unavailable(e.to_string()),
             },
             "toomany" => match sid() {
                 Ok(id) => RegistryError::TooManySockets {
                     id,
-                    limit: self.inner.max_sockets_per_session,
+                    limit: self.inner.cfg.max_sockets_per_session,
                 },
                 Err(e) => RegistryError::Unavailable(e.to_string()),
             },
