@@ -56,6 +56,9 @@ fn indexed_script(body: &str, always: bool) -> Script {
 /// lowers the index itself and answers `indexed` = '1': no follow-up
 /// needed.
 ///
+/// The presence events the body logged are written to the tenant's event
+/// log after it, as one stream entry (`log_flush` in `prelude.lua`).
+///
 /// `writes`: on one Redis, the deployment's write counter
 /// (`<epoch key>:wc`), counted up by every script that may write
 /// (`counts`). ARGV[20] is the highest value this node has seen; a counter
@@ -66,22 +69,23 @@ fn indexed_script(body: &str, always: bool) -> Script {
 fn wrapped(body: &str, always: bool, counts: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
-local wc_key = nil
+local wc = ''
 if ARGV[13] ~= '' and ARGV[20] ~= '' then
-  wc_key = ARGV[13] .. ':wc'
-  if tonumber(redis.call('GET', wc_key) or '0') < tonumber(ARGV[20]) then
+  local wc_key = ARGV[13] .. ':wc'
+  if {counts} then wc = redis.call('INCR', wc_key)
+  else wc = redis.call('GET', wc_key) or '0' end
+  -- (arithmetic, not tonumber: see prelude.lua; a refused call's count
+  -- only moves the counter further up)
+  if wc - ARGV[20] < 0 then
     return {{'{{\"err\":\"lostwrites\"}}', '', '', ''}}
   end
+  wc = tostring(wc)
 end
 local due_before = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 local reply = (function()
 {body}
 end)()
-local wc = ''
-if wc_key then
-  if {counts} then wc = tostring(redis.call('INCR', wc_key))
-  else wc = redis.call('GET', wc_key) or '0' end
-end
+log_flush()
 local due_after = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 if due_after and ({always} or not due_before or tonumber(due_after) < tonumber(due_before)) then
   if ARGV[15] ~= '' then
@@ -318,6 +322,7 @@ impl Store {
                 })
                 .arg(&self.log_bounds[..])
                 .arg(self.writes_seen())
+                .arg(if resent > 0 { "1" } else { "" })
                 .invoke_async(&mut conn)
                 .await;
             match result {

@@ -2,15 +2,18 @@
 -- attrs, idem, kep, exp (expected holder, absent: any), seats (the
 -- configured seat limit, 0: none; the key `seats` overrides it)}.
 -- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, used, limit}.
-local again = claimed_before(R.sid)
-if again then return again end
+if ARGV[21] == '1' then
+  -- Sent a second time (store.rs resends once after a reset connection):
+  -- the first may have run. A first send's session id is new.
+  local again = claimed_before(R.sid)
+  if again then return again end
+end
 if C.ge ~= '' then
-  -- One Redis (not a cluster): refuse while the data set is being rebuilt.
-  if redis.call('EXISTS', C.ge) == 0 then return err('noepoch') end
-  -- (after a loss: until every node noticed and re-asserted, bounded)
-  if redis.call('EXISTS', C.ge .. ':recovering', C.ge .. ':reasserting') > 0 then
-    return err('recovering')
-  end
+  -- One Redis (not a cluster): refuse while the data set is being rebuilt
+  -- (after a loss: until every node noticed and re-asserted, bounded).
+  local g = redis.call('MGET', C.ge, C.ge .. ':recovering', C.ge .. ':reasserting')
+  if not g[1] then return err('noepoch') end
+  if g[2] or g[3] then return err('recovering') end
 end
 local lost = ensure_epoch()
 if lost then return lost end

@@ -15,6 +15,8 @@
 --   ARGV[18..19] = the event log's bounds: max events, max age (ms)
 --   ARGV[20]     = the write counter this node has seen ('' on a cluster; the
 --                 wrapper in store.rs checks and counts it)
+--   ARGV[21]     = '1' when store.rs sends the call a second time (it may
+--                 have run: see claimed_before), else ''
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
 -- t = attached at}], dl}. Notices live out of the record (see q_read).
 local P = ARGV[1]
@@ -137,33 +139,50 @@ end
 -- (`sj`), encoded once per script: cjson encoding is a large share of a
 -- script's Redis CPU.
 -- Every presence event is first appended to the tenant's event log, the
--- stream `log` (ids `<ms>-<seq>`: ms never goes back, seq is the tenant's
--- sequence number, `lsq`.n), in this script, so its order is the state's.
--- Trimmed by length (ARGV[18], MAXLEN ~) and age (ARGV[19] ms, MINID ~);
--- an idle tenant's stream expires with its last event.
+-- stream `log`, in this script, so its order is the state's. Each event
+-- carries the tenant's sequence number (`"q":n`, the last member of its
+-- JSON; `lsq`.n is the last one given). A script's events are written
+-- once, as ONE stream entry (fields `e`, one per event, in order), by
+-- log_flush, which the wrapper in store.rs calls after the body: a
+-- takeover's two or three events cost one HINCRBY, one XADD and one
+-- PEXPIRE. Entry ids are Redis's own (`*`: never go back, whatever the
+-- nodes' clocks); log.lua finds sequence numbers in the events.
+-- Trimmed by length (ARGV[18] entries, MAXLEN ~) and age (ARGV[19] ms,
+-- MINID ~); an idle tenant's stream expires with its last event.
+local LOG = nil
 local function log_j(body)
-  local seq = redis.call('HINCRBY', P .. 'lsq', 'n', 1)
-  local t = redis.call('HGET', P .. 'lsq', 't')
-  if not t or tonumber(t) < NOW then
-    t = ARGV[2]
-    redis.call('HSET', P .. 'lsq', 't', t)
+  local seq
+  if LOG then
+    seq = LOG.seq + 1
+  else
+    seq = redis.call('HINCRBY', P .. 'lsq', 'n', 1)
+    LOG = {first = seq, ev = {}}
   end
-  local lk = P .. 'log'
+  LOG.seq = seq
   local ej = '{"k":"p",' .. body .. ',"q":' .. seq .. '}'
-  local added = redis.pcall('XADD', lk, 'MAXLEN', '~', ARGV[18], t .. '-' .. seq, 'e', ej)
-  if type(added) == 'table' and added.err then
-    -- The stream is ahead of `lsq` (which Redis lost): start it again;
-    -- readers behind it are told the log was trimmed.
-    redis.call('DEL', lk)
-    redis.call('XADD', lk, t .. '-' .. seq, 'e', ej)
+  local ev = LOG.ev
+  ev[#ev + 1] = 'e'
+  ev[#ev + 1] = ej
+  return ej
+end
+local function log_flush()
+  if not LOG then return end
+  local lk = P .. 'log'
+  if LOG.seq > LOG.first then
+    redis.call('HINCRBY', P .. 'lsq', 'n', LOG.seq - LOG.first)
   end
-  -- By age every 32nd event: the approximate trim rarely has a whole
-  -- stream node to drop, and this is a claim's hottest path.
-  if seq % 32 == 0 then
-    redis.call('XTRIM', lk, 'MINID', '~', string.format('%d', NOW - ARGV[19]))
+  -- A sequence starting again (Redis lost `lsq` but not the stream)
+  -- starts a new stream: readers behind it are told the log was trimmed.
+  if LOG.first == 1 then redis.call('DEL', lk) end
+  local id = redis.call('XADD', lk, 'MAXLEN', '~', ARGV[18], '*', unpack(LOG.ev))
+  -- By age (on the stream's clock, its ids) when the sequence passes a
+  -- multiple of 32: the approximate trim rarely has a whole stream node
+  -- to drop, and this is a claim's hottest path.
+  if math.floor(LOG.seq / 32) > math.floor((LOG.first - 1) / 32) then
+    local ms = string.match(id, '^(%d+)')
+    redis.call('XTRIM', lk, 'MINID', '~', string.format('%d', ms - ARGV[19]))
   end
   redis.call('PEXPIRE', lk, ARGV[19])
-  return ej
 end
 -- `extra`: more fields of the event (an ending's `by` and `msg`).
 local function presence_j(sj, change, extra)
@@ -213,8 +232,11 @@ end
 local function finish(r, reason, by, message)
   local s = r.s
   redis.call('DEL', P .. 's:' .. s.id)
-  for _, x in ipairs((q_read(P .. 'q:' .. s.id))) do q_forget(x) end
-  redis.call('DEL', P .. 'q:' .. s.id)
+  local q, bad = q_read(P .. 'q:' .. s.id)
+  if #q > 0 or bad > 0 then
+    for _, x in ipairs(q) do q_forget(x) end
+    redis.call('DEL', P .. 'q:' .. s.id)
+  end
   if redis.call('GET', P .. 'l:' .. s.login) == s.id then redis.call('DEL', P .. 'l:' .. s.login) end
   if s.station ~= '' and redis.call('GET', P .. 'st:' .. s.station) == s.id then
     redis.call('DEL', P .. 'st:' .. s.station)
@@ -265,8 +287,9 @@ local function next_generation(login)
   return g
 end
 
--- A claim run a second time for one request: the node retries a claim
--- whose connection reset, not knowing whether it ran. The session id a
+-- A claim run a second time for one request: the node resends a claim
+-- whose connection reset, not knowing whether it ran (ARGV[21] says so:
+-- only then is this asked, a first send's session id being new). The session id a
 -- claim carries is minted for that one request (its implicit request id),
 -- so a record or tombstone under it means the request was granted already:
 -- answers that grant (the session as it is now, and whom it displaced), or
