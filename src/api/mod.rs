@@ -122,6 +122,7 @@ impl Api {
                     holder: None,
                     evicted: evicted.iter().map(convert::session).collect(),
                     seats: None,
+                    station_holders: Vec::new(),
                 }
             }
             ClaimOutcome::LoginInUse { holder } => {
@@ -144,11 +145,12 @@ impl Api {
                     ..Default::default()
                 }
             }
-            ClaimOutcome::StationInUse { holder } => {
+            ClaimOutcome::StationInUse { holder, holders } => {
                 crate::audit::conflict("station_in_use", &login, &station, &holder, from);
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::StationInUse as i32,
                     holder: Some(convert::session(&holder)),
+                    station_holders: holders.iter().map(convert::session).collect(),
                     ..Default::default()
                 }
             }
