@@ -210,6 +210,10 @@ pub struct LoginRequest {
     /// that signed in meanwhile.
     #[serde(default)]
     pub takeover_of: String,
+    /// The browser profile's stable id (kept in its localStorage): people
+    /// signing in from one profile share its station.
+    #[serde(default)]
+    pub device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -326,6 +330,7 @@ impl LoginService {
                 } else {
                     String::new()
                 },
+                device: req.device.trim().to_string(),
             })
             .await?
             .into_inner();
@@ -374,17 +379,21 @@ impl LoginService {
                 }),
             }),
             pb::ClaimOutcome::StationInUse => {
-                let by = r
-                    .holder
-                    .as_ref()
-                    .map(|h| format!(" by {}", h.login))
-                    .unwrap_or_default();
+                // Every holder: a station shared on another machine has several.
+                let logins: Vec<&str> =
+                    r.station_holders.iter().map(|h| h.login.as_str()).collect();
+                let by = match (logins.is_empty(), &r.holder) {
+                    (false, _) => format!(" by {}", logins.join(", ")),
+                    (true, Some(h)) => format!(" by {}", h.login),
+                    (true, None) => String::new(),
+                };
                 Ok(Reply {
                     status: StatusCode::CONFLICT,
                     body: json!({
                         "outcome": "station_in_use",
                         "message": format!("Station {station} is in use{by}. Please pick another station."),
                         "holder": r.holder.as_ref().map(session_json),
+                        "holders": r.station_holders.iter().map(session_json).collect::<Vec<_>>(),
                     }),
                 })
             }
@@ -601,6 +610,7 @@ fn session_json(s: &pb::Session) -> Value {
         "generation": s.generation,
         "created_at_ms": s.created_at_ms,
         "last_seen_ms": s.last_seen_ms,
+        "device": s.device,
     })
 }
 
