@@ -456,7 +456,16 @@ impl LoginService {
         let list: Vec<Value> = r
             .stations
             .iter()
-            .map(|s| json!({"station": s.station, "free": s.free, "login": s.login}))
+            .map(|s| {
+                // Every holder with its device: the page offers a held
+                // station when all its holders signed in from this browser.
+                let holders: Vec<Value> = s
+                    .holders
+                    .iter()
+                    .map(|h| json!({"login": h.login, "device": h.device}))
+                    .collect();
+                json!({"station": s.station, "free": s.free, "login": s.login, "holders": holders})
+            })
             .collect();
         Ok(Reply::ok(json!({ "stations": list })))
     }
@@ -673,6 +682,7 @@ mod tests {
             station: station.into(),
             confirm,
             takeover_of: String::new(),
+            device: String::new(),
         }
     }
 
@@ -784,6 +794,40 @@ mod tests {
         assert_eq!(stations["stations"][0]["free"], false);
         assert_eq!(stations["stations"][0]["login"], "ana");
         assert_eq!(stations["stations"][1]["free"], true);
+    }
+
+    #[tokio::test]
+    async fn people_on_one_browser_profile_share_its_station() {
+        let (svc, _server) = service().await;
+        let on = |login: &str, device: &str| LoginRequest {
+            device: device.into(),
+            ..req(login, "desk-101", false)
+        };
+        for (login, device, outcome) in [
+            ("ana", "web-1", "granted"),
+            ("bob", "web-1", "granted"),
+            ("carl", "web-2", "station_in_use"),
+        ] {
+            let r = tokio::time::timeout(T, svc.login(on(login, device), None))
+                .await
+                .expect("login answers in time")
+                .expect("login answers");
+            assert_eq!(r.body["outcome"], outcome, "{login}: {}", r.body);
+        }
+        let r = tokio::time::timeout(T, svc.login(on("carl", "web-2"), None))
+            .await
+            .expect("login answers in time")
+            .expect("login answers");
+        assert_eq!(
+            r.body["message"],
+            "Station desk-101 is in use by ana, bob. Please pick another station."
+        );
+        assert_eq!(r.body["holders"][1]["login"], "bob");
+        let stations = svc.stations().await.unwrap().body;
+        assert_eq!(
+            stations["stations"][0]["holders"],
+            json!([{"login": "ana", "device": "web-1"}, {"login": "bob", "device": "web-1"}])
+        );
     }
 
     #[tokio::test]
