@@ -97,8 +97,10 @@ if not out then
     put_j(r, sj)
     redis.call('SET', P .. 'l:' .. R.login, R.sid)
     if R.station ~= '' then
-      -- Held still only by the holders this claim joins (R.sh, same device).
-      if R.sh and redis.call('EXISTS', P .. 'st:' .. R.station) == 1 then
+      -- Held still only by the holders this claim joins (R.sh, same device);
+      -- a first holder whose record is gone is replaced.
+      local cur = R.sh and redis.call('GET', P .. 'st:' .. R.station)
+      if cur and redis.call('EXISTS', P .. 's:' .. cur) == 1 then
         redis.call('RPUSH', P .. 'sh:' .. R.station, R.sid)
       else
         redis.call('SET', P .. 'st:' .. R.station, R.sid)
