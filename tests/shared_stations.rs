@@ -170,3 +170,62 @@ async fn a_bad_device_is_invalid_argument_naming_the_field() {
     }
     node.shutdown().await;
 }
+
+/// Redis lost its data: the node puts back both sessions of a shared
+/// station (reassert.lua), so the station is shared again, not held by
+/// whichever came back first with the other refused.
+#[tokio::test]
+async fn after_redis_loses_its_data_both_holders_are_put_back() {
+    let mut redis = support::procs::RedisServer::start().await;
+    let ns = format!("sh{:08x}", rand::random::<u32>());
+    let node = start_with(on_redis(redis.url(), &ns, "n1")).await;
+    let ana = node.claim_with(on("ana", "s1", "pc-1")).await;
+    let bob = node.claim_with(on("bob", "s1", "pc-1")).await;
+    let (_a, _) = node.connect_welcome(&ana.token).await;
+    let (_b, _) = node.connect_welcome(&bob.token).await;
+
+    redis.restart_empty().await;
+    let c = node.client.clone();
+    support::procs::eventually("both holders of s1 put back", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .station_status(pb::StationStatusRequest {
+                    tenant: T.into(),
+                    stations: vec!["s1".into()],
+                })
+                .await;
+            let mut logins: Vec<String> = r
+                .map(|r| {
+                    r.into_inner().stations[0]
+                        .holders
+                        .iter()
+                        .map(|h| h.login.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            logins.sort();
+            logins == ["ana", "bob"]
+        }
+    })
+    .await;
+    // Claims wait for the recovery window; then another device is refused
+    // with both holders (a refusal changes nothing, so asking again is safe).
+    support::procs::eventually("a claim from pc-2 refused with both holders", || {
+        let mut c = c.clone();
+        async move {
+            match c.claim(on("cy", "s1", "pc-2")).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    assert_eq!(r.outcome(), ClaimOutcome::StationInUse, "{r:?}");
+                    assert_eq!(r.station_holders.len(), 2, "{r:?}");
+                    true
+                }
+                Err(e) if e.code() == tonic::Code::Unavailable => false,
+                Err(e) => panic!("claim: {e:?}"),
+            }
+        }
+    })
+    .await;
+    node.shutdown().await;
+}
