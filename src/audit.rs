@@ -28,18 +28,22 @@ pub fn forced_logout(ended: &Session, by: &str, from: &str) {
         login = %ended.login,
         session = %ended.id,
         station = ended.station.as_ref().map(|x| x.as_str()).unwrap_or(""),
+        device = ended.device.as_ref().map(|x| x.as_str()).unwrap_or(""),
         reason,
         by,
         from,
     );
 }
 
-/// A claim refused because the login or station is held.
+/// A claim refused because the login or station is held: `device` is the
+/// claim's, `holders` how many hold the station (a shared one: several).
 pub fn conflict(
     outcome: &'static str,
     claim_login: &str,
     claim_station: &str,
+    device: &str,
     holder: &Session,
+    holders: usize,
     from: &str,
 ) {
     count("conflict");
@@ -50,8 +54,11 @@ pub fn conflict(
         tenant = %holder.tenant,
         login = claim_login,
         station = claim_station,
+        device,
         holder_login = %holder.login,
         holder_session = %holder.id,
+        holder_device = holder.device.as_ref().map(|x| x.as_str()).unwrap_or(""),
+        holders,
         from,
     );
 }

@@ -305,6 +305,7 @@ mod tests {
             node: NodeId::parse("n1").unwrap(),
             attributes: Default::default(),
             status: String::new(),
+            device: None,
         }
     }
 

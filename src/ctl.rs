@@ -57,6 +57,10 @@ enum Cmd {
         attrs: Vec<String>,
         #[arg(long, default_value = "")]
         idempotency_key: String,
+        /// The client machine's stable id: a station held from this
+        /// device admits this login too (a shared station).
+        #[arg(long, default_value = "")]
+        device: String,
     },
     /// Normal logout of a session.
     Release {
@@ -158,13 +162,13 @@ fn session_json(s: &pb::Session) -> serde_json::Value {
         "end_reason": enum_name::<pb::EndReason>(s.end_reason),
         "status": s.status, "node": s.node,
         "created_at_ms": s.created_at_ms, "last_seen_ms": s.last_seen_ms,
-        "attributes": s.attributes,
+        "attributes": s.attributes, "device": s.device,
     })
 }
 
 fn session_line(s: &pb::Session) -> String {
     format!(
-        "{}  login={} station={} state={}{} gen={} client={} node={}",
+        "{}  login={} station={} state={}{} gen={} client={} node={}{}",
         s.session_id,
         s.login,
         if s.station.is_empty() {
@@ -180,7 +184,12 @@ fn session_line(s: &pb::Session) -> String {
         },
         s.generation,
         s.client,
-        s.node
+        s.node,
+        if s.device.is_empty() {
+            String::new()
+        } else {
+            format!(" device={}", s.device)
+        }
     )
 }
 
@@ -219,6 +228,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             takeover_if_disconnected,
             attrs,
             idempotency_key,
+            device,
         } => {
             let mut attributes = std::collections::HashMap::new();
             for a in attrs {
@@ -245,6 +255,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     attributes,
                     idempotency_key,
                     expected_session_id: takeover_of.unwrap_or_default(),
+                    device,
                 })
                 .await
                 .map_err(status)?
@@ -256,6 +267,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     json!({"outcome": outcome, "token": r.token,
                            "session": r.session.as_ref().map(session_json),
                            "holder": r.holder.as_ref().map(session_json),
+                           "station_holders": r.station_holders.iter().map(session_json).collect::<Vec<_>>(),
                            "evicted": r.evicted.iter().map(session_json).collect::<Vec<_>>(),
                            "seats": r.seats.as_ref().map(usage_json)})
                 );
@@ -273,6 +285,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                             h.session_id
                         );
                     }
+                }
+                // A shared station's other holders (the first is `holder`).
+                for h in r.station_holders.iter().skip(1) {
+                    println!("holder:  {}", session_line(h));
                 }
                 for e in &r.evicted {
                     println!("evicted: {}", session_line(e));
@@ -377,12 +393,22 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 if json {
                     println!(
                         "{}",
-                        json!({"station": s.station, "free": s.free, "login": s.login, "session_id": s.session_id})
+                        json!({"station": s.station, "free": s.free, "login": s.login, "session_id": s.session_id,
+                               "holders": s.holders.iter().map(|h| json!({"login": h.login, "session_id": h.session_id, "device": h.device})).collect::<Vec<_>>()})
                     );
                 } else if s.free {
                     println!("{}  free", s.station);
                 } else {
-                    println!("{}  held by {} ({})", s.station, s.login, s.session_id);
+                    // Every holder: a shared station has several.
+                    let holders: Vec<String> = s
+                        .holders
+                        .iter()
+                        .map(|h| match h.device.as_str() {
+                            "" => format!("{} ({})", h.login, h.session_id),
+                            d => format!("{} ({}, device {d})", h.login, h.session_id),
+                        })
+                        .collect();
+                    println!("{}  held by {}", s.station, holders.join(", "));
                 }
             }
         }

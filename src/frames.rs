@@ -152,6 +152,7 @@ mod tests {
             node: NodeId::parse("n1").unwrap(),
             attributes: Default::default(),
             status: "away".into(),
+            device: None,
         }
     }
 

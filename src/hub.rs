@@ -488,6 +488,7 @@ mod tests {
             node: NodeId::parse("n").unwrap(),
             attributes: Default::default(),
             status: String::new(),
+            device: None,
         }
     }
 

@@ -56,3 +56,10 @@ pub const MAX_BAD_FRAMES: u32 = 10;
 /// connects must queue, not have SYNs dropped and retried a second later.
 /// (The kernel caps it at `net.core.somaxconn`.)
 pub const ACCEPT_BACKLOG: u32 = 8192;
+
+// ---- registry.
+
+/// Holders of one shared station (logins on one machine): a few people
+/// sharing a desk's phone, not a crowd; one more claim is STATION_IN_USE.
+/// Bounds the Redis list of a station's holders and its reads.
+pub const MAX_STATION_HOLDERS: usize = 16;

@@ -150,6 +150,12 @@ id_type!(
     Station, "station", 64
 );
 id_type!(
+    /// A stable id of a client machine (a desktop app's install id, a
+    /// browser profile's id): logins claiming one station from one device
+    /// share it.
+    Device, "device", 64
+);
+id_type!(
     /// A session's id: unique across nodes and node restarts (128 random bits).
     SessionId, "session_id", 64
 );
@@ -325,6 +331,9 @@ pub struct ClaimRequest {
     /// session (the one the user was shown); another holder is
     /// `LoginInUse`, no holder is a plain grant.
     pub expected_session_id: Option<SessionId>,
+    /// The machine the claim comes from: a station held from this device
+    /// admits this claim too (a shared station).
+    pub device: Option<Device>,
 }
 
 /// What to do when the login is already held.
@@ -377,6 +386,8 @@ pub struct Session {
     pub attributes: BTreeMap<String, String>,
     /// Presence status set by the client; empty until it sets one.
     pub status: String,
+    /// The device the session was claimed from.
+    pub device: Option<Device>,
 }
 
 impl Session {

@@ -45,8 +45,8 @@ use turnstile::registry::{
     Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId,
 };
 use turnstile::session::{
-    ClaimRequest, ConflictPolicy, EndReason, Generation, Login, NodeId, Notice, PresenceChange,
-    SessionId, SessionState, Station, Tenant,
+    ClaimRequest, ConflictPolicy, Device, EndReason, Generation, Login, NodeId, Notice,
+    PresenceChange, SessionId, SessionState, Station, Tenant,
 };
 
 const TENANT: &str = "diff";
@@ -65,7 +65,8 @@ impl EventSink for Discard {
     fn publish(&self, _: Event) {}
 }
 
-fn cfg(clock: &Clock) -> RegistryConfig {
+/// `exclusive`: the tenant's stations are never shared (some histories).
+fn cfg(clock: &Clock, exclusive: bool) -> RegistryConfig {
     RegistryConfig {
         node: NodeId::parse(NODE).unwrap(),
         connect_timeout: Duration::from_secs(30),
@@ -90,6 +91,12 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         },
         // Tight enough that histories run into it (3 logins).
         seat_limits: Arc::new(HashMap::from([(Tenant::parse(TENANT).unwrap(), 2)])),
+        exclusive_stations: Arc::new(
+            exclusive
+                .then(|| Tenant::parse(TENANT).unwrap())
+                .into_iter()
+                .collect(),
+        ),
     }
 }
 
@@ -164,7 +171,9 @@ struct Pair {
 impl Pair {
     async fn start(redis: &RedisServer, seed: u64) -> Pair {
         let clock = Clock::manual(T0);
-        let mem = MemoryRegistry::start(cfg(&clock), Arc::new(Discard));
+        // One history in four: a tenant whose stations are never shared.
+        let exclusive = seed % 4 == 3;
+        let mem = MemoryRegistry::start(cfg(&clock, exclusive), Arc::new(Discard));
         let stop = CancellationToken::new();
         let namespace = format!("d{seed:x}-{:08x}", rand::random::<u32>());
         let rcfg = RedisConfig {
@@ -185,9 +194,15 @@ impl Pair {
             .cmd(&["SET", &format!("{namespace}:{{nodes}}:epoch"), "diff"])
             .await;
         let local = Arc::new(LocalSockets::default());
-        let red = RedisRegistry::start(cfg(&clock), rcfg, Arc::new(Discard), local, stop.clone())
-            .await
-            .expect("the Redis registry starts");
+        let red = RedisRegistry::start(
+            cfg(&clock, exclusive),
+            rcfg,
+            Arc::new(Discard),
+            local,
+            stop.clone(),
+        )
+        .await
+        .expect("the Redis registry starts");
         Pair {
             clock,
             mem,
@@ -377,6 +392,9 @@ impl Pair {
                 let idem = rng
                     .random_ratio(1, 4)
                     .then(|| format!("k{}", rng.random_range(0..3)));
+                // Mostly one machine, so stations are shared; sometimes
+                // another, or none.
+                let device = [None, Some("pc1"), Some("pc1"), Some("pc2")][rng.random_range(0..4)];
                 let req = ClaimRequest {
                     tenant: t.clone(),
                     login: Login::parse(login).unwrap(),
@@ -387,9 +405,10 @@ impl Pair {
                     attributes: BTreeMap::from([("k".to_string(), "v".to_string())]),
                     idempotency_key: idem.clone(),
                     expected_session_id: expected.as_ref().map(|(m, _)| m.clone()),
+                    device: device.map(|d| Device::parse(d).unwrap()),
                 };
                 let what = format!(
-                    "claim {login} {station:?} {policy:?} idem {idem:?} expecting {:?}",
+                    "claim {login} {station:?} {policy:?} idem {idem:?} expecting {:?} device {device:?}",
                     expected.as_ref().map(|(m, _)| m)
                 );
                 let red_req = ClaimRequest {
@@ -719,6 +738,7 @@ async fn a_mailbox_keeps_a_long_notice_when_a_short_one_follows() {
         attributes: BTreeMap::new(),
         idempotency_key: None,
         expected_session_id: None,
+        device: None,
     };
     use turnstile::registry::ClaimOutcome::Granted;
     let (Ok(Granted { session: m, .. }), Ok(Granted { session: r, .. })) = (

@@ -99,6 +99,11 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
                 .map_err(invalid)?,
         )
     };
+    let device = if r.device.is_empty() {
+        None
+    } else {
+        Some(crate::session::Device::parse_field("device", &r.device).map_err(invalid)?)
+    };
     Ok(ClaimRequest {
         tenant,
         login,
@@ -117,6 +122,7 @@ pub fn claim_request(r: pb::ClaimRequest) -> Result<ClaimRequest, Status> {
         attributes: r.attributes.into_iter().collect::<BTreeMap<_, _>>(),
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
         expected_session_id,
+        device,
     })
 }
 
@@ -225,6 +231,7 @@ pub fn session(s: &Session) -> pb::Session {
         attributes: s.attributes.clone().into_iter().collect(),
         status: s.status.clone(),
         end_reason: end as i32,
+        device: s.device.as_ref().map(|d| d.to_string()).unwrap_or_default(),
     }
 }
 
@@ -252,6 +259,15 @@ pub fn station_info(i: &StationInfo) -> pb::StationInfo {
             .as_ref()
             .map(|h| h.1.to_string())
             .unwrap_or_default(),
+        holders: i
+            .holders
+            .iter()
+            .map(|h| pb::StationHolder {
+                login: h.login.to_string(),
+                session_id: h.session_id.to_string(),
+                device: h.device.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 

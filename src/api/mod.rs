@@ -100,7 +100,7 @@ impl Api {
         r: pb::ClaimRequest,
     ) -> Result<pb::ClaimResponse, Status> {
         let tenant = self.tenant(caller, &r.tenant)?;
-        let (login, station) = (r.login.clone(), r.station.clone());
+        let (login, station, device) = (r.login.clone(), r.station.clone(), r.device.clone());
         let req = convert::claim_request(r)?;
         let (expected, policy) = (req.expected_session_id.clone(), req.policy);
         let outcome = self.registry.claim(req).await.map_err(convert::status)?;
@@ -122,6 +122,7 @@ impl Api {
                     holder: None,
                     evicted: evicted.iter().map(convert::session).collect(),
                     seats: None,
+                    station_holders: Vec::new(),
                 }
             }
             ClaimOutcome::LoginInUse { holder } => {
@@ -137,18 +138,27 @@ impl Api {
                 if refused != "login_in_use" {
                     metrics::counter!(m::TAKEOVERS_REFUSED, "why" => refused).increment(1);
                 }
-                crate::audit::conflict(refused, &login, &station, &holder, from);
+                crate::audit::conflict(refused, &login, &station, &device, &holder, 1, from);
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::LoginInUse as i32,
                     holder: Some(convert::session(&holder)),
                     ..Default::default()
                 }
             }
-            ClaimOutcome::StationInUse { holder } => {
-                crate::audit::conflict("station_in_use", &login, &station, &holder, from);
+            ClaimOutcome::StationInUse { holder, holders } => {
+                crate::audit::conflict(
+                    "station_in_use",
+                    &login,
+                    &station,
+                    &device,
+                    &holder,
+                    holders.len(),
+                    from,
+                );
                 pb::ClaimResponse {
                     outcome: pb::ClaimOutcome::StationInUse as i32,
                     holder: Some(convert::session(&holder)),
+                    station_holders: holders.iter().map(convert::session).collect(),
                     ..Default::default()
                 }
             }

@@ -147,6 +147,10 @@ pub struct Config {
     /// listed: no limit). `SetSeatLimit` overrides a tenant's entry.
     #[serde(with = "ids::map_u32")]
     pub seat_limits: std::collections::HashMap<Tenant, u32>,
+    /// Tenants whose stations are never shared: a claim from the holder's
+    /// device is refused like any other. Unset: every tenant shares.
+    #[serde(with = "ids::opt_list")]
+    pub exclusive_stations: Option<Vec<Tenant>>,
     /// gRPC API keys. Empty: every call is allowed (loopback only).
     pub api_keys: Vec<ApiKeyConfig>,
     /// Browser `Origin`s allowed to open a WebSocket (e.g.
@@ -270,6 +274,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             tenants: None,
             seat_limits: Default::default(),
+            exclusive_stations: None,
             api_keys: Vec::new(),
             allowed_origins: None,
             handshake_timeout: Duration::from_secs(10),
@@ -722,6 +727,9 @@ impl Config {
                 max_age: self.event_log_max_age,
             },
             seat_limits: std::sync::Arc::new(self.seat_limits.clone()),
+            exclusive_stations: std::sync::Arc::new(
+                self.exclusive_stations.iter().flatten().cloned().collect(),
+            ),
         }
     }
 

@@ -95,6 +95,7 @@ pub const SETTINGS: &[Setting] = &[
     s("allowed_origins", List, "any", "browser `Origin`s allowed to open a WebSocket (e.g. `https://agent.example.com`)"),
     s("tenants", List, "any", "when set, the only tenants served (others: `NOT_FOUND`)"),
     s("seat_limits", List, "none", "seat licences `{tenant = N}`: live sessions a tenant may hold (beyond: `SEATS_EXHAUSTED`); `SetSeatLimit` overrides"),
+    s("exclusive_stations", List, "none", "tenants whose stations are never shared: a claim from the holder's `device` gets `STATION_IN_USE` too ([shared stations](protocol.md#shared-stations))"),
     s("max_sockets", Number, "", "open WebSockets on this node (over it: HTTP 429)"),
     s("max_sockets_per_ip", Number, "", "open WebSockets from one IP address (HTTP 429)"),
     s("handshakes_per_second", Number, "", "WebSocket handshakes per second on this node (HTTP 429)"),

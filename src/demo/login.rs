@@ -210,6 +210,10 @@ pub struct LoginRequest {
     /// that signed in meanwhile.
     #[serde(default)]
     pub takeover_of: String,
+    /// The browser profile's stable id (kept in its localStorage): people
+    /// signing in from one profile share its station.
+    #[serde(default)]
+    pub device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -326,6 +330,7 @@ impl LoginService {
                 } else {
                     String::new()
                 },
+                device: req.device.trim().to_string(),
             })
             .await?
             .into_inner();
@@ -374,17 +379,21 @@ impl LoginService {
                 }),
             }),
             pb::ClaimOutcome::StationInUse => {
-                let by = r
-                    .holder
-                    .as_ref()
-                    .map(|h| format!(" by {}", h.login))
-                    .unwrap_or_default();
+                // Every holder: a station shared on another machine has several.
+                let logins: Vec<&str> =
+                    r.station_holders.iter().map(|h| h.login.as_str()).collect();
+                let by = match (logins.is_empty(), &r.holder) {
+                    (false, _) => format!(" by {}", logins.join(", ")),
+                    (true, Some(h)) => format!(" by {}", h.login),
+                    (true, None) => String::new(),
+                };
                 Ok(Reply {
                     status: StatusCode::CONFLICT,
                     body: json!({
                         "outcome": "station_in_use",
                         "message": format!("Station {station} is in use{by}. Please pick another station."),
                         "holder": r.holder.as_ref().map(session_json),
+                        "holders": r.station_holders.iter().map(session_json).collect::<Vec<_>>(),
                     }),
                 })
             }
@@ -447,7 +456,16 @@ impl LoginService {
         let list: Vec<Value> = r
             .stations
             .iter()
-            .map(|s| json!({"station": s.station, "free": s.free, "login": s.login}))
+            .map(|s| {
+                // Every holder with its device: the page offers a held
+                // station when all its holders signed in from this browser.
+                let holders: Vec<Value> = s
+                    .holders
+                    .iter()
+                    .map(|h| json!({"login": h.login, "device": h.device}))
+                    .collect();
+                json!({"station": s.station, "free": s.free, "login": s.login, "holders": holders})
+            })
             .collect();
         Ok(Reply::ok(json!({ "stations": list })))
     }
@@ -601,6 +619,7 @@ fn session_json(s: &pb::Session) -> Value {
         "generation": s.generation,
         "created_at_ms": s.created_at_ms,
         "last_seen_ms": s.last_seen_ms,
+        "device": s.device,
     })
 }
 
@@ -663,6 +682,7 @@ mod tests {
             station: station.into(),
             confirm,
             takeover_of: String::new(),
+            device: String::new(),
         }
     }
 
@@ -774,6 +794,40 @@ mod tests {
         assert_eq!(stations["stations"][0]["free"], false);
         assert_eq!(stations["stations"][0]["login"], "ana");
         assert_eq!(stations["stations"][1]["free"], true);
+    }
+
+    #[tokio::test]
+    async fn people_on_one_browser_profile_share_its_station() {
+        let (svc, _server) = service().await;
+        let on = |login: &str, device: &str| LoginRequest {
+            device: device.into(),
+            ..req(login, "desk-101", false)
+        };
+        for (login, device, outcome) in [
+            ("ana", "web-1", "granted"),
+            ("bob", "web-1", "granted"),
+            ("carl", "web-2", "station_in_use"),
+        ] {
+            let r = tokio::time::timeout(T, svc.login(on(login, device), None))
+                .await
+                .expect("login answers in time")
+                .expect("login answers");
+            assert_eq!(r.body["outcome"], outcome, "{login}: {}", r.body);
+        }
+        let r = tokio::time::timeout(T, svc.login(on("carl", "web-2"), None))
+            .await
+            .expect("login answers in time")
+            .expect("login answers");
+        assert_eq!(
+            r.body["message"],
+            "Station desk-101 is in use by ana, bob. Please pick another station."
+        );
+        assert_eq!(r.body["holders"][1]["login"], "bob");
+        let stations = svc.stations().await.unwrap().body;
+        assert_eq!(
+            stations["stations"][0]["holders"],
+            json!([{"login": "ana", "device": "web-1"}, {"login": "bob", "device": "web-1"}])
+        );
     }
 
     #[tokio::test]

@@ -196,6 +196,7 @@ mod tests {
             node: NodeId::parse("n").unwrap(),
             attributes: Default::default(),
             status: String::new(),
+            device: None,
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
                 node: NodeId::parse("n").unwrap(),
                 attributes: Default::default(),
                 status: String::new(),
+                device: None,
             },
             change: PresenceChange::Claimed,
             at_ms,

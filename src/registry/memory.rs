@@ -283,10 +283,7 @@ impl Registry for MemoryRegistry {
             .unwrap_or_else(|| {
                 stations
                     .iter()
-                    .map(|station| StationInfo {
-                        station: station.clone(),
-                        holder: None,
-                    })
+                    .map(|station| StationInfo::new(station.clone(), Vec::new()))
                     .collect()
             }))
     }
@@ -444,6 +441,7 @@ mod tests {
             attributes: Default::default(),
             idempotency_key: None,
             expected_session_id: None,
+            device: None,
         }
     }
 

@@ -17,7 +17,7 @@ pub mod notice_rules;
 pub mod redis;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use async_trait::async_trait;
 
 use crate::clock::Clock;
 use crate::session::{
-    ClaimRequest, Generation, Login, NodeId, Notice, PresenceEvent, Session, SessionId, Station,
-    Tenant, Tombstone,
+    ClaimRequest, Device, Generation, Login, NodeId, Notice, PresenceEvent, Session, SessionId,
+    Station, Tenant, Tombstone,
 };
 
 pub use self::log::{LogBounds, Replay};
@@ -66,6 +66,9 @@ pub struct RegistryConfig {
     /// Configured seat licences: live sessions a tenant may hold at once.
     /// A limit set by `SetSeatLimit` overrides the tenant's entry here.
     pub seat_limits: Arc<HashMap<Tenant, u32>>,
+    /// Tenants whose stations are never shared, whatever the claims'
+    /// devices (the rest share a station among claims from one device).
+    pub exclusive_stations: Arc<HashSet<Tenant>>,
 }
 
 impl Default for RegistryConfig {
@@ -85,6 +88,7 @@ impl Default for RegistryConfig {
             clock: Clock::system(),
             event_log: LogBounds::default(),
             seat_limits: Arc::default(),
+            exclusive_stations: Arc::default(),
         }
     }
 }
@@ -93,6 +97,11 @@ impl RegistryConfig {
     /// The configured seat limit of `tenant` (0: none).
     pub fn seat_limit(&self, tenant: &Tenant) -> u32 {
         self.seat_limits.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Whether `tenant`'s stations admit several logins from one device.
+    pub fn shares_stations(&self, tenant: &Tenant) -> bool {
+        !self.exclusive_stations.contains(tenant)
     }
 }
 
@@ -108,7 +117,10 @@ pub enum ClaimOutcome {
         holder: Session,
     },
     StationInUse {
+        /// The first of `holders`.
         holder: Session,
+        /// Every holder of the station (several when it is shared).
+        holders: Vec<Session>,
     },
     /// The claim needs a new seat and the tenant's `limit` live sessions
     /// are all in use (`used` of them; more only if the limit was lowered).
@@ -176,8 +188,31 @@ pub struct Page {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StationInfo {
     pub station: Station,
-    /// `None` when the station is free.
+    /// `None` when the station is free; the first of `holders`.
     pub holder: Option<(Login, SessionId)>,
+    /// Every holder, first first (a shared station has several).
+    pub holders: Vec<StationHolder>,
+}
+
+impl StationInfo {
+    /// A station from its holders, first first.
+    pub fn new(station: Station, holders: Vec<StationHolder>) -> Self {
+        Self {
+            station,
+            holder: holders
+                .first()
+                .map(|h| (h.login.clone(), h.session_id.clone())),
+            holders,
+        }
+    }
+}
+
+/// One holder of a station and the device it claimed it from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StationHolder {
+    pub login: Login,
+    pub session_id: SessionId,
+    pub device: Option<Device>,
 }
 
 /// Live sessions by state.

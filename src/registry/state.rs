@@ -15,8 +15,9 @@ use super::log::EventLog;
 use super::notice_rules;
 use super::{
     Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
-    RegistryError, SessionKey, SocketId, StationInfo, TenantUsage,
+    RegistryError, SessionKey, SocketId, StationHolder, StationInfo, TenantUsage,
 };
+use crate::limits::MAX_STATION_HOLDERS;
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, EndedBy, Ending, Generation, Login, Notice,
     PresenceChange, PresenceEvent, Session, SessionId, SessionState, Station, Tenant, Tombstone,
@@ -61,7 +62,11 @@ pub(crate) struct TenantState {
     /// per session (nodes run 2/3 full) and every insert shifted them.
     sessions: BTreeMap<SessionId, Box<Record>>,
     by_login: HashMap<Login, SessionId>,
+    /// A station's first holder (the one `StationInfo.login` names).
     by_station: HashMap<Station, SessionId>,
+    /// A shared station's other holders, in the order they claimed it
+    /// (all from the first holder's device); no entry when it has none.
+    sharers: HashMap<Station, Vec<SessionId>>,
     generations: HashMap<Login, u64>,
     tombstones: HashMap<SessionId, Arc<Tombstone>>,
     /// Tombstones in the order they expire (all live equally long).
@@ -96,6 +101,7 @@ impl TenantState {
             sessions: BTreeMap::new(),
             by_login: HashMap::new(),
             by_station: HashMap::new(),
+            sharers: HashMap::new(),
             generations: HashMap::new(),
             tombstones: HashMap::new(),
             tombstone_expiry: VecDeque::new(),
@@ -167,18 +173,11 @@ impl TenantState {
         now: i64,
         fx: &mut Effects,
     ) -> ClaimOutcome {
-        // The station rule applies under both policies: the first user keeps it.
+        // The station rule applies under both policies: the first user keeps
+        // it, and admits only logins from its device (a shared station).
         if let Some(station) = &req.station {
-            if let Some(holder) = self
-                .by_station
-                .get(station)
-                .and_then(|id| self.sessions.get(id))
-            {
-                if holder.session.login != req.login {
-                    return ClaimOutcome::StationInUse {
-                        holder: holder.session.clone(),
-                    };
-                }
+            if let Some(refused) = self.station_refusal(station, req, cfg) {
+                return refused;
             }
         }
         let new_id = SessionId::random();
@@ -231,6 +230,7 @@ impl TenantState {
             node: cfg.node.clone(),
             attributes: req.attributes.clone(),
             status: String::new(),
+            device: req.device.clone(),
         };
         let deadline = now + cfg.connect_timeout.as_millis() as i64;
         let mailbox = self.mailbox.remove(&req.login).unwrap_or_default();
@@ -243,7 +243,15 @@ impl TenantState {
             .collect();
         self.by_login.insert(req.login.clone(), new_id.clone());
         if let Some(station) = &req.station {
-            self.by_station.insert(station.clone(), new_id.clone());
+            if self.by_station.contains_key(station) {
+                // Admitted by station_refusal: a sharer, from the same device.
+                self.sharers
+                    .entry(station.clone())
+                    .or_default()
+                    .push(new_id.clone());
+            } else {
+                self.by_station.insert(station.clone(), new_id.clone());
+            }
         }
         self.sessions.insert(
             new_id.clone(),
@@ -257,6 +265,69 @@ impl TenantState {
         fx.deadlines.push((deadline, new_id));
         presence(fx, &session, PresenceChange::Claimed, now);
         ClaimOutcome::Granted { session, evicted }
+    }
+
+    /// `StationInUse` when `station` has holders of other logins that this
+    /// claim may not join: sharing needs the tenant to share stations, the
+    /// claim to come from the holders' device, and room for one more.
+    fn station_refusal(
+        &self,
+        station: &Station,
+        req: &ClaimRequest,
+        cfg: &RegistryConfig,
+    ) -> Option<ClaimOutcome> {
+        let holders = self.holders(station);
+        let first = holders.first()?;
+        let others = holders.iter().filter(|s| s.login != req.login).count();
+        if others == 0 {
+            return None;
+        }
+        let joins = cfg.shares_stations(&self.tenant)
+            && req.device.is_some()
+            && first.device == req.device
+            && others < MAX_STATION_HOLDERS;
+        if joins {
+            return None;
+        }
+        Some(ClaimOutcome::StationInUse {
+            holder: (*first).clone(),
+            holders: holders.into_iter().cloned().collect(),
+        })
+    }
+
+    /// The live sessions holding `station`, first first.
+    fn holders(&self, station: &Station) -> Vec<&Session> {
+        let first = self.by_station.get(station);
+        let rest = self.sharers.get(station).into_iter().flatten();
+        first
+            .into_iter()
+            .chain(rest)
+            .filter_map(|id| self.sessions.get(id).map(|r| &r.session))
+            .collect()
+    }
+
+    /// Takes `id` off `station`: the next sharer (if any) becomes the first
+    /// holder; the station is free when its last holder leaves.
+    fn leave_station(&mut self, station: &Station, id: &SessionId) {
+        if self.by_station.get(station) == Some(id) {
+            match self.sharers.get_mut(station) {
+                Some(rest) => {
+                    let next = rest.remove(0);
+                    if rest.is_empty() {
+                        self.sharers.remove(station);
+                    }
+                    self.by_station.insert(station.clone(), next);
+                }
+                None => {
+                    self.by_station.remove(station);
+                }
+            }
+        } else if let Some(rest) = self.sharers.get_mut(station) {
+            rest.retain(|s| s != id);
+            if rest.is_empty() {
+                self.sharers.remove(station);
+            }
+        }
     }
 
     /// The login's next generation ([`Generation::next`]), recorded.
@@ -301,9 +372,7 @@ impl TenantState {
             self.by_login.remove(&session.login);
         }
         if let Some(station) = &session.station {
-            if self.by_station.get(station) == Some(id) {
-                self.by_station.remove(station);
-            }
+            self.leave_station(station, id);
         }
         session.state = SessionState::Ended(reason);
         session.last_seen_ms = now;
@@ -461,12 +530,35 @@ impl TenantState {
                     })?
             }
             EvictTarget::Station(station) => {
-                self.by_station.get(station).cloned().ok_or_else(|| {
-                    RegistryError::StationNotFound {
+                // Every holder of a shared station, first first.
+                let ids: Vec<SessionId> =
+                    self.holders(station).iter().map(|s| s.id.clone()).collect();
+                if ids.is_empty() {
+                    return Err(RegistryError::StationNotFound {
                         tenant: self.tenant.clone(),
                         station: station.clone(),
-                    }
-                })?
+                    });
+                }
+                let by = EndedBy {
+                    client: by.to_string(),
+                    station: None,
+                    session_id: None,
+                    at_ms: now,
+                };
+                return Ok(ids
+                    .iter()
+                    .filter_map(|id| {
+                        self.end(
+                            id,
+                            EndReason::Evicted,
+                            by.clone(),
+                            message.clone(),
+                            cfg,
+                            now,
+                            fx,
+                        )
+                    })
+                    .collect());
             }
         };
         let by = EndedBy {
@@ -527,17 +619,21 @@ impl TenantState {
     }
 
     pub fn stations(&self, stations: &[Station]) -> Vec<StationInfo> {
-        stations
-            .iter()
-            .map(|station| StationInfo {
-                station: station.clone(),
-                holder: self
-                    .by_station
-                    .get(station)
-                    .and_then(|id| self.sessions.get(id))
-                    .map(|r| (r.session.login.clone(), r.session.id.clone())),
+        stations.iter().map(|s| self.station_info(s)).collect()
+    }
+
+    /// The one place a station's info is built: every holder, first first.
+    pub fn station_info(&self, station: &Station) -> StationInfo {
+        let holders = self
+            .holders(station)
+            .into_iter()
+            .map(|s| StationHolder {
+                login: s.login.clone(),
+                session_id: s.id.clone(),
+                device: s.device.clone(),
             })
-            .collect()
+            .collect();
+        StationInfo::new(station.clone(), holders)
     }
 
     /// Delivers a notice to open sockets now, or keeps it for the next
@@ -761,7 +857,7 @@ impl TenantState {
     #[cfg(test)]
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut logins = HashMap::new();
-        let mut stations = HashMap::new();
+        let mut stations: HashMap<Station, Vec<SessionId>> = HashMap::new();
         for (id, r) in &self.sessions {
             if !r.session.state.is_live() {
                 return Err(format!("ended session {id} is in the live map"));
@@ -773,9 +869,7 @@ impl TenantState {
                 ));
             }
             if let Some(st) = &r.session.station {
-                if let Some(other) = stations.insert(st.clone(), id.clone()) {
-                    return Err(format!("station {st} held by {other} and {id}"));
-                }
+                stations.entry(st.clone()).or_default().push(id.clone());
             }
             if (r.session.state == SessionState::Connected) == r.sockets.is_empty() {
                 return Err(format!(
@@ -788,8 +882,48 @@ impl TenantState {
         if logins != self.by_login {
             return Err("login index disagrees with sessions".into());
         }
-        if stations != self.by_station {
-            return Err("station index disagrees with sessions".into());
+        for (st, mut ids) in stations {
+            let mut indexed: Vec<SessionId> =
+                self.by_station.get(&st).into_iter().cloned().collect();
+            let rest = self.sharers.get(&st).cloned().unwrap_or_default();
+            if rest.len() >= MAX_STATION_HOLDERS {
+                return Err(format!("station {st} has {} sharers", rest.len()));
+            }
+            indexed.extend(rest);
+            if ids.len() > 1 {
+                // A shared station: all holders from one device.
+                let devices: std::collections::HashSet<_> = ids
+                    .iter()
+                    .map(|id| self.sessions[id].session.device.clone())
+                    .collect();
+                if devices.len() != 1 || devices.contains(&None) {
+                    return Err(format!("station {st} shared across devices {devices:?}"));
+                }
+            }
+            ids.sort();
+            indexed.sort();
+            if ids != indexed {
+                return Err(format!(
+                    "station {st} index {indexed:?} but held by {ids:?}"
+                ));
+            }
+        }
+        let indexed = self.by_station.len() + self.sharers.len();
+        let held = self
+            .sessions
+            .values()
+            .filter_map(|r| r.session.station.as_ref())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if self.by_station.len() != held
+            || self
+                .sharers
+                .keys()
+                .any(|s| !self.by_station.contains_key(s))
+        {
+            return Err(format!(
+                "station index has {indexed} entries for {held} held stations"
+            ));
         }
         Ok(())
     }

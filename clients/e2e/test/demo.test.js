@@ -24,9 +24,14 @@ const LOGIN_CHANGED = "Someone else signed in as this user since you were asked.
 
 const { browser, demo } = suite();
 
-/** A person: an isolated browser context with one page on the demo. */
-async function person(d, name) {
+/**
+ * A person: an isolated browser context with one page on the demo. With
+ * `device`, the profile's kept device id is that (as two profiles of one
+ * machine given its id); without, the page makes its own random one.
+ */
+async function person(d, name, device) {
   const context = await browser().newContext({ viewport: { width: 1000, height: 720 } });
+  if (device) await context.addInitScript((id) => localStorage.setItem("turnstile-device", id), device);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));
@@ -315,5 +320,41 @@ test("notices show as banners until acked; the supervisor sees live presence and
     await carl.page.locator("#signin").waitFor({ state: "visible" });
     await waitText(sup.page, 'tr[data-login="carl"] td.state', "signed out");
     await shot(sup.page, "11-supervisor-sees-sign-out");
+  });
+});
+
+test("two people on one computer share its station; another computer is refused with both shown", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  const ana = await person(d, "ana", "pc-front-desk");
+  const bob = await person(d, "bob", "pc-front-desk");
+  const carl = await person(d, "carl"); // another computer
+  await withPeople("shared-station", [ana, bob, carl], async () => {
+    await signIn(ana, "ana", "desk-103");
+
+    // Bob, on the same computer, sees desk-103 as shared and may pick it.
+    await bob.page.click("#refresh-stations");
+    await bob.page.waitForFunction(() => {
+      const o = document.querySelector('#station option[value="desk-103"]');
+      return o && !o.disabled && o.textContent.includes("shared on this computer (ana)");
+    });
+    await signIn(bob, "bob", "desk-103");
+    assert.equal(await text(bob.page, "#agent-station"), "desk-103");
+    assert.equal(await text(ana.page, "#conn"), "online", "ana keeps the station");
+    await shot(bob.page, "18-shared-station-second-login");
+
+    // Carl's computer (its list loaded while desk-103 was free): refused,
+    // naming both holders; the refreshed picker shows it taken.
+    await submitSignIn(carl.page, "carl", "desk-103");
+    await carl.page.locator("#signin-error").waitFor({ state: "visible" });
+    assert.equal(await text(carl.page, "#signin-error"), "Station desk-103 is in use by ana, bob. Please pick another station.");
+    await carl.page.waitForFunction(() => {
+      const o = document.querySelector('#station option[value="desk-103"]');
+      return o?.disabled === true && o.textContent.includes("in use (ana, bob)");
+    });
+    await shot(carl.page, "19-shared-station-other-computer-refused");
+
+    // Both sharers are untouched.
+    assert.equal(await text(ana.page, "#conn"), "online");
+    assert.equal(await text(bob.page, "#conn"), "online");
   });
 });

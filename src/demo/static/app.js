@@ -20,6 +20,27 @@ const agents = new Map();
 /** Where the sign-in is kept for the other tabs of this browser. */
 const SAVED_SIGNIN = "turnstile-demo-signin";
 const SINGLE_TAB = new URLSearchParams(location.search).has("single-tab");
+/** Where this browser profile keeps its device id. */
+const DEVICE_KEY = "turnstile-device";
+
+/**
+ * This browser profile's stable device id, made once and kept: people who
+ * sign in from one device share its station (the broker's `device`).
+ * Random bytes (crypto.getRandomValues works on plain http too).
+ */
+function deviceId() {
+  try {
+    const kept = localStorage.getItem(DEVICE_KEY);
+    if (kept && /^[A-Za-z0-9._@+:-]{1,64}$/.test(kept)) return kept;
+    const bytes = crypto.getRandomValues(new Uint8Array(12));
+    const id = `web-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+    localStorage.setItem(DEVICE_KEY, id);
+    return id;
+  } catch {
+    return ""; // storage disabled: no device, the station is not shared
+  }
+}
+const DEVICE = deviceId();
 
 function saveSignIn(login) {
   try {
@@ -84,9 +105,15 @@ async function loadStations() {
   const none = new Option("(no station — supervisors)", "");
   select.add(none);
   for (const s of r.data.stations ?? []) {
-    const label = s.free ? s.station : `${s.station} — in use (${s.login})`;
+    // Held only from this browser: it may be shared (another login here).
+    const holders = s.holders ?? [];
+    const ours = !s.free && DEVICE !== "" && holders.length > 0 && holders.every((h) => h.device === DEVICE);
+    const who = holders.length ? holders.map((h) => h.login).join(", ") : s.login;
+    const label = s.free ? s.station
+      : ours ? `${s.station} — shared on this computer (${who})`
+      : `${s.station} — in use (${who})`;
     const opt = new Option(label, s.station);
-    opt.disabled = !s.free;
+    opt.disabled = !s.free && !ours;
     select.add(opt);
   }
   const firstFree = (r.data.stations ?? []).find((s) => s.free);
@@ -111,6 +138,7 @@ async function signIn(confirm) {
     station: $("station").value,
     confirm,
     takeover_of: confirm ? shownHolder : "",
+    device: DEVICE,
   };
   $("signin-btn").disabled = true;
   const r = await api("POST", "/api/login", body);

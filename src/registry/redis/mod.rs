@@ -370,6 +370,12 @@ impl Registry for RedisRegistry {
             kep: self.known(&tenant),
             exp: req.expected_session_id.as_ref().map(|e| e.as_str()),
             seats: self.seat_limit(&tenant),
+            dev: req.device.as_ref().map(|d| d.as_str()),
+            sh: req
+                .device
+                .as_ref()
+                .filter(|_| self.inner.cfg.shares_stations(&tenant))
+                .map(|_| crate::limits::MAX_STATION_HOLDERS),
         };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {
@@ -395,9 +401,17 @@ impl Registry for RedisRegistry {
             Some("login") => Ok(ClaimOutcome::LoginInUse {
                 holder: self.session(&tenant, r.h.as_ref())?,
             }),
-            Some("station") => Ok(ClaimOutcome::StationInUse {
-                holder: self.session(&tenant, r.h.as_ref())?,
-            }),
+            Some("station") => {
+                let holder = self.session(&tenant, r.h.as_ref())?;
+                let mut holders =
+                    r.hs.iter()
+                        .map(|w| w.to_session(&tenant))
+                        .collect::<Result<Vec<_>, _>>()?;
+                if holders.is_empty() {
+                    holders.push(holder.clone());
+                }
+                Ok(ClaimOutcome::StationInUse { holder, holders })
+            }
             Some("seats") => Ok(ClaimOutcome::SeatsExhausted {
                 used: r.used,
                 limit: r.limit,
@@ -512,15 +526,14 @@ impl Registry for RedisRegistry {
         if r.err.is_some() {
             return Err(self.error(tenant, &r, ""));
         }
-        Ok(stations
+        stations
             .iter()
             .zip(r.st.iter().map(Some).chain(std::iter::repeat(None)))
-            .map(|(station, w)| StationInfo {
-                station: station.clone(),
-                holder: w
-                    .and_then(|w| Some((Login::parse(&w.l).ok()?, SessionId::parse(&w.id).ok()?))),
+            .map(|(station, w)| match w {
+                Some(w) => w.to_info(station),
+                None => Ok(StationInfo::new(station.clone(), Vec::new())),
             })
-            .collect())
+            .collect()
     }
 
     async fn notify(

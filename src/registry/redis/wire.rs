@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::registry::RegistryError;
+use crate::registry::{RegistryError, StationHolder, StationInfo};
 use crate::session::{
-    EndReason, EndedBy, Ending, Generation, Login, NodeId, Notice, PresenceChange, PresenceEvent,
-    Session, SessionId, SessionState, Station, Tenant, Tombstone,
+    Device, EndReason, EndedBy, Ending, Generation, Login, NodeId, Notice, PresenceChange,
+    PresenceEvent, Session, SessionId, SessionState, Station, Tenant, Tombstone,
 };
 
 /// A list that cjson may have written as `{}` when empty.
@@ -57,6 +57,9 @@ pub struct WSession {
     /// [`EndReason::as_str`] when `state` is `ended`, else `""`.
     #[serde(default)]
     pub reason: String,
+    /// [`Session::device`]; absent when none (most sessions: no bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dev: String,
 }
 
 /// An [`EndedBy`].
@@ -130,6 +133,14 @@ pub struct ClaimReq<'a> {
     pub exp: Option<&'a str>,
     /// The configured seat limit of the tenant (0: none).
     pub seats: u32,
+    /// The claim's device; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<&'a str>,
+    /// With `dev`, when the tenant shares stations: how many may hold one
+    /// ([`MAX_STATION_HOLDERS`](crate::limits::MAX_STATION_HOLDERS));
+    /// absent: the station is not shared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sh: Option<usize>,
 }
 
 /// socket.lua's request: a node's write for one of its sockets. Absent
@@ -212,6 +223,9 @@ pub struct Reply {
     /// claim: the holder of the login or station on a conflict.
     #[serde(default)]
     pub h: Option<WSession>,
+    /// claim (station): every holder of the station, `h` first.
+    #[serde(default, deserialize_with = "list")]
+    pub hs: Vec<WSession>,
     /// claim (seats), seats: live sessions of the tenant.
     #[serde(default)]
     pub used: u32,
@@ -261,13 +275,41 @@ pub struct Reply {
     pub missing: Vec<String>,
 }
 
-/// One station's holder in a stations reply; both `""` when free.
+/// One station in a stations reply (prelude.lua `station_info`): its
+/// holders, first first; none when free.
 #[derive(Debug, Deserialize)]
 pub struct WStation {
+    #[serde(default, deserialize_with = "list")]
+    pub hs: Vec<WHolder>,
+}
+
+/// One holder of a station.
+#[derive(Debug, Deserialize)]
+pub struct WHolder {
     /// The holder's login.
     pub l: String,
     /// The holder's session id.
     pub id: String,
+    /// Its device; absent or `""`: none.
+    #[serde(default)]
+    pub d: String,
+}
+
+impl WStation {
+    pub fn to_info(&self, station: &Station) -> Result<StationInfo, RegistryError> {
+        let holders = self
+            .hs
+            .iter()
+            .map(|h| {
+                Ok(StationHolder {
+                    login: Login::parse(&h.l).map_err(|e| corrupt("login", e))?,
+                    session_id: SessionId::parse(&h.id).map_err(|e| corrupt("session id", e))?,
+                    device: opt_device(&h.d)?,
+                })
+            })
+            .collect::<Result<_, RegistryError>>()?;
+        Ok(StationInfo::new(station.clone(), holders))
+    }
 }
 
 /// The membership script's answer.
@@ -315,6 +357,14 @@ fn presence_change(s: &str) -> Result<PresenceChange, RegistryError> {
     s.parse().map_err(|e| corrupt("presence change", e))
 }
 
+fn opt_device(s: &str) -> Result<Option<Device>, RegistryError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        Device::parse(s).map(Some).map_err(|e| corrupt("device", e))
+    }
+}
+
 fn opt_station(s: &str) -> Result<Option<Station>, RegistryError> {
     if s.is_empty() {
         Ok(None)
@@ -343,6 +393,7 @@ impl WSession {
             node: NodeId::parse(&self.node).map_err(|e| corrupt("node", e))?,
             attributes: self.attrs.clone(),
             status: self.status.clone(),
+            device: opt_device(&self.dev)?,
         })
     }
 
@@ -369,6 +420,11 @@ impl WSession {
             attrs: s.attributes.clone(),
             status: s.status.clone(),
             reason: reason.to_string(),
+            dev: s
+                .device
+                .as_ref()
+                .map(|d| d.as_str().to_string())
+                .unwrap_or_default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::session::NodeId;
+use crate::session::{Device, NodeId};
 
 const T0: i64 = 1_000_000;
 
@@ -32,7 +32,34 @@ fn req(login: &str, station: Option<&str>, policy: ConflictPolicy) -> ClaimReque
         attributes: Default::default(),
         idempotency_key: None,
         expected_session_id: None,
+        device: None,
     }
+}
+
+/// `req` from device `device`.
+fn req_on(login: &str, station: &str, device: Option<&str>) -> ClaimRequest {
+    ClaimRequest {
+        device: device.map(|d| Device::parse(d).unwrap()),
+        ..req(login, Some(station), ConflictPolicy::Reject)
+    }
+}
+
+fn refused_by(out: ClaimOutcome) -> Vec<SessionId> {
+    match out {
+        ClaimOutcome::StationInUse { holder, holders } => {
+            assert_eq!(holder, holders[0], "holder is the first of holders");
+            holders.into_iter().map(|h| h.id).collect()
+        }
+        other => panic!("expected STATION_IN_USE, got {other:?}"),
+    }
+}
+
+fn holders_of(s: &TenantState, station: &str) -> Vec<(SessionId, Option<Device>)> {
+    s.station_info(&Station::parse(station).unwrap())
+        .holders
+        .into_iter()
+        .map(|h| (h.session_id, h.device))
+        .collect()
 }
 
 fn sock(conn: u64) -> SocketId {
@@ -228,7 +255,13 @@ fn the_first_user_keeps_the_station_under_either_policy() {
         let out = s
             .claim(req("bob", Some("p1"), policy), &cfg(), T0, &mut fx)
             .unwrap();
-        assert_eq!(out, ClaimOutcome::StationInUse { holder: a.clone() });
+        assert_eq!(
+            out,
+            ClaimOutcome::StationInUse {
+                holder: a.clone(),
+                holders: vec![a.clone()]
+            }
+        );
     }
     // Re-claiming one's own station is not a station conflict.
     let mut fx = Effects::default();
@@ -241,6 +274,137 @@ fn the_first_user_keeps_the_station_under_either_policy() {
         )
         .unwrap();
     assert!(matches!(out, ClaimOutcome::LoginInUse { .. }), "{out:?}");
+}
+
+#[test]
+fn logins_from_one_device_share_a_station_and_others_are_refused() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req_on("ana", "p1", Some("pc1")), T0);
+    let (b, _, _) = grant(&mut s, req_on("bob", "p1", Some("pc1")), T0);
+    let d = Some(Device::parse("pc1").unwrap());
+    assert_eq!(
+        holders_of(&s, "p1"),
+        vec![(a.id.clone(), d.clone()), (b.id.clone(), d.clone())]
+    );
+    assert_eq!(b.device, d);
+    // Another device, no device, or any policy: refused with both holders.
+    for r in [
+        req_on("cid", "p1", Some("pc2")),
+        req_on("cid", "p1", None),
+        req("cid", Some("p1"), ConflictPolicy::Takeover),
+    ] {
+        let out = s.claim(r, &cfg(), T0, &mut Effects::default()).unwrap();
+        assert_eq!(refused_by(out), vec![a.id.clone(), b.id.clone()]);
+    }
+    // A holder re-claiming from another device is refused too: bob shares it.
+    let out = s
+        .claim(
+            req_on("ana", "p1", Some("pc2")),
+            &cfg(),
+            T0,
+            &mut Effects::default(),
+        )
+        .unwrap();
+    assert_eq!(refused_by(out), vec![a.id.clone(), b.id.clone()]);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_station_held_without_a_device_is_not_shared() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req_on("ana", "p1", None), T0);
+    let out = s
+        .claim(
+            req_on("bob", "p1", Some("pc1")),
+            &cfg(),
+            T0,
+            &mut Effects::default(),
+        )
+        .unwrap();
+    assert_eq!(refused_by(out), vec![a.id]);
+}
+
+#[test]
+fn a_shared_station_passes_to_the_next_holder_and_is_free_after_the_last() {
+    let mut s = state();
+    let (a, _, _) = grant(&mut s, req_on("ana", "p1", Some("pc1")), T0);
+    let (b, _, _) = grant(&mut s, req_on("bob", "p1", Some("pc1")), T0);
+    let (c, _, _) = grant(&mut s, req_on("cid", "p1", Some("pc1")), T0);
+    let mut fx = Effects::default();
+    s.release(&a.id, &cfg(), T0, &mut fx).unwrap();
+    let ids = |s: &TenantState| -> Vec<SessionId> {
+        holders_of(s, "p1").into_iter().map(|h| h.0).collect()
+    };
+    assert_eq!(ids(&s), vec![b.id.clone(), c.id.clone()]);
+    assert_eq!(
+        s.stations(&[Station::parse("p1").unwrap()])[0].holder,
+        Some((b.login.clone(), b.id.clone()))
+    );
+    // A login moving to another station drops its old one (STATION_CHANGED).
+    let moved = ClaimRequest {
+        policy: ConflictPolicy::Takeover,
+        ..req_on("cid", "p2", Some("pc1"))
+    };
+    let (_, evicted, mut fx) = grant(&mut s, moved, T0);
+    assert_eq!(evicted[0].id, c.id);
+    assert_eq!(
+        ended_reasons(&fx),
+        vec![(c.id.clone(), EndReason::StationChanged)]
+    );
+    assert_eq!(ids(&s), vec![b.id.clone()]);
+    s.release(&b.id, &cfg(), T0, &mut fx).unwrap();
+    assert!(ids(&s).is_empty());
+    // Free: any device may take it now.
+    grant(&mut s, req_on("dan", "p1", Some("pc9")), T0);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn an_exclusive_tenant_never_shares() {
+    let mut s = state();
+    let c = RegistryConfig {
+        exclusive_stations: Arc::new([Tenant::parse("acme").unwrap()].into_iter().collect()),
+        ..cfg()
+    };
+    let mut fx = Effects::default();
+    let out = s
+        .claim(req_on("ana", "p1", Some("pc1")), &c, T0, &mut fx)
+        .unwrap();
+    let ClaimOutcome::Granted { session: a, .. } = out else {
+        panic!("{out:?}")
+    };
+    let out = s
+        .claim(req_on("bob", "p1", Some("pc1")), &c, T0, &mut fx)
+        .unwrap();
+    assert_eq!(refused_by(out), vec![a.id]);
+}
+
+#[test]
+fn evicting_a_shared_station_ends_every_holder_and_sharers_are_bounded() {
+    let mut s = state();
+    let mut ids = Vec::new();
+    for n in 0..MAX_STATION_HOLDERS {
+        let (x, _, _) = grant(&mut s, req_on(&format!("u{n}"), "p1", Some("pc1")), T0);
+        ids.push(x.id);
+    }
+    let out = s
+        .claim(
+            req_on("one-more", "p1", Some("pc1")),
+            &cfg(),
+            T0,
+            &mut Effects::default(),
+        )
+        .unwrap();
+    assert_eq!(refused_by(out), ids);
+    s.check_invariants().unwrap();
+    let mut fx = Effects::default();
+    let target = EvictTarget::Station(Station::parse("p1").unwrap());
+    let ended = s
+        .evict(&target, None, "admin", &cfg(), T0, &mut fx)
+        .unwrap();
+    assert_eq!(ended.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+    assert!(holders_of(&s, "p1").is_empty());
+    s.check_invariants().unwrap();
 }
 
 #[test]
@@ -452,6 +616,7 @@ enum Op {
         login: u8,
         station: Option<u8>,
         takeover: bool,
+        device: Option<u8>,
     },
     Release {
         pick: u8,
@@ -474,13 +639,18 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..6, proptest::option::of(0u8..4), any::<bool>()).prop_map(
-            |(login, station, takeover)| Op::Claim {
+        (
+            0u8..6,
+            proptest::option::of(0u8..4),
+            any::<bool>(),
+            proptest::option::of(0u8..2)
+        )
+            .prop_map(|(login, station, takeover, device)| Op::Claim {
                 login,
                 station,
-                takeover
-            }
-        ),
+                takeover,
+                device
+            }),
         any::<u8>().prop_map(|pick| Op::Release { pick }),
         any::<u8>().prop_map(|pick| Op::Evict { pick }),
         (any::<u8>(), 0u8..3).prop_map(|(pick, conn)| Op::Connect { pick, conn }),
@@ -507,17 +677,23 @@ proptest! {
             let mut fx = Effects::default();
             let pick = |p: u8| all.get(p as usize % all.len().max(1)).cloned();
             match op {
-                Op::Claim { login, station, takeover } => {
+                Op::Claim { login, station, takeover, device } => {
                     let policy = if takeover { ConflictPolicy::Takeover } else { ConflictPolicy::Reject };
                     let st = station.map(|n| format!("p{n}"));
-                    let r = req(&format!("u{login}"), st.as_deref(), policy);
+                    let mut r = req(&format!("u{login}"), st.as_deref(), policy);
+                    r.device = device.map(|d| Device::parse(&format!("pc{d}")).unwrap());
                     if let ClaimOutcome::Granted { session, .. } = s.claim(r, &c, now, &mut fx).unwrap() {
                         all.push(session);
                     }
                 }
                 Op::Release { pick: p } => if let Some(x) = pick(p) { let _ = s.release(&x.id, &c, now, &mut fx); },
                 Op::Evict { pick: p } => if let Some(x) = pick(p) {
-                    let _ = s.evict(&EvictTarget::Session(x.id.clone()), None, "admin", &c, now, &mut fx);
+                    // By station now and then: every holder of a shared one.
+                    let target = match &x.station {
+                        Some(st) if p % 2 == 0 => EvictTarget::Station(st.clone()),
+                        _ => EvictTarget::Session(x.id.clone()),
+                    };
+                    let _ = s.evict(&target, None, "admin", &c, now, &mut fx);
                 },
                 Op::Connect { pick: p, conn } => if let Some(x) = pick(p) {
                     let _ = s.attach(&x.id, x.generation, sock(conn as u64), &c, now, &mut fx);

@@ -1,7 +1,10 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
 -- attrs, idem, kep, exp (expected holder, absent: any), seats (the
--- configured seat limit, 0: none; the key `seats` overrides it)}.
--- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, used, limit}.
+-- configured seat limit, 0: none; the key `seats` overrides it), dev (the
+-- device, absent: none), sh (with dev when the tenant shares stations: the
+-- most holders a station may have)}.
+-- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, hs (station:
+-- every holder), used, limit}.
 if ARGV[21] == '1' then
   -- Sent a second time (store.rs resends once after a reset connection):
   -- the first may have run. A first send's session id is new.
@@ -37,9 +40,26 @@ end
 local out
 if R.station ~= '' then
   local hid = redis.call('GET', P .. 'st:' .. R.station)
-  if hid then
-    local h = rec(hid)
-    if h and h.s.login ~= R.login then out = {o = 'station', h = h.s} end
+  local h = hid and rec(hid)
+  if h then
+    -- Holders of other logins refuse the claim unless it joins them: the
+    -- tenant shares (R.sh), the claim comes from their device, and there
+    -- is room. A holder without a device has no sharers (no call here).
+    local others = 0
+    if h.s.login ~= R.login then others = 1 end
+    if h.s.dev and (others == 0 or (R.sh and R.dev == h.s.dev)) then
+      local shk = P .. 'sh:' .. R.station
+      local n = redis.call('LLEN', shk)
+      if n > 0 and others == 1 then
+        -- Sharers other than this login's own session.
+        local lid = redis.call('GET', P .. 'l:' .. R.login)
+        if lid and redis.call('LPOS', shk, lid) then n = n - 1 end
+      end
+      others = others + n
+    end
+    if others > 0 and not (R.sh and R.dev == h.s.dev and others < R.sh) then
+      out = {o = 'station', h = h.s, hs = station_holders(R.station, h)}
+    end
   end
 end
 
@@ -69,7 +89,7 @@ if not out then
     local gen = next_generation(R.login)
     local s = {id = R.sid, login = R.login, station = R.station, client = R.client,
       role = R.role, gen = gen, state = 'pending', created = NOW, seen = NOW,
-      node = C.node, attrs = R.attrs, status = '', reason = ''}
+      node = C.node, attrs = R.attrs, status = '', reason = '', dev = R.dev}
     -- The login's mailbox becomes the session's queue (expired entries
     -- are skipped when read).
     if redis.call('EXISTS', P .. 'm:' .. R.login) == 1 then
@@ -79,7 +99,16 @@ if not out then
     local sj = cjson.encode(s)
     put_j(r, sj)
     redis.call('SET', P .. 'l:' .. R.login, R.sid)
-    if R.station ~= '' then redis.call('SET', P .. 'st:' .. R.station, R.sid) end
+    if R.station ~= '' then
+      -- Held still only by the holders this claim joins (R.sh, same device);
+      -- a first holder whose record is gone is replaced.
+      local cur = R.sh and redis.call('GET', P .. 'st:' .. R.station)
+      if cur and redis.call('EXISTS', P .. 's:' .. cur) == 1 then
+        redis.call('RPUSH', P .. 'sh:' .. R.station, R.sid)
+      else
+        redis.call('SET', P .. 'st:' .. R.station, R.sid)
+      end
+    end
     redis.call('ZADD', P .. 'live', 0, R.sid)
     redis.call('ZADD', P .. 'dl', r.dl, R.sid)
     presence_j(sj, 'claimed')

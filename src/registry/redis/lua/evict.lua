@@ -27,8 +27,15 @@ elseif R.by_kind == 'login' then
   id = redis.call('GET', P .. 'l:' .. R.v)
   if not id then return err('nologin') end
 else
-  id = redis.call('GET', P .. 'st:' .. R.v)
-  if not id then return err('nostation') end
+  -- Every holder of a shared station.
+  local hs = station_holders(R.v)
+  if #hs == 0 then return err('nostation') end
+  local ev = {}
+  for _, s in ipairs(hs) do
+    local r = rec(s.id)
+    if r then table.insert(ev, (finish(r, 'evicted', by, R.msg))) end
+  end
+  return cjson.encode({ev = ev})
 end
 local r = rec(id)
 if not r then return err('notfound') end

@@ -226,6 +226,55 @@ local function disconnect(r)
   presence(r.s, 'disconnected')
 end
 
+-- Stations: 'st:<station>' is the first holder's sid. A shared station's
+-- other holders (claims from the first holder's device, `s.dev`), in the
+-- order they claimed it, are the list 'sh:<station>', which exists only
+-- beside 'st:' and holds at most limits::MAX_STATION_HOLDERS - 1. A session
+-- without a device never shares, so it costs no call beyond 'st:'.
+-- The holders of `st`, first first, as session tables; `first` is the
+-- record under 'st:' when the caller has it.
+local function station_holders(st, first)
+  if not first then
+    local id = redis.call('GET', P .. 'st:' .. st)
+    first = id and rec(id)
+  end
+  if not first then return {} end
+  local out = {first.s}
+  if first.s.dev then
+    for _, id in ipairs(redis.call('LRANGE', P .. 'sh:' .. st, 0, -1)) do
+      local r = rec(id)
+      if r then table.insert(out, r.s) end
+    end
+  end
+  return out
+end
+-- The one place a station's info is built (StationStatus): {hs = every
+-- holder {l = login, id = sid, d = device}}, empty when free.
+local function station_info(st)
+  local hs = {}
+  for _, s in ipairs(station_holders(st)) do
+    table.insert(hs, {l = s.login, id = s.id, d = s.dev or ''})
+  end
+  return {hs = hs}
+end
+-- Takes session `s` off its station: the next sharer becomes the first
+-- holder; the station is free when its last holder leaves.
+local function station_leave(s)
+  local k = P .. 'st:' .. s.station
+  local first = redis.call('GET', k) == s.id
+  if not s.dev then
+    if first then redis.call('DEL', k) end
+    return
+  end
+  local shk = P .. 'sh:' .. s.station
+  if first then
+    local nxt = redis.call('LPOP', shk)
+    if nxt then redis.call('SET', k, nxt) else redis.call('DEL', k) end
+  else
+    redis.call('LREM', shk, 1, s.id)
+  end
+end
+
 -- Ends a live session: frees its login and station, leaves a tombstone,
 -- tells every node (forced logout) and every watcher (presence). Returns
 -- the ended session and its JSON.
@@ -238,9 +287,7 @@ local function finish(r, reason, by, message)
     redis.call('DEL', P .. 'q:' .. s.id)
   end
   if redis.call('GET', P .. 'l:' .. s.login) == s.id then redis.call('DEL', P .. 'l:' .. s.login) end
-  if s.station ~= '' and redis.call('GET', P .. 'st:' .. s.station) == s.id then
-    redis.call('DEL', P .. 'st:' .. s.station)
-  end
+  if s.station ~= '' then station_leave(s) end
   redis.call('ZREM', P .. 'live', s.id)
   redis.call('ZREM', P .. 'dl', s.id)
   for _, k in ipairs(r.k) do redis.call('SREM', P .. 'n:' .. k.n, s.id) end

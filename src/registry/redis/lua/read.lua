@@ -23,11 +23,6 @@ elseif R.q == 'list' then
   return cjson.encode({ss = out, next = next})
 else
   local out = {}
-  for _, st in ipairs(R.stations) do
-    local id = redis.call('GET', P .. 'st:' .. st)
-    local r = id and rec(id)
-    if r then table.insert(out, {l = r.s.login, id = r.s.id})
-    else table.insert(out, {l = '', id = ''}) end
-  end
+  for _, st in ipairs(R.stations) do table.insert(out, station_info(st)) end
   return cjson.encode({st = out})
 end

@@ -33,11 +33,14 @@ if hid and hid ~= s.id then
   local h = rec(hid)
   if h then return cjson.encode({o = 'conflict', h = h.s}) end
 end
+local joins = false
 if s.station ~= '' then
   hid = redis.call('GET', P .. 'st:' .. s.station)
   if hid and hid ~= s.id then
     local h = rec(hid)
-    if h then return cjson.encode({o = 'conflict', h = h.s}) end
+    -- A holder from this session's device shares the station with it.
+    if h and s.dev and h.s.dev == s.dev then joins = true
+    elseif h then return cjson.encode({o = 'conflict', h = h.s}) end
   end
 end
 local g = tonumber(redis.call('GET', P .. 'g:' .. s.login) or '0')
@@ -47,7 +50,10 @@ s.state = 'connected'
 s.seen = NOW
 put({s = s, k = R.k, nt = {}, dl = 0})
 redis.call('SET', P .. 'l:' .. s.login, s.id)
-if s.station ~= '' then redis.call('SET', P .. 'st:' .. s.station, s.id) end
+if joins then
+  local shk = P .. 'sh:' .. s.station
+  if not redis.call('LPOS', shk, s.id) then redis.call('RPUSH', shk, s.id) end
+elseif s.station ~= '' then redis.call('SET', P .. 'st:' .. s.station, s.id) end
 redis.call('ZADD', P .. 'live', 0, s.id)
 redis.call('SADD', P .. 'n:' .. R.node, s.id)
 return cjson.encode({o = 'ok'})
