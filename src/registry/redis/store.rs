@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use super::conn::{self, Conn, Target};
 use super::due;
-use super::tenant_writes::{self, TenantWrites, GENERATION};
+use super::tenant_writes::{self, TenantWrites, COUNTER_TTL_MS, GENERATION};
 use super::wire::{NodesReply, Reply};
 use crate::clock::Clock;
 use crate::registry::{RegistryConfig, RegistryError};
@@ -68,15 +68,18 @@ fn indexed_script(body: &str, always: bool) -> Script {
 /// On a Redis Cluster, the tenant's own counter (`<prefix>wc`, see
 /// [`tenant_writes`](super::tenant_writes)); ARGV[20] is the highest value
 /// this node has seen for the tenant ('' when it does not remember one).
-/// A counter below it is the same loss, of this tenant's shard: the script
-/// starts a new loss generation of the counter (every node learns of the
-/// loss from its next reply and re-asserts its sessions here), holds the
-/// tenant's claims for ARGV[21] ms (`rc`, see `ensure_epoch`), keeps the
-/// epoch marker, and refuses (`lostwrites`).
+/// A counter below it (or gone with the epoch marker: the shard lost
+/// everything) is the same loss, of this tenant's shard: the script starts
+/// a new loss generation of the counter (every node learns of the loss
+/// from its next reply and re-asserts its sessions here), holds the
+/// tenant's claims for ARGV[21] ms (`rc`, see `ensure_epoch`), keeps (or
+/// puts back) the epoch marker, and refuses (`lostwrites`). The counter
+/// lives [`COUNTER_TTL_MS`] after the tenant's last write; a counter gone
+/// while the epoch marker stayed (it expired) is not a loss.
 fn wrapped(body: &str, always: bool, counts: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
-local wc_key = nil
+local wc_key, wc_was = nil, nil
 if ARGV[13] ~= '' and ARGV[20] ~= '' then
   wc_key = ARGV[13] .. ':wc'
   if tonumber(redis.call('GET', wc_key) or '0') < tonumber(ARGV[20]) then
@@ -84,11 +87,13 @@ if ARGV[13] ~= '' and ARGV[20] ~= '' then
   end
 elseif ARGV[13] == '' then
   wc_key = P .. 'wc'
+  wc_was = redis.call('GET', wc_key)
   local seen = tonumber(ARGV[20])
-  if seen and tonumber(redis.call('GET', wc_key) or '0') < seen then
+  if seen and seen > 0 and ((wc_was and tonumber(wc_was) < seen)
+      or (not wc_was and redis.call('EXISTS', P .. 'ep') == 0)) then
     local g = {GENERATION}
     local wc = string.format('%d', (math.floor(seen / g) + 1) * g + seen % g)
-    redis.call('SET', wc_key, wc)
+    redis.call('SET', wc_key, wc, 'PX', {COUNTER_TTL_MS})
     if redis.call('EXISTS', P .. 'ep') == 0 then redis.call('SET', P .. 'ep', C.epoch) end
     redis.call('SET', P .. 'rc', '1', 'PX', ARGV[21])
     return {{'{{\"err\":\"lostwrites\"}}', '', '', wc}}
@@ -99,8 +104,14 @@ local reply = (function()
 {body}
 end)()
 local wc = ''
-if wc_key then
-  if {counts} then wc = string.format('%d', redis.call('INCR', wc_key))
+if wc_key and ARGV[13] == '' then
+  wc = wc_was or '0'
+  if {counts} then
+    wc = string.format('%d', wc + 1)
+    redis.call('SET', wc_key, wc, 'PX', {COUNTER_TTL_MS})
+  end
+elseif wc_key then
+  if {counts} then wc = tostring(redis.call('INCR', wc_key))
   else wc = redis.call('GET', wc_key) or '0' end
 end
 local due_after = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]

@@ -30,6 +30,10 @@ pub(crate) const IDLE: Duration = Duration::from_secs(3600);
 /// One loss generation of a tenant's counter (`prelude`'s wrapper uses
 /// the same step): writes within a generation stay below it.
 pub(crate) const GENERATION: u64 = 1_000_000_000_000;
+/// How long a tenant's counter outlives the tenant's last write (ms): far
+/// beyond [`IDLE`], so a node never remembers a counter Redis let expire
+/// unless the tenant was only read from for that long.
+pub(crate) const COUNTER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Claims of a tenant whose shard lost writes wait this long beyond the
 /// reconciliation interval: in it every node that holds sessions there
 /// hears of the loss (its reconciliation runs a script for the tenant)
