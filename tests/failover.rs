@@ -354,3 +354,43 @@ async fn a_cluster_shard_failed_over_to_a_lagging_replica_grants_nothing_twice()
     assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
     bob_ws.expect_forced_logout_reason("superseded").await;
 }
+
+/// On a Redis Cluster, the shard holding the tenant loses everything of it
+/// (here its keys are deleted; a shard restarted empty, or flushed): the
+/// epoch marker and the write counter are gone together. A node that saw
+/// the tenant's writes notices from the counter, the tenant's claims wait
+/// while nodes re-assert, and ana's login is not granted twice.
+#[tokio::test]
+async fn a_cluster_shard_that_lost_a_tenant_entirely_grants_nothing_twice() {
+    let cluster = RedisCluster::start().await;
+    let m = cluster.master_of(&format!("{{{T}}}")).await;
+    let a = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let b = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let ana_id = session_of(&ana).session_id.clone();
+    let (mut ana_ws, _) = welcome_on(&a, &ana.token).await;
+    let mut cb = b.client().await;
+    get_on(&mut cb, T, &ana_id).await.expect("ana's session");
+
+    let pattern = format!("turnstile:{{{T}}}:*");
+    let keys = match cluster.nodes[m].cmd(&["KEYS", &pattern]).await {
+        redis::Value::Array(keys) => keys.into_iter().map(text).collect::<Vec<_>>(),
+        other => panic!("KEYS answered {other:?}"),
+    };
+    assert!(keys.iter().any(|k| k.ends_with(":wc")), "{keys:?}");
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    cluster.nodes[m].cmd(&del).await;
+
+    let (r, refused) = claim_through(&b, "ana").await;
+    eprintln!("claims refused (UNAVAILABLE) after the tenant was lost: {refused}");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::LoginInUse,
+        "ana's live session was lost with the shard; granting ana again is a double grant: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, ana_id);
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    ana_ws.expect_forced_logout_reason("superseded").await;
+}
