@@ -75,7 +75,8 @@ fn indexed_script(body: &str, always: bool) -> Script {
 /// tenant's claims for ARGV[21] ms (`rc`, see `ensure_epoch`), keeps (or
 /// puts back) the epoch marker, and refuses (`lostwrites`). The counter
 /// lives [`COUNTER_TTL_MS`] after the tenant's last write; a counter gone
-/// while the epoch marker stayed (it expired) is not a loss.
+/// while the epoch marker stayed (it expired) is not a loss: it goes on
+/// from what the calling node saw.
 fn wrapped(body: &str, always: bool, counts: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
@@ -98,6 +99,7 @@ elseif ARGV[13] == '' then
     redis.call('SET', P .. 'rc', '1', 'PX', ARGV[21])
     return {{'{{\"err\":\"lostwrites\"}}', '', '', wc}}
   end
+  if not wc_was and seen then wc_was = ARGV[20] end
 end
 local due_before = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 local reply = (function()
