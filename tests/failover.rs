@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use support::agent::welcome_on;
-use support::procs::{NodeProc, RedisServer, SentinelSet};
+use support::procs::{text, NodeProc, RedisCluster, RedisServer, SentinelSet};
 use support::*;
 use turnstile::pb;
 
@@ -284,4 +284,113 @@ async fn a_loss_first_seen_by_a_fresh_node_still_holds_claims_until_reasserted()
         "desk-1 is ana's: {r:?}"
     );
     assert_eq!(r.holder.expect("holder").session_id, ana_id);
+}
+
+/// A number out of `INFO replication`.
+async fn repl_field(redis: &RedisServer, field: &str) -> i64 {
+    let info = text(redis.cmd(&["INFO", "replication"]).await);
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// On a Redis Cluster, the shard holding the tenant fails over to a
+/// replica that lacks the last writes (its link was cut while they
+/// landed; `CLUSTER FAILOVER TAKEOVER`, the old master killed). The
+/// tenant's epoch marker survived, so only the per-tenant write counter
+/// can tell: a node that saw the lost writes must notice, hold the
+/// tenant's claims while nodes re-assert, and grant no login twice.
+#[tokio::test]
+async fn a_cluster_shard_failed_over_to_a_lagging_replica_grants_nothing_twice() {
+    let mut cluster = RedisCluster::start().await;
+    let m = cluster.master_of(&format!("{{{T}}}")).await;
+    let replica = cluster.add_replica(m).await;
+    let a = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let b = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let ana_id = session_of(&ana).session_id.clone();
+    let (_ana_ws, _) = welcome_on(&a, &ana.token).await;
+    // What the lagging copy holds: everything up to here.
+    let offset = repl_field(&cluster.nodes[m], "master_repl_offset").await;
+    support::procs::eventually("the replica to catch up", || async {
+        repl_field(&replica, "slave_repl_offset").await >= offset
+    })
+    .await;
+    replica.signal("STOP");
+    cluster.nodes[m]
+        .cmd(&["CLIENT", "KILL", "TYPE", "replica"])
+        .await;
+    // The writes it lacks: bob granted and connected on a, and b reading
+    // bob's session (so b has seen those writes).
+    let bob = grant_on(&a, "bob").await;
+    let bob_id = session_of(&bob).session_id.clone();
+    let (mut bob_ws, _) = welcome_on(&a, &bob.token).await;
+    let mut cb = b.client().await;
+    let s = get_on(&mut cb, T, &bob_id).await.expect("bob's session");
+    assert_eq!(s.state(), SessionState::Connected);
+
+    cluster.nodes[m].kill().await;
+    replica.signal("CONT");
+    replica.cmd(&["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
+    support::procs::eventually("the replica to take over", || async {
+        text(replica.cmd(&["ROLE"]).await) == "master"
+    })
+    .await;
+
+    let (r, refused) = claim_through(&b, "bob").await;
+    eprintln!("claims refused (UNAVAILABLE) after the lost writes: {refused}");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::LoginInUse,
+        "bob's live session was lost with the writes; granting bob again is a double grant: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, bob_id);
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    assert_eq!(r.holder.expect("holder").session_id, ana_id);
+    // bob's socket on a still works: a takeover reaches it.
+    let r = claim_on(&mut cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    bob_ws.expect_forced_logout_reason("superseded").await;
+}
+
+/// On a Redis Cluster, the shard holding the tenant loses everything of it
+/// (here its keys are deleted; a shard restarted empty, or flushed): the
+/// epoch marker and the write counter are gone together. A node that saw
+/// the tenant's writes notices from the counter, the tenant's claims wait
+/// while nodes re-assert, and ana's login is not granted twice.
+#[tokio::test]
+async fn a_cluster_shard_that_lost_a_tenant_entirely_grants_nothing_twice() {
+    let cluster = RedisCluster::start().await;
+    let m = cluster.master_of(&format!("{{{T}}}")).await;
+    let a = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let b = NodeProc::start(&cluster.urls(), true, &[]).await;
+    let ana = grant_on(&a, "ana").await;
+    let ana_id = session_of(&ana).session_id.clone();
+    let (mut ana_ws, _) = welcome_on(&a, &ana.token).await;
+    let mut cb = b.client().await;
+    get_on(&mut cb, T, &ana_id).await.expect("ana's session");
+
+    let pattern = format!("turnstile:{{{T}}}:*");
+    let keys = match cluster.nodes[m].cmd(&["KEYS", &pattern]).await {
+        redis::Value::Array(keys) => keys.into_iter().map(text).collect::<Vec<_>>(),
+        other => panic!("KEYS answered {other:?}"),
+    };
+    assert!(keys.iter().any(|k| k.ends_with(":wc")), "{keys:?}");
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    cluster.nodes[m].cmd(&del).await;
+
+    let (r, refused) = claim_through(&b, "ana").await;
+    eprintln!("claims refused (UNAVAILABLE) after the tenant was lost: {refused}");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::LoginInUse,
+        "ana's live session was lost with the shard; granting ana again is a double grant: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, ana_id);
+    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    ana_ws.expect_forced_logout_reason("superseded").await;
 }

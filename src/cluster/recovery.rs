@@ -13,7 +13,16 @@
 //! script refuses while anyone is listed. The node reports not ready until
 //! the pass is done. Reconciliation re-asserts single sessions Redis turns
 //! out to have forgotten through [`reassert`].
+//!
+//! On a Redis Cluster a shard can also lose the last writes of the tenants
+//! it holds (a failover to a replica that was behind) while the epoch
+//! stays: a tenant's write counter tells (see
+//! [`tenant_writes`](crate::registry::redis::tenant_writes)), and the same
+//! task then re-asserts this node's sessions of those tenants only. Their
+//! claims wait meanwhile for a bound set in the tenant's slot by the script
+//! that found the loss.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +83,10 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = node.recover.wake.notified() => {}
+            _ = node.store.tenant_writes().wake.notified() => {
+                tenants_lost_writes(&node).await;
+                continue;
+            }
         }
         let covers = node.recover.lost.load(Ordering::Acquire);
         let me = node.member.node();
@@ -107,6 +120,38 @@ pub(super) async fn run(node: Arc<Node>, stop: CancellationToken) {
         // (ended in writes Redis lost) are detached now, not next round.
         node.bus.resync.notify_one();
     }
+}
+
+/// On a Redis Cluster: re-asserts this node's sessions of the tenants whose
+/// shard lost writes, then reconciles (sessions ended in the lost writes
+/// came back: their sockets here are detached).
+async fn tenants_lost_writes(node: &Node) {
+    let tenants: HashSet<Tenant> = node.store.tenant_writes().take_lost().into_iter().collect();
+    if tenants.is_empty() {
+        return;
+    }
+    let sessions: Vec<_> = node
+        .local
+        .vouched()
+        .into_iter()
+        .filter(|(t, _)| tenants.contains(t))
+        .collect();
+    let started = std::time::Instant::now();
+    for batch in sessions.chunks(BATCH) {
+        join_all(
+            batch
+                .iter()
+                .map(|(tenant, v)| reassert(node, tenant, &v.session, &v.conns)),
+        )
+        .await;
+    }
+    info!(
+        tenants = tenants.len(),
+        sessions = sessions.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "re-asserted local sessions of tenants whose redis shard lost writes"
+    );
+    node.bus.resync.notify_one();
 }
 
 /// Puts one local session back into Redis with its sockets `conns`.

@@ -136,6 +136,16 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// Sends the process signal `sig` (`STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     /// Runs one command and returns its reply.
     pub async fn cmd(&self, args: &[&str]) -> redis::Value {
         let client = redis::Client::open(self.url()).expect("redis url");
@@ -157,6 +167,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.signal("CONT");
         if let Some(c) = self.child.as_mut() {
             let _ = c.start_kill();
         }
@@ -228,6 +239,70 @@ impl RedisCluster {
             .map(|n| n.url())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Which of `nodes` serves the slot of `key`.
+    pub async fn master_of(&self, key: &str) -> usize {
+        let slot = match self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]).await {
+            redis::Value::Int(s) => s,
+            other => panic!("CLUSTER KEYSLOT answered {other:?}"),
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let nodes = text(n.cmd(&["CLUSTER", "NODES"]).await);
+            let mine = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .expect("CLUSTER NODES lists this node");
+            let serves = mine.split(' ').skip(8).any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<i64>().is_ok_and(|a| a <= slot)
+                        && b.parse::<i64>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<i64>().is_ok_and(|a| a == slot),
+            });
+            if serves {
+                return i;
+            }
+        }
+        panic!("no master serves the slot of {key}");
+    }
+
+    /// Starts one more cluster node and makes it a replica of
+    /// `nodes[master]`; returns once it has the master's data.
+    pub async fn add_replica(&self, master: usize) -> RedisServer {
+        let replica = RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+        ])
+        .await;
+        let m = &self.nodes[master];
+        let id = text(m.cmd(&["CLUSTER", "MYID"]).await);
+        let port = m.port.to_string();
+        replica.cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]).await;
+        eventually("the new node to learn the cluster", || async {
+            text(replica.cmd(&["CLUSTER", "NODES"]).await).contains(&id)
+        })
+        .await;
+        replica.cmd(&["CLUSTER", "REPLICATE", &id]).await;
+        eventually("the replica to finish its first sync", || async {
+            text(replica.cmd(&["INFO", "replication"]).await).contains("master_link_status:up")
+        })
+        .await;
+        replica
+    }
+}
+
+/// A reply as text (bulk strings, status lines, and the first element of
+/// an array such as `ROLE`'s).
+pub fn text(v: redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::SimpleString(s) => s,
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::Array(mut a) if !a.is_empty() => text(a.swap_remove(0)),
+        other => format!("{other:?}"),
     }
 }
 

@@ -15,6 +15,7 @@ pub(crate) mod conn;
 pub(crate) mod due;
 pub(crate) mod sentinel;
 pub(crate) mod store;
+pub(crate) mod tenant_writes;
 pub(crate) mod wire;
 
 use std::sync::Arc;
@@ -155,7 +156,7 @@ impl RedisRegistry {
             urls: rcfg.target.shown(),
             source,
         };
-        let store = Store::connect(&rcfg.target, &rcfg.namespace, &cfg)
+        let store = Store::connect(&rcfg.target, &rcfg.namespace, &cfg, rcfg.reconcile_interval)
             .await
             .map_err(cerr)?;
         let cluster = Cluster::join(store.clone(), &rcfg, cfg.node.clone(), sink, local, stop)

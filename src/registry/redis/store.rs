@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use redis::Script;
 use serde::Serialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::conn::{self, Conn, Target};
 use super::due;
+use super::tenant_writes::{self, TenantWrites, COUNTER_TTL_MS, GENERATION};
 use super::wire::{NodesReply, Reply};
 use crate::clock::Clock;
 use crate::registry::{RegistryConfig, RegistryError};
@@ -66,26 +67,62 @@ fn indexed_script(body: &str, always: bool) -> Script {
 /// to a replica that was behind, a restore from an older file): the
 /// script refuses (`lostwrites`) before it reads anything, and the node's
 /// next lease refresh starts a recovery.
+///
+/// On a Redis Cluster, the tenant's own counter (`<prefix>wc`, see
+/// [`tenant_writes`](super::tenant_writes)); ARGV[20] is the highest value
+/// this node has seen for the tenant ('' when it does not remember one).
+/// A counter below it (or gone with the epoch marker: the shard lost
+/// everything) is the same loss, of this tenant's shard: the script starts
+/// a new loss generation of the counter (every node learns of the loss
+/// from its next reply and re-asserts its sessions here), holds the
+/// tenant's claims for ARGV[22] ms (`rc`, see `ensure_epoch`), keeps (or
+/// puts back) the epoch marker, and refuses (`lostwrites`). The counter
+/// lives [`COUNTER_TTL_MS`] after the tenant's last write; a counter gone
+/// while the epoch marker stayed (it expired) is not a loss: it goes on
+/// from what the calling node saw.
 fn wrapped(body: &str, always: bool, counts: bool) -> Script {
     Script::new(&format!(
         "{PRELUDE}
-local wc = ''
+local wc, wc_key, wc_was = '', nil, nil
 if ARGV[13] ~= '' and ARGV[20] ~= '' then
-  local wc_key = ARGV[13] .. ':wc'
-  if {counts} then wc = redis.call('INCR', wc_key)
-  else wc = redis.call('GET', wc_key) or '0' end
+  -- One Redis: the deployment's counter, counted before the body.
+  local k = ARGV[13] .. ':wc'
+  if {counts} then wc = redis.call('INCR', k)
+  else wc = redis.call('GET', k) or '0' end
   -- (arithmetic, not tonumber: see prelude.lua; a refused call's count
   -- only moves the counter further up)
   if wc - ARGV[20] < 0 then
     return {{'{{\"err\":\"lostwrites\"}}', '', '', ''}}
   end
   wc = tostring(wc)
+elseif ARGV[13] == '' then
+  wc_key = P .. 'wc'
+  wc_was = redis.call('GET', wc_key)
+  local seen = tonumber(ARGV[20])
+  if seen and seen > 0 and ((wc_was and tonumber(wc_was) < seen)
+      or (not wc_was and redis.call('EXISTS', P .. 'ep') == 0)) then
+    local g = {GENERATION}
+    local wc = string.format('%d', (math.floor(seen / g) + 1) * g + seen % g)
+    redis.call('SET', wc_key, wc, 'PX', {COUNTER_TTL_MS})
+    if redis.call('EXISTS', P .. 'ep') == 0 then redis.call('SET', P .. 'ep', C.epoch) end
+    redis.call('SET', P .. 'rc', '1', 'PX', ARGV[22])
+    return {{'{{\"err\":\"lostwrites\"}}', '', '', wc}}
+  end
+  if not wc_was and seen then wc_was = ARGV[20] end
 end
 local due_before = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 local reply = (function()
 {body}
 end)()
 log_flush()
+if wc_key then
+  -- A cluster: the tenant's counter, written back after the body.
+  wc = wc_was or '0'
+  if {counts} then
+    wc = string.format('%d', wc + 1)
+    redis.call('SET', wc_key, wc, 'PX', {COUNTER_TTL_MS})
+  end
+end
 local due_after = redis.call('ZRANGE', P .. 'dl', 0, 0, 'WITHSCORES')[2]
 if due_after and ({always} or not due_before or tonumber(due_after) < tonumber(due_before)) then
   if ARGV[15] ~= '' then
@@ -191,6 +228,11 @@ pub(crate) struct Store {
     /// On one Redis: the highest write counter this node has seen (see
     /// [`wrapped`]); shared by the clones.
     writes: Arc<AtomicU64>,
+    /// On a Redis Cluster: the highest per tenant; shared by the clones.
+    tenant_writes: Arc<TenantWrites>,
+    /// On a Redis Cluster: how long (ms) a tenant's claims wait after its
+    /// shard was found to have lost writes.
+    tenant_hold_ms: String,
 }
 
 impl Store {
@@ -199,6 +241,7 @@ impl Store {
         target: &Target,
         namespace: &str,
         cfg: &RegistryConfig,
+        reconcile_interval: Duration,
     ) -> redis::RedisResult<Self> {
         let mut store = Store {
             conn: conn::commands(target).await?,
@@ -214,10 +257,16 @@ impl Store {
                 cfg.event_log.max_age.as_millis() as u64,
             ],
             writes: Arc::new(AtomicU64::new(0)),
+            tenant_writes: Arc::default(),
+            tenant_hold_ms: String::new(),
         };
         if !target.cluster {
             store.epoch_key = store.nodes_key("epoch");
             store.due_keys = [store.nodes_key("due"), store.nodes_key("due:v")];
+        } else {
+            store.tenant_hold_ms = tenant_writes::hold(reconcile_interval)
+                .as_millis()
+                .to_string();
         }
         Ok(store)
     }
@@ -266,6 +315,40 @@ impl Store {
     /// After a new epoch: the counter starts again from what Redis holds.
     pub(crate) fn reset_writes(&self, wc: u64) {
         self.writes.store(wc, Ordering::Release);
+    }
+
+    /// The write counter to send with a script for `tenant`: the
+    /// deployment's on one Redis, the tenant's on a cluster.
+    fn writes_seen_for(&self, tenant: &Tenant) -> String {
+        if self.epoch_key.is_empty() {
+            self.tenant_writes.seen(tenant, std::time::Instant::now())
+        } else {
+            self.writes_seen()
+        }
+    }
+
+    /// Notes a write counter a script for `tenant` answered (`refused`:
+    /// the script found Redis had lost writes).
+    fn saw_writes_for(&self, tenant: &Tenant, wc: u64, refused: bool) {
+        if !self.epoch_key.is_empty() {
+            self.saw_writes(wc);
+            return;
+        }
+        if refused {
+            metrics::counter!(crate::metrics_names::REDIS_LOST_WRITES).increment(1);
+        }
+        if self
+            .tenant_writes
+            .saw(tenant, wc, std::time::Instant::now())
+        {
+            warn!(%tenant, "redis lost writes of this tenant that this node saw (its shard failed over to a replica that was behind?); re-asserting its sessions here");
+        }
+    }
+
+    /// On a Redis Cluster: the tenants whose shard lost writes, for the
+    /// recovery task.
+    pub(crate) fn tenant_writes(&self) -> &TenantWrites {
+        &self.tenant_writes
     }
 
     /// Tenants whose due-index follow-up failed.
@@ -321,8 +404,9 @@ impl Store {
                     tenant.as_str()
                 })
                 .arg(&self.log_bounds[..])
-                .arg(self.writes_seen())
+                .arg(self.writes_seen_for(tenant))
                 .arg(if resent > 0 { "1" } else { "" })
+                .arg(&self.tenant_hold_ms)
                 .invoke_async(&mut conn)
                 .await;
             match result {
@@ -336,7 +420,7 @@ impl Store {
         };
         raw.resize(4, String::new());
         if let Ok(wc) = raw[3].parse() {
-            self.saw_writes(wc);
+            self.saw_writes_for(tenant, wc, raw[0] == LOST_WRITES);
         }
         let indexed = raw[2] == "1";
         let earliest = Some(std::mem::take(&mut raw[1])).filter(|d| !d.is_empty());
@@ -395,6 +479,9 @@ impl Store {
             .map_err(|e| RegistryError::Unavailable(format!("undecodable reply {raw:?}: {e}")))
     }
 }
+
+/// The reply of a script that found Redis had lost writes.
+const LOST_WRITES: &str = r#"{"err":"lostwrites"}"#;
 
 /// Times a failed script call is sent again (see [`may_resend`]).
 const MAX_RESENDS: usize = 1;

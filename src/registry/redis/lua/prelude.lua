@@ -13,10 +13,13 @@
 --   ARGV[15..17] = the due-index keys and the tenant, for the wrapper in
 --                 store.rs ('' on a cluster: the node updates the index)
 --   ARGV[18..19] = the event log's bounds: max events, max age (ms)
---   ARGV[20]     = the write counter this node has seen ('' on a cluster; the
---                 wrapper in store.rs checks and counts it)
+--   ARGV[20]     = the write counter this node has seen (on a cluster the
+--                 tenant's, '' when not remembered; the wrapper in store.rs
+--                 checks and counts it)
 --   ARGV[21]     = '1' when store.rs sends the call a second time (it may
 --                 have run: see claimed_before), else ''
+--   ARGV[22]     = on a cluster, how long (ms) the tenant's claims wait after
+--                 the wrapper found its shard lost writes ('rc')
 -- Records: s:<sid> = {s = session, k = sockets [{n = node, c = conn,
 -- t = attached at}], dl}. Notices live out of the record (see q_read).
 local P = ARGV[1]
@@ -306,8 +309,13 @@ end
 -- The tenant's epoch marker. A script that creates tenant state calls this
 -- first: when the calling node knew the tenant (R.kep) and the marker is
 -- gone, Redis lost data and nothing may be granted until nodes re-assert.
+-- On a cluster 'rc' beside it holds the tenant's claims while nodes
+-- re-assert after its shard lost writes (set with the marker kept, see
+-- store.rs; one command either way).
 local function ensure_epoch()
-  if redis.call('EXISTS', P .. 'ep') == 1 then return nil end
+  local n = redis.call('EXISTS', P .. 'ep', P .. 'rc')
+  if n == 1 then return nil end
+  if n == 2 then return err('recovering') end
   if R.kep then return err('dataloss') end
   redis.call('SET', P .. 'ep', C.epoch)
   return nil
