@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use turnstile::hub::sockets::LocalSockets;
 use turnstile::registry::redis::Target;
 use turnstile::registry::{
     Event, EventSink, EvictTarget, MemoryRegistry, NotifyTarget, RedisConfig, RedisRegistry,
-    Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId,
+    Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationQuery,
 };
 use turnstile::session::{
     ClaimRequest, ConflictPolicy, EndReason, Generation, Login, NodeId, Notice, PresenceChange,
@@ -53,6 +53,9 @@ const TENANT: &str = "diff";
 const NODE: &str = "dn";
 const LOGINS: [&str; 3] = ["ana", "bob", "cy"];
 const STATIONS: [&str; 2] = ["s1", "s2"];
+/// Names the station directory steps register, remove and list by (the
+/// claims' stations and two more, so prefixes select).
+const DIRECTORY: [&str; 4] = ["s1", "s2", "s3", "t1"];
 /// The manual clock's start: a fixed, realistic Unix time.
 const T0: i64 = 1_780_000_000_000;
 /// Steps per history.
@@ -65,7 +68,9 @@ impl EventSink for Discard {
     fn publish(&self, _: Event) {}
 }
 
-fn cfg(clock: &Clock) -> RegistryConfig {
+/// The registries' settings; `strict`: the tenant's claims must name a
+/// registered station (half the histories).
+fn cfg(clock: &Clock, strict: bool) -> RegistryConfig {
     RegistryConfig {
         node: NodeId::parse(NODE).unwrap(),
         connect_timeout: Duration::from_secs(30),
@@ -90,6 +95,13 @@ fn cfg(clock: &Clock) -> RegistryConfig {
         },
         // Tight enough that histories run into it (3 logins).
         seat_limits: Arc::new(HashMap::from([(Tenant::parse(TENANT).unwrap(), 2)])),
+        // Below DIRECTORY's 4, so registering runs into it.
+        max_registered_stations: 3,
+        strict_stations: Arc::new(if strict {
+            HashSet::from([Tenant::parse(TENANT).unwrap()])
+        } else {
+            HashSet::new()
+        }),
     }
 }
 
@@ -164,7 +176,8 @@ struct Pair {
 impl Pair {
     async fn start(redis: &RedisServer, seed: u64) -> Pair {
         let clock = Clock::manual(T0);
-        let mem = MemoryRegistry::start(cfg(&clock), Arc::new(Discard));
+        let strict = seed % 2 == 0;
+        let mem = MemoryRegistry::start(cfg(&clock, strict), Arc::new(Discard));
         let stop = CancellationToken::new();
         let namespace = format!("d{seed:x}-{:08x}", rand::random::<u32>());
         let rcfg = RedisConfig {
@@ -185,9 +198,15 @@ impl Pair {
             .cmd(&["SET", &format!("{namespace}:{{nodes}}:epoch"), "diff"])
             .await;
         let local = Arc::new(LocalSockets::default());
-        let red = RedisRegistry::start(cfg(&clock), rcfg, Arc::new(Discard), local, stop.clone())
-            .await
-            .expect("the Redis registry starts");
+        let red = RedisRegistry::start(
+            cfg(&clock, strict),
+            rcfg,
+            Arc::new(Discard),
+            local,
+            stop.clone(),
+        )
+        .await
+        .expect("the Redis registry starts");
         Pair {
             clock,
             mem,
@@ -272,6 +291,24 @@ impl Pair {
         let sm = self.mem.stations(t, &st).await;
         let sr = self.red.stations(t, &st).await;
         self.same("stations", sm, sr);
+        let all = StationQuery {
+            limit: 10,
+            scan: 10,
+            ..StationQuery::default()
+        };
+        let dm = self.mem.list_stations(t, &all).await;
+        let dr = self.red.list_stations(t, &all).await;
+        self.same("the whole directory", dm, dr);
+        // A free-only page of one whose scan runs out behind a held station.
+        let free = StationQuery {
+            free_only: true,
+            limit: 1,
+            scan: 2,
+            ..StationQuery::default()
+        };
+        let dm = self.mem.list_stations(t, &free).await;
+        let dr = self.red.list_stations(t, &free).await;
+        self.same("a free-only page", dm, dr);
         // The event logs: the same events, numbered alike, in one order.
         let em = self.mem.replay(t, self.logged, 100_000).await;
         let er = self.red.replay(t, self.logged, 100_000).await;
@@ -528,6 +565,42 @@ impl Pair {
                 let b = self.red.usage(&t).await;
                 self.same("usage", a, b);
                 what
+            }
+            92..=97 => {
+                // The station directory: register, remove, or one page.
+                let names: Vec<Station> = (0..rng.random_range(0..4))
+                    .map(|_| Station::parse(DIRECTORY[rng.random_range(0..4)]).unwrap())
+                    .collect();
+                match rng.random_range(0..6) {
+                    0..=2 => {
+                        let what = format!("register stations {names:?}");
+                        let a = self.mem.register_stations(&t, &names).await;
+                        let b = self.red.register_stations(&t, &names).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                    3 => {
+                        let what = format!("remove stations {names:?}");
+                        let a = self.mem.remove_stations(&t, &names).await;
+                        let b = self.red.remove_stations(&t, &names).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                    _ => {
+                        let q = StationQuery {
+                            prefix: ["", "s", "s2", "t1"][rng.random_range(0..4)].into(),
+                            free_only: rng.random_bool(0.5),
+                            limit: rng.random_range(1..=3),
+                            scan: rng.random_range(1..=4),
+                            after: names.first().cloned(),
+                        };
+                        let what = format!("list stations {q:?}");
+                        let a = self.mem.list_stations(&t, &q).await;
+                        let b = self.red.list_stations(&t, &q).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                }
             }
             _ => {
                 let by = [1, 10, 29, 31, 59, 61, 300, 3600][rng.random_range(0..8)];

@@ -400,6 +400,13 @@ impl LoginService {
                     }),
                 })
             }
+            pb::ClaimOutcome::StationNotRegistered => Ok(Reply {
+                status: StatusCode::CONFLICT,
+                body: json!({
+                    "outcome": "station_not_registered",
+                    "message": format!("Station {station} is not in this company's station list. Please pick a station from the list."),
+                }),
+            }),
             pb::ClaimOutcome::Unspecified => Err(DemoError::Unavailable(tonic::Status::internal(
                 "the broker answered a claim without an outcome",
             ))),

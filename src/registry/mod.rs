@@ -17,7 +17,7 @@ pub mod notice_rules;
 pub mod redis;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,10 @@ pub struct RegistryConfig {
     /// Configured seat licences: live sessions a tenant may hold at once.
     /// A limit set by `SetSeatLimit` overrides the tenant's entry here.
     pub seat_limits: Arc<HashMap<Tenant, u32>>,
+    /// Stations one tenant may register in its directory.
+    pub max_registered_stations: usize,
+    /// Tenants whose claims must name a registered station.
+    pub strict_stations: Arc<HashSet<Tenant>>,
 }
 
 impl Default for RegistryConfig {
@@ -85,6 +89,8 @@ impl Default for RegistryConfig {
             clock: Clock::system(),
             event_log: LogBounds::default(),
             seat_limits: Arc::default(),
+            max_registered_stations: 100_000,
+            strict_stations: Arc::default(),
         }
     }
 }
@@ -94,7 +100,18 @@ impl RegistryConfig {
     pub fn seat_limit(&self, tenant: &Tenant) -> u32 {
         self.seat_limits.get(tenant).copied().unwrap_or(0)
     }
+
+    /// Whether `tenant`'s claims must name a registered station.
+    pub fn strict_stations(&self, tenant: &Tenant) -> bool {
+        self.strict_stations.contains(tenant)
+    }
 }
+
+/// How long a tenant's station directory is kept after its last
+/// RegisterStations or RemoveStations: a directory nobody has touched for
+/// 400 days belongs to a tenant that is gone (the directory is otherwise
+/// kept as long as stations are registered in it).
+pub const STATION_DIRECTORY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// The result of a claim. Conflicts are outcomes, not errors.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +133,9 @@ pub enum ClaimOutcome {
         used: u32,
         limit: u32,
     },
+    /// The tenant's directory is strict and does not list the claim's
+    /// station.
+    StationNotRegistered,
 }
 
 /// A tenant's seat licence: how many live sessions it holds against its
@@ -180,6 +200,48 @@ pub struct StationInfo {
     pub holder: Option<(Login, SessionId)>,
 }
 
+/// One ListStations query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StationQuery {
+    /// Only names starting with this.
+    pub prefix: String,
+    /// Only stations nobody holds.
+    pub free_only: bool,
+    /// Stations in the page, at most.
+    pub limit: usize,
+    /// Names examined, at most (free-only pages skip held stations; this
+    /// bounds the work of one call).
+    pub scan: usize,
+    /// Continue after this name (the previous page's last name examined).
+    pub after: Option<Station>,
+}
+
+/// One page of ListStations.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StationPage {
+    pub stations: Vec<StationInfo>,
+    /// The last name examined, when more names may follow.
+    pub next_after: Option<Station>,
+    /// Stations registered in the tenant.
+    pub registered: u64,
+}
+
+/// What RegisterStations or RemoveStations changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryChange {
+    /// Stations added (or removed) by the call.
+    pub changed: u32,
+    /// Stations registered after it.
+    pub registered: u64,
+}
+
+impl StationInfo {
+    /// Whether nobody holds the station.
+    pub fn is_free(&self) -> bool {
+        self.holder.is_none()
+    }
+}
+
 /// Live sessions by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
@@ -241,6 +303,14 @@ pub enum RegistryError {
     InvalidNotice {
         field: &'static str,
         problem: String,
+    },
+    /// RegisterStations would take the tenant's directory past
+    /// `max_registered_stations`; nothing was registered.
+    #[error("stations: registering {adding} more would make {would}, over the tenant's limit of {limit} (max_registered_stations)")]
+    TooManyStations {
+        adding: u64,
+        would: u64,
+        limit: usize,
     },
     #[error("registry unavailable: {0}")]
     Unavailable(String),
@@ -361,6 +431,30 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The tenant's live sessions against its seat limit.
     async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError>;
+
+    /// Adds `stations` to the tenant's directory (those already there are
+    /// skipped): all of them, or none when the directory would grow past
+    /// `max_registered_stations`.
+    async fn register_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError>;
+
+    /// Removes `stations` from the tenant's directory; their holders stay.
+    async fn remove_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError>;
+
+    /// A page of the tenant's directory in name order, each station with
+    /// its holder (built as [`Registry::stations`] builds it).
+    async fn list_stations(
+        &self,
+        tenant: &Tenant,
+        query: &StationQuery,
+    ) -> Result<StationPage, RegistryError>;
 
     /// Delivers or queues a notice.
     async fn notify(

@@ -1,7 +1,9 @@
 -- Rules 1-3 in one step. R = {sid, login, station, client, role, policy,
 -- attrs, idem, kep, exp (expected holder, absent: any), seats (the
--- configured seat limit, 0: none; the key `seats` overrides it)}.
--- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, used, limit}.
+-- configured seat limit, 0: none; the key `seats` overrides it), strict
+-- (absent: the tenant's directory is not strict)}.
+-- Returns {o = 'granted'|'login'|'station'|'seats'|'unregistered', s, ev,
+-- h, used, limit}.
 local again = claimed_before(R.sid)
 if again then return again end
 if C.ge ~= '' then
@@ -32,7 +34,9 @@ if R.idem ~= '' then
 end
 
 local out
-if R.station ~= '' then
+if R.strict and R.station ~= '' and not redis.call('ZSCORE', P .. 'sd', R.station) then
+  out = {o = 'unregistered'}
+elseif R.station ~= '' then
   local hid = redis.call('GET', P .. 'st:' .. R.station)
   if hid then
     local h = rec(hid)

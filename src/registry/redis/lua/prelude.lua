@@ -285,3 +285,12 @@ local function remember_evicted(sid, evj)
     redis.call('SET', P .. 'r:' .. sid, table.concat(evj, ','), 'PX', C.ct)
   end
 end
+-- Who holds station `st`: {l = login, id = session id}, both '' when it
+-- is free. The one builder of a station's info, for StationStatus and
+-- ListStations alike (read.lua).
+local function station_info(st)
+  local id = redis.call('GET', P .. 'st:' .. st)
+  local r = id and rec(id)
+  if r then return {l = r.s.login, id = r.s.id} end
+  return {l = '', id = ''}
+end
