@@ -291,15 +291,13 @@ impl LoginService {
             .filter(|_| req.password == PASSWORD)
             .ok_or(DemoError::BadCredentials)?;
         let station = req.station.trim();
-        if station.is_empty() {
-            if user.role == Role::Agent {
-                return Err(DemoError::BadRequest(
-                    "station: agents sign in at a station; pick one".into(),
-                ));
-            }
-        }
         // An unknown station is the broker's to refuse: the demo tenant's
         // directory is strict (STATION_NOT_REGISTERED).
+        if station.is_empty() && user.role == Role::Agent {
+            return Err(DemoError::BadRequest(
+                "station: agents sign in at a station; pick one".into(),
+            ));
+        }
         let policy = if req.confirm {
             pb::ConflictPolicy::Takeover
         } else {
