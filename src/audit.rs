@@ -83,6 +83,42 @@ pub fn seat_limit_set(tenant: &Tenant, limit: u32, used: u32, by: &str, from: &s
     info!(target: TARGET, event = "seat_limit_set", tenant = %tenant, limit, used, by, from);
 }
 
+/// A claim refused because the tenant's directory is strict and does not
+/// list the station.
+pub fn station_not_registered(tenant: &Tenant, claim_login: &str, station: &str, from: &str) {
+    count("station_not_registered");
+    info!(
+        target: TARGET,
+        event = "station_not_registered",
+        tenant = %tenant,
+        login = claim_login,
+        station,
+        from,
+    );
+}
+
+/// Stations registered in or removed from a tenant's directory
+/// (`event`: stations_registered, stations_removed); `changed` of the call's,
+/// `registered` after it.
+pub fn directory_changed(
+    event: &'static str,
+    tenant: &Tenant,
+    change: crate::registry::DirectoryChange,
+    by: &str,
+    from: &str,
+) {
+    count(event);
+    info!(
+        target: TARGET,
+        event,
+        tenant = %tenant,
+        changed = change.changed,
+        registered = change.registered,
+        by,
+        from,
+    );
+}
+
 /// A connect token, API key or origin refused: `who` is the key's name
 /// when one was recognised (else `-`), `from` the caller's address.
 pub fn auth_failure(channel: &'static str, who: &str, from: &str, detail: &str) {

@@ -102,11 +102,14 @@ enum Cmd {
         #[arg(long)]
         tenant: String,
     },
-    /// Which stations are free.
+    /// Which of the named stations are free; or, with a subcommand, the
+    /// tenant's station directory (`--tenant` before the subcommand).
     Stations {
         #[arg(long)]
         tenant: String,
         stations: Vec<String>,
+        #[command(subcommand)]
+        directory: Option<Directory>,
     },
     /// A tenant's seats in use against its licence; `--limit` sets it.
     Seats {
@@ -145,6 +148,84 @@ enum Cmd {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// `ctl stations --tenant T register|remove|list`.
+#[derive(Subcommand)]
+enum Directory {
+    /// Add stations to the directory (names, and/or one per line of --file).
+    Register {
+        stations: Vec<String>,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Remove stations from the directory (their holders stay).
+    Remove {
+        stations: Vec<String>,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Every registered station in name order, with its holder.
+    List {
+        /// Only names starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only stations nobody holds.
+        #[arg(long)]
+        free: bool,
+        /// Stations per call (at most 1000).
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+}
+
+/// The names of a register/remove: the arguments, then the file's lines.
+fn directory_names(
+    mut names: Vec<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--file {}: cannot read it", path.display()))?;
+        names.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if names.is_empty() {
+        bail!("name at least one station (or --file)");
+    }
+    Ok(names)
+}
+
+fn station_line(json: bool, s: &pb::StationInfo) {
+    if json {
+        let holders: Vec<_> = s
+            .holders
+            .iter()
+            .map(|h| json!({"login": h.login, "session_id": h.session_id, "device": h.device}))
+            .collect();
+        println!(
+            "{}",
+            json!({"station": s.station, "free": s.free, "login": s.login,
+                   "session_id": s.session_id, "holders": holders})
+        );
+    } else if s.free {
+        println!("{}  free", s.station);
+    } else {
+        // Every holder: a shared station has several.
+        let holders: Vec<String> = s
+            .holders
+            .iter()
+            .map(|h| match h.device.as_str() {
+                "" => format!("{} ({})", h.login, h.session_id),
+                d => format!("{} ({}, device {d})", h.login, h.session_id),
+            })
+            .collect();
+        println!("{}  held by {}", s.station, holders.join(", "));
+    }
 }
 
 fn enum_name<E: TryFrom<i32> + std::fmt::Debug>(v: i32) -> String {
@@ -296,6 +377,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 if let Some(u) = &r.seats {
                     print_usage(false, u);
                 }
+                if r.outcome == pb::ClaimOutcome::StationNotRegistered as i32 {
+                    println!(
+                        "(The tenant accepts only registered stations: see `ctl stations --tenant T list`.)"
+                    );
+                }
             }
         }
         Cmd::Release { tenant, session_id } => {
@@ -383,33 +469,105 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 token = r.next_page_token;
             }
         }
-        Cmd::Stations { tenant, stations } => {
+        Cmd::Stations {
+            tenant,
+            stations,
+            directory: None,
+        } => {
             let r = c
                 .station_status(pb::StationStatusRequest { tenant, stations })
                 .await
                 .map_err(status)?
                 .into_inner();
-            for s in r.stations {
-                if json {
-                    println!(
-                        "{}",
-                        json!({"station": s.station, "free": s.free, "login": s.login, "session_id": s.session_id,
-                               "holders": s.holders.iter().map(|h| json!({"login": h.login, "session_id": h.session_id, "device": h.device})).collect::<Vec<_>>()})
-                    );
-                } else if s.free {
-                    println!("{}  free", s.station);
-                } else {
-                    // Every holder: a shared station has several.
-                    let holders: Vec<String> = s
-                        .holders
-                        .iter()
-                        .map(|h| match h.device.as_str() {
-                            "" => format!("{} ({})", h.login, h.session_id),
-                            d => format!("{} ({}, device {d})", h.login, h.session_id),
-                        })
-                        .collect();
-                    println!("{}  held by {}", s.station, holders.join(", "));
+            for s in &r.stations {
+                station_line(json, s);
+            }
+        }
+        Cmd::Stations {
+            tenant,
+            directory: Some(Directory::Register { stations, file }),
+            ..
+        } => {
+            let names = directory_names(stations, file.as_deref())?;
+            let (mut added, mut registered) = (0, 0);
+            for chunk in names.chunks(crate::limits::MAX_DIRECTORY_CHANGE) {
+                let r = c
+                    .register_stations(pb::RegisterStationsRequest {
+                        tenant: tenant.clone(),
+                        stations: chunk.to_vec(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                added += r.added;
+                registered = r.registered;
+            }
+            if json {
+                println!("{}", json!({"added": added, "registered": registered}));
+            } else {
+                println!("added: {added}  registered: {registered}");
+            }
+        }
+        Cmd::Stations {
+            tenant,
+            directory: Some(Directory::Remove { stations, file }),
+            ..
+        } => {
+            let names = directory_names(stations, file.as_deref())?;
+            let (mut removed, mut registered) = (0, 0);
+            for chunk in names.chunks(crate::limits::MAX_DIRECTORY_CHANGE) {
+                let r = c
+                    .remove_stations(pb::RemoveStationsRequest {
+                        tenant: tenant.clone(),
+                        stations: chunk.to_vec(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                removed += r.removed;
+                registered = r.registered;
+            }
+            if json {
+                println!("{}", json!({"removed": removed, "registered": registered}));
+            } else {
+                println!("removed: {removed}  registered: {registered}");
+            }
+        }
+        Cmd::Stations {
+            tenant,
+            directory:
+                Some(Directory::List {
+                    prefix,
+                    free,
+                    page_size,
+                }),
+            ..
+        } => {
+            let mut token = String::new();
+            // A directory holds at most 10,000,000 names; a page examines
+            // at least one.
+            for _ in 0..10_000_000 {
+                let r = c
+                    .list_stations(pb::ListStationsRequest {
+                        tenant: tenant.clone(),
+                        prefix: prefix.clone(),
+                        free_only: free,
+                        page_size,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for s in &r.stations {
+                    station_line(json, s);
                 }
+                if r.next_page_token.is_empty() {
+                    if !json {
+                        println!("({} registered)", r.registered);
+                    }
+                    break;
+                }
+                token = r.next_page_token;
             }
         }
         Cmd::Seats { tenant, limit } => {

@@ -29,6 +29,14 @@ pub const MAX_NOTICE_TEXT: usize = 2048;
 pub const MAX_NOTICE_DATA: usize = 8192;
 /// Stations asked about in one StationStatus call.
 pub const MAX_STATIONS: usize = 500;
+/// Stations in one RegisterStations or RemoveStations call (short names:
+/// 1000 of 64 bytes would pass the request-size limit below).
+pub const MAX_DIRECTORY_CHANGE: usize = 1000;
+/// Names one ListStations call examines per station its page may hold: a
+/// free-only page skips held stations, and stops after 10 × page_size
+/// names (10,000 at most) so one call's work is bounded however many are
+/// held; the rest comes on the next page.
+pub const STATION_SCAN_FACTOR: usize = 10;
 /// ListSessions page size when the caller gives none.
 pub const DEFAULT_PAGE: usize = 100;
 /// The largest ListSessions page.

@@ -11,7 +11,8 @@ pub const DEGRADED: &str = "turnstile_degraded";
 pub const READY: &str = "turnstile_ready";
 /// Gauge by `state`: live sessions known to this node's registry.
 pub const SESSIONS: &str = "turnstile_sessions";
-/// Counter by `outcome` (granted, login_in_use, station_in_use, seats_exhausted, error).
+/// Counter by `outcome` (granted, login_in_use, station_in_use, seats_exhausted,
+/// station_not_registered, error).
 pub const CLAIMS: &str = "turnstile_claims_total";
 /// Counter by `why` (holder_changed: not the `expected_session_id`;
 /// holder_connected: TAKEOVER_IF_DISCONNECTED met an open socket): takeovers
@@ -19,6 +20,9 @@ pub const CLAIMS: &str = "turnstile_claims_total";
 pub const TAKEOVERS_REFUSED: &str = "turnstile_takeovers_refused_total";
 /// Histogram: claim latency, gRPC request in → reply, seconds.
 pub const CLAIM_SECONDS: &str = "turnstile_claim_seconds";
+/// Histogram: ListStations latency, request in → reply, seconds (no
+/// labels: a tenant is not one).
+pub const LIST_STATIONS_SECONDS: &str = "turnstile_list_stations_seconds";
 /// Counter: Evict calls with a tenant-wide target (all sessions or a role).
 pub const TENANT_EVICTIONS: &str = "turnstile_tenant_evictions_total";
 /// Counter by `reason`: forced logouts pushed to sockets.
@@ -53,6 +57,7 @@ pub const REDIS_EXPIRY_TENANTS: &str = "turnstile_redis_expiry_tenants_total";
 /// had let them go (a missed detach); reconciliation dropped them.
 pub const REDIS_STALE_SOCKETS: &str = "turnstile_redis_stale_sockets_total";
 /// Counter by `event` (forced_logout, conflict, seats_exhausted, seat_limit_set,
+/// station_not_registered, stations_registered, stations_removed,
 /// auth_failure): audit events.
 pub const AUDIT_EVENTS: &str = "turnstile_audit_events_total";
 /// Counter: log lines (audit events included) dropped because the log sink

@@ -24,7 +24,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use turnstile::hub::sockets::LocalSockets;
 use turnstile::registry::redis::Target;
 use turnstile::registry::{
     Event, EventSink, EvictTarget, MemoryRegistry, NotifyTarget, RedisConfig, RedisRegistry,
-    Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId,
+    Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationQuery,
 };
 use turnstile::session::{
     ClaimRequest, ConflictPolicy, Device, EndReason, Generation, Login, NodeId, Notice,
@@ -53,6 +53,9 @@ const TENANT: &str = "diff";
 const NODE: &str = "dn";
 const LOGINS: [&str; 3] = ["ana", "bob", "cy"];
 const STATIONS: [&str; 2] = ["s1", "s2"];
+/// Names the station directory steps register, remove and list by (the
+/// claims' stations and two more, so prefixes select).
+const DIRECTORY: [&str; 4] = ["s1", "s2", "s3", "t1"];
 /// The manual clock's start: a fixed, realistic Unix time.
 const T0: i64 = 1_780_000_000_000;
 /// Steps per history.
@@ -65,8 +68,10 @@ impl EventSink for Discard {
     fn publish(&self, _: Event) {}
 }
 
-/// `exclusive`: the tenant's stations are never shared (some histories).
-fn cfg(clock: &Clock, exclusive: bool) -> RegistryConfig {
+/// The registries' settings; `exclusive`: the tenant's stations are never
+/// shared (one history in four); `strict`: the tenant's claims must name a
+/// registered station (half the histories).
+fn cfg(clock: &Clock, exclusive: bool, strict: bool) -> RegistryConfig {
     RegistryConfig {
         node: NodeId::parse(NODE).unwrap(),
         connect_timeout: Duration::from_secs(30),
@@ -97,6 +102,13 @@ fn cfg(clock: &Clock, exclusive: bool) -> RegistryConfig {
                 .into_iter()
                 .collect(),
         ),
+        // Below DIRECTORY's 4, so registering runs into it.
+        max_registered_stations: 3,
+        strict_stations: Arc::new(if strict {
+            HashSet::from([Tenant::parse(TENANT).unwrap()])
+        } else {
+            HashSet::new()
+        }),
     }
 }
 
@@ -173,7 +185,8 @@ impl Pair {
         let clock = Clock::manual(T0);
         // One history in four: a tenant whose stations are never shared.
         let exclusive = seed % 4 == 3;
-        let mem = MemoryRegistry::start(cfg(&clock, exclusive), Arc::new(Discard));
+        let strict = (seed / 2) % 2 == 0;
+        let mem = MemoryRegistry::start(cfg(&clock, exclusive, strict), Arc::new(Discard));
         let stop = CancellationToken::new();
         let namespace = format!("d{seed:x}-{:08x}", rand::random::<u32>());
         let rcfg = RedisConfig {
@@ -195,7 +208,7 @@ impl Pair {
             .await;
         let local = Arc::new(LocalSockets::default());
         let red = RedisRegistry::start(
-            cfg(&clock, exclusive),
+            cfg(&clock, exclusive, strict),
             rcfg,
             Arc::new(Discard),
             local,
@@ -287,6 +300,24 @@ impl Pair {
         let sm = self.mem.stations(t, &st).await;
         let sr = self.red.stations(t, &st).await;
         self.same("stations", sm, sr);
+        let all = StationQuery {
+            limit: 10,
+            scan: 10,
+            ..StationQuery::default()
+        };
+        let dm = self.mem.list_stations(t, &all).await;
+        let dr = self.red.list_stations(t, &all).await;
+        self.same("the whole directory", dm, dr);
+        // A free-only page of one whose scan runs out behind a held station.
+        let free = StationQuery {
+            free_only: true,
+            limit: 1,
+            scan: 2,
+            ..StationQuery::default()
+        };
+        let dm = self.mem.list_stations(t, &free).await;
+        let dr = self.red.list_stations(t, &free).await;
+        self.same("a free-only page", dm, dr);
         // The event logs: the same events, numbered alike, in one order.
         let em = self.mem.replay(t, self.logged, 100_000).await;
         let er = self.red.replay(t, self.logged, 100_000).await;
@@ -570,6 +601,42 @@ impl Pair {
                 let b = self.red.usage(&t).await;
                 self.same("usage", a, b);
                 what
+            }
+            92..=97 => {
+                // The station directory: register, remove, or one page.
+                let names: Vec<Station> = (0..rng.random_range(0..4))
+                    .map(|_| Station::parse(DIRECTORY[rng.random_range(0..4)]).unwrap())
+                    .collect();
+                match rng.random_range(0..6) {
+                    0..=2 => {
+                        let what = format!("register stations {names:?}");
+                        let a = self.mem.register_stations(&t, &names).await;
+                        let b = self.red.register_stations(&t, &names).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                    3 => {
+                        let what = format!("remove stations {names:?}");
+                        let a = self.mem.remove_stations(&t, &names).await;
+                        let b = self.red.remove_stations(&t, &names).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                    _ => {
+                        let q = StationQuery {
+                            prefix: ["", "s", "s2", "t1"][rng.random_range(0..4)].into(),
+                            free_only: rng.random_bool(0.5),
+                            limit: rng.random_range(1..=3),
+                            scan: rng.random_range(1..=4),
+                            after: names.first().cloned(),
+                        };
+                        let what = format!("list stations {q:?}");
+                        let a = self.mem.list_stations(&t, &q).await;
+                        let b = self.red.list_stations(&t, &q).await;
+                        self.same(&what, a, b);
+                        what
+                    }
+                }
             }
             _ => {
                 let by = [1, 10, 29, 31, 59, 61, 300, 3600][rng.random_range(0..8)];

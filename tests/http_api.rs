@@ -430,6 +430,52 @@ async fn every_method_answers_over_http_as_grpc_does() {
         .map_or(Some(0), |v| v.as_u64());
     assert!(used.is_some(), "{usage}");
 
+    // The station directory: a tenant's key manages its own.
+    let (status, reg) = call(
+        addr,
+        "RegisterStations",
+        key,
+        &json!({"tenant": "acme", "stations": ["desk-2", "desk-1", "desk-3"]}),
+    )
+    .await;
+    called.insert("RegisterStations");
+    assert_eq!(status, 200, "{reg}");
+    assert_eq!(
+        (reg["added"].as_u64(), reg["registered"].as_str()),
+        (Some(3), Some("3")),
+        "{reg}"
+    );
+    let (status, removed) = call(
+        addr,
+        "RemoveStations",
+        key,
+        &json!({"tenant": "acme", "stations": ["desk-3"]}),
+    )
+    .await;
+    called.insert("RemoveStations");
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["removed"], 1, "{removed}");
+    let (status, page) = call(
+        addr,
+        "ListStations",
+        key,
+        &json!({"tenant": "acme", "prefix": "desk-", "freeOnly": true, "pageSize": 1}),
+    )
+    .await;
+    called.insert("ListStations");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["stations"][0]["station"], "desk-1", "{page}");
+    assert_eq!(page["nextPageToken"], "desk-1", "{page}");
+    assert_eq!(page["registered"], "2", "uint64 is a JSON string: {page}");
+    let (status, bad) = call(
+        addr,
+        "ListStations",
+        key,
+        &json!({"tenant": "acme", "pageSize": 5000}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+
     let all: BTreeSet<&str> = turnstile::api::http::METHODS
         .iter()
         .map(|m| m.name)

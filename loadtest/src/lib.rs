@@ -14,6 +14,7 @@
 //! - [`probe`]: the broker's memory and CPU from /proc or from its nodes'
 //!   `/metrics`.
 
+pub mod directory;
 pub mod merge;
 pub mod notices;
 pub mod probe;

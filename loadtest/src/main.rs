@@ -11,7 +11,7 @@ use turnstile_loadtest::profile::{parse_duration, Profile};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
 use turnstile_loadtest::shard::Shard;
-use turnstile_loadtest::{notices, shift, sys, tenants};
+use turnstile_loadtest::{directory, notices, shift, sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -203,6 +203,18 @@ enum Scenario {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// S registered stations, H of them held: the free ones paged through
+    /// P at a time (ListStations free-only), R times: page latency.
+    StationDirectory {
+        #[arg(long, default_value_t = 10_000)]
+        stations: usize,
+        #[arg(long, default_value_t = 1_000)]
+        held: usize,
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -373,6 +385,20 @@ fn main() -> anyhow::Result<()> {
                     redis,
                 };
                 tenants::tenants(&target, &plan).await
+            }
+            Scenario::StationDirectory {
+                stations,
+                held,
+                page_size,
+                rounds,
+            } => {
+                let plan = directory::Plan {
+                    stations,
+                    held,
+                    page_size,
+                    rounds,
+                };
+                directory::station_directory(&target, &plan).await
             }
         }
     });

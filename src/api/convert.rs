@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use crate::pb;
-use crate::registry::{RegistryError, StationInfo, TenantUsage};
+use crate::registry::{RegistryError, StationInfo, StationQuery, TenantUsage};
 use crate::session::{
     ClaimRequest, ConflictPolicy, EndReason, InvalidField, Notice, PresenceChange, PresenceEvent,
     Session, SessionState, Station,
@@ -15,8 +15,8 @@ use crate::session::{
 /// Field limits of the gRPC API (defined, with their reasons, in [`crate::limits`]).
 pub use crate::limits::{
     DEFAULT_PAGE, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_CLIENT_LEN,
-    MAX_IDEMPOTENCY_KEY, MAX_MESSAGE_LEN, MAX_NOTICE_DATA, MAX_NOTICE_TEXT, MAX_PAGE, MAX_ROLE_LEN,
-    MAX_STATIONS,
+    MAX_DIRECTORY_CHANGE, MAX_IDEMPOTENCY_KEY, MAX_MESSAGE_LEN, MAX_NOTICE_DATA, MAX_NOTICE_TEXT,
+    MAX_PAGE, MAX_ROLE_LEN, MAX_STATIONS, STATION_SCAN_FACTOR,
 };
 
 pub fn invalid(e: InvalidField) -> Status {
@@ -205,6 +205,42 @@ pub fn stations(list: &[String]) -> Result<Vec<Station>, Status> {
         .collect()
 }
 
+/// The stations of a RegisterStations or RemoveStations call.
+pub fn directory_change(list: &[String]) -> Result<Vec<Station>, Status> {
+    if list.len() > MAX_DIRECTORY_CHANGE {
+        return Err(bad(
+            "stations",
+            format!(
+                "has {} entries, the limit is {MAX_DIRECTORY_CHANGE} per call",
+                list.len()
+            ),
+        ));
+    }
+    list.iter()
+        .map(|s| Station::parse_field("stations", s).map_err(invalid))
+        .collect()
+}
+
+/// A ListStations request as a directory query.
+pub fn station_query(r: &pb::ListStationsRequest) -> Result<StationQuery, Status> {
+    if !r.prefix.is_empty() {
+        Station::parse_field("prefix", &r.prefix).map_err(invalid)?;
+    }
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        Some(Station::parse_field("page_token", &r.page_token).map_err(invalid)?)
+    };
+    let limit = page_size(r.page_size)?;
+    Ok(StationQuery {
+        prefix: r.prefix.clone(),
+        free_only: r.free_only,
+        limit,
+        scan: limit * STATION_SCAN_FACTOR,
+        after,
+    })
+}
+
 pub fn session(s: &Session) -> pb::Session {
     let (state, end) = match s.state {
         SessionState::Pending => (pb::SessionState::Pending, pb::EndReason::Unspecified),
@@ -316,7 +352,9 @@ pub fn status(e: RegistryError) -> Status {
         RegistryError::StaleGeneration { .. } | RegistryError::SessionEnded { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        RegistryError::TooManySockets { .. } => Status::resource_exhausted(e.to_string()),
+        RegistryError::TooManySockets { .. } | RegistryError::TooManyStations { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         RegistryError::SocketsElsewhere { .. } => Status::unavailable(e.to_string()),
         RegistryError::IdempotencyKeyReused { .. } | RegistryError::InvalidNotice { .. } => {
             Status::invalid_argument(e.to_string())

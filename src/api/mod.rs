@@ -173,6 +173,13 @@ impl Api {
                     ..Default::default()
                 }
             }
+            ClaimOutcome::StationNotRegistered => {
+                crate::audit::station_not_registered(&tenant, &login, &station, from);
+                pb::ClaimResponse {
+                    outcome: pb::ClaimOutcome::StationNotRegistered as i32,
+                    ..Default::default()
+                }
+            }
         })
     }
 }
@@ -184,6 +191,7 @@ fn outcome_label(r: &Result<pb::ClaimResponse, Status>) -> &'static str {
             Ok(pb::ClaimOutcome::LoginInUse) => "login_in_use",
             Ok(pb::ClaimOutcome::StationInUse) => "station_in_use",
             Ok(pb::ClaimOutcome::SeatsExhausted) => "seats_exhausted",
+            Ok(pb::ClaimOutcome::StationNotRegistered) => "station_not_registered",
             Ok(pb::ClaimOutcome::Unspecified) | Err(_) => "unknown",
         },
         Err(_) => "error",
@@ -434,6 +442,70 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
             .map_err(convert::status)?;
         Ok(Response::new(pb::GetTenantUsageResponse {
             usage: Some(convert::usage(usage)),
+        }))
+    }
+
+    async fn register_stations(
+        &self,
+        request: Request<pb::RegisterStationsRequest>,
+    ) -> Result<Response<pb::RegisterStationsResponse>, Status> {
+        let (caller, from) = (caller_of(&request), peer_of(&request));
+        let r = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
+        let stations = convert::directory_change(&r.stations)?;
+        let change = self
+            .registry
+            .register_stations(&tenant, &stations)
+            .await
+            .map_err(convert::status)?;
+        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
+        crate::audit::directory_changed("stations_registered", &tenant, change, by, &from);
+        Ok(Response::new(pb::RegisterStationsResponse {
+            added: change.changed,
+            registered: change.registered,
+        }))
+    }
+
+    async fn remove_stations(
+        &self,
+        request: Request<pb::RemoveStationsRequest>,
+    ) -> Result<Response<pb::RemoveStationsResponse>, Status> {
+        let (caller, from) = (caller_of(&request), peer_of(&request));
+        let r = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
+        let stations = convert::directory_change(&r.stations)?;
+        let change = self
+            .registry
+            .remove_stations(&tenant, &stations)
+            .await
+            .map_err(convert::status)?;
+        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
+        crate::audit::directory_changed("stations_removed", &tenant, change, by, &from);
+        Ok(Response::new(pb::RemoveStationsResponse {
+            removed: change.changed,
+            registered: change.registered,
+        }))
+    }
+
+    async fn list_stations(
+        &self,
+        request: Request<pb::ListStationsRequest>,
+    ) -> Result<Response<pb::ListStationsResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
+        let query = convert::station_query(&r)?;
+        let page = self
+            .registry
+            .list_stations(&tenant, &query)
+            .await
+            .map_err(convert::status)?;
+        metrics::histogram!(m::LIST_STATIONS_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(Response::new(pb::ListStationsResponse {
+            stations: page.stations.iter().map(convert::station_info).collect(),
+            next_page_token: page.next_after.map(|s| s.to_string()).unwrap_or_default(),
+            registered: page.registered,
         }))
     }
 

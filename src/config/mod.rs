@@ -151,6 +151,12 @@ pub struct Config {
     /// device is refused like any other. Unset: every tenant shares.
     #[serde(with = "ids::opt_list")]
     pub exclusive_stations: Option<Vec<Tenant>>,
+    /// Stations one tenant may register in its directory (RegisterStations).
+    pub max_registered_stations: usize,
+    /// Tenants whose claims must name a station registered in their
+    /// directory (`STATION_NOT_REGISTERED` otherwise). Unset: none.
+    #[serde(with = "ids::opt_list")]
+    pub strict_stations: Option<Vec<Tenant>>,
     /// gRPC API keys. Empty: every call is allowed (loopback only).
     pub api_keys: Vec<ApiKeyConfig>,
     /// Browser `Origin`s allowed to open a WebSocket (e.g.
@@ -275,6 +281,8 @@ impl Default for Config {
             tenants: None,
             seat_limits: Default::default(),
             exclusive_stations: None,
+            max_registered_stations: 100_000,
+            strict_stations: None,
             api_keys: Vec::new(),
             allowed_origins: None,
             handshake_timeout: Duration::from_secs(10),
@@ -451,6 +459,12 @@ impl Config {
         at_least("watch_buffer", self.watch_buffer, 1)?;
         at_least("event_log_max_events", self.event_log_max_events, 1)?;
         at_most("event_log_max_events", self.event_log_max_events, 1_000_000)?;
+        at_least("max_registered_stations", self.max_registered_stations, 1)?;
+        at_most(
+            "max_registered_stations",
+            self.max_registered_stations,
+            10_000_000,
+        )?;
         at_least(
             "event_log_max_age",
             self.event_log_max_age,
@@ -730,6 +744,10 @@ impl Config {
             exclusive_stations: std::sync::Arc::new(
                 self.exclusive_stations.iter().flatten().cloned().collect(),
             ),
+            max_registered_stations: self.max_registered_stations,
+            strict_stations: std::sync::Arc::new(
+                self.strict_stations.iter().flatten().cloned().collect(),
+            ),
         }
     }
 
@@ -953,6 +971,11 @@ mod tests {
             (&[("log_format", "xml")][..], "log_format"),
             (&[("tenants", "[ok, \"b a d\"]")][..], "tenants"),
             (&[("seat_limits", "{\"b a d\" = 3}")][..], "seat_limits"),
+            (&[("strict_stations", "[\"b a d\"]")][..], "strict_stations"),
+            (
+                &[("max_registered_stations", "0")][..],
+                "max_registered_stations",
+            ),
         ] {
             let e = load_err(pairs);
             assert!(e.contains(says), "{pairs:?}: {e}");

@@ -96,6 +96,8 @@ pub const SETTINGS: &[Setting] = &[
     s("tenants", List, "any", "when set, the only tenants served (others: `NOT_FOUND`)"),
     s("seat_limits", List, "none", "seat licences `{tenant = N}`: live sessions a tenant may hold (beyond: `SEATS_EXHAUSTED`); `SetSeatLimit` overrides"),
     s("exclusive_stations", List, "none", "tenants whose stations are never shared: a claim from the holder's `device` gets `STATION_IN_USE` too ([shared stations](protocol.md#shared-stations))"),
+    s("max_registered_stations", Number, "", "stations one tenant may register in its directory (`RegisterStations` beyond it: `RESOURCE_EXHAUSTED`)"),
+    s("strict_stations", List, "none", "tenants whose claims must name a registered station (else `STATION_NOT_REGISTERED`)"),
     s("max_sockets", Number, "", "open WebSockets on this node (over it: HTTP 429)"),
     s("max_sockets_per_ip", Number, "", "open WebSockets from one IP address (HTTP 429)"),
     s("handshakes_per_second", Number, "", "WebSocket handshakes per second on this node (HTTP 429)"),

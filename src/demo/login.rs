@@ -115,8 +115,6 @@ pub enum DemoError {
     Unauthorized,
     #[error("only a supervisor may {0}")]
     Forbidden(&'static str),
-    #[error("station {0:?} is not registered here; pick one of desk-101 … desk-110")]
-    UnknownStation(String),
     #[error("the broker refused: {}", .0.message())]
     Refused(tonic::Status),
     #[error("the broker is unavailable: {}", .0.message())]
@@ -134,9 +132,7 @@ pub enum DemoError {
 impl DemoError {
     pub fn status(&self) -> StatusCode {
         match self {
-            DemoError::BadRequest(_) | DemoError::UnknownStation(_) | DemoError::Refused(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            DemoError::BadRequest(_) | DemoError::Refused(_) => StatusCode::BAD_REQUEST,
             DemoError::BadCredentials | DemoError::Unauthorized => StatusCode::UNAUTHORIZED,
             DemoError::Forbidden(_) => StatusCode::FORBIDDEN,
             DemoError::Unavailable(_) => StatusCode::BAD_GATEWAY,
@@ -153,7 +149,6 @@ impl DemoError {
             DemoError::BadCredentials => "bad_credentials",
             DemoError::Unauthorized => "unauthorized",
             DemoError::Forbidden(_) => "forbidden",
-            DemoError::UnknownStation(_) => "unknown_station",
             DemoError::Refused(_) => "refused",
             DemoError::Unavailable(_) => "broker_unavailable",
             DemoError::NotFound(_) => "not_found",
@@ -300,14 +295,12 @@ impl LoginService {
             .filter(|_| req.password == PASSWORD)
             .ok_or(DemoError::BadCredentials)?;
         let station = req.station.trim();
-        if station.is_empty() {
-            if user.role == Role::Agent {
-                return Err(DemoError::BadRequest(
-                    "station: agents sign in at a station; pick one".into(),
-                ));
-            }
-        } else if !self.stations.iter().any(|s| s == station) {
-            return Err(DemoError::UnknownStation(station.to_string()));
+        // An unknown station is the broker's to refuse: the demo tenant's
+        // directory is strict (STATION_NOT_REGISTERED).
+        if station.is_empty() && user.role == Role::Agent {
+            return Err(DemoError::BadRequest(
+                "station: agents sign in at a station; pick one".into(),
+            ));
         }
         let policy = if req.confirm {
             pb::ConflictPolicy::Takeover
@@ -409,6 +402,13 @@ impl LoginService {
                     }),
                 })
             }
+            pb::ClaimOutcome::StationNotRegistered => Ok(Reply {
+                status: StatusCode::CONFLICT,
+                body: json!({
+                    "outcome": "station_not_registered",
+                    "message": format!("Station {station} is not in this company's station list. Please pick a station from the list."),
+                }),
+            }),
             pb::ClaimOutcome::Unspecified => Err(DemoError::Unavailable(tonic::Status::internal(
                 "the broker answered a claim without an outcome",
             ))),
@@ -443,19 +443,57 @@ impl LoginService {
         ))
     }
 
-    /// The registered stations, free or held, for the sign-in picker.
-    pub async fn stations(&self) -> Result<Reply, DemoError> {
-        let r = self
-            .client()
-            .station_status(pb::StationStatusRequest {
+    /// Puts the demo's stations in the broker's station directory, where
+    /// the picker reads them (a real login service registers the PBX's
+    /// phones the same way, e.g. nightly).
+    pub async fn register_stations(&self) -> Result<(), DemoError> {
+        self.client()
+            .register_stations(pb::RegisterStationsRequest {
                 tenant: self.tenant.clone(),
                 stations: self.stations.clone(),
             })
+            .await?;
+        Ok(())
+    }
+
+    /// Every page of the tenant's station directory (free ones only, or all).
+    async fn directory(&self, free_only: bool) -> Result<Vec<pb::StationInfo>, DemoError> {
+        let (mut out, mut page_token) = (Vec::new(), String::new());
+        for _ in 0..MAX_LIST_PAGES {
+            let r = self
+                .client()
+                .list_stations(pb::ListStationsRequest {
+                    tenant: self.tenant.clone(),
+                    prefix: String::new(),
+                    free_only,
+                    page_size: 500,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            out.extend(r.stations);
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            page_token = r.next_page_token;
+        }
+        Ok(out)
+    }
+
+    /// The sign-in picker, from the broker's station directory: the free
+    /// stations to pick (ListStations free-only), and the taken ones with
+    /// who holds them, in name order.
+    pub async fn stations(&self) -> Result<Reply, DemoError> {
+        let free = self.directory(true).await?;
+        let taken: Vec<pb::StationInfo> = self
+            .directory(false)
             .await?
-            .into_inner();
-        let list: Vec<Value> = r
-            .stations
+            .into_iter()
+            .filter(|s| !s.free && !free.iter().any(|f| f.station == s.station))
+            .collect();
+        let mut list: Vec<Value> = free
             .iter()
+            .chain(&taken)
             .map(|s| {
                 // Every holder with its device: the page offers a held
                 // station when all its holders signed in from this browser.
@@ -467,6 +505,7 @@ impl LoginService {
                 json!({"station": s.station, "free": s.free, "login": s.login, "holders": holders})
             })
             .collect();
+        list.sort_by(|a, b| a["station"].as_str().cmp(&b["station"].as_str()));
         Ok(Reply::ok(json!({ "stations": list })))
     }
 
@@ -659,6 +698,7 @@ mod tests {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             signing_key: Some("demo-login-service-test-key-0123456789".into()),
+            strict_stations: Some(vec![Tenant::parse("acme").unwrap()]),
             ..Config::default()
         };
         let server = turnstile::server::start(config).await.unwrap();
@@ -672,6 +712,7 @@ mod tests {
             server.http_addr,
         )
         .unwrap();
+        svc.register_stations().await.unwrap();
         (svc, server)
     }
 
@@ -843,10 +884,9 @@ mod tests {
             svc.login(req("mallory", "desk-101", false), None).await,
             Err(DemoError::BadCredentials)
         ));
-        assert!(matches!(
-            svc.login(req("ana", "desk-999", false), None).await,
-            Err(DemoError::UnknownStation(s)) if s == "desk-999"
-        ));
+        let unknown = sign_in(&svc, "ana", "desk-999", false).await;
+        assert_eq!(unknown.status, StatusCode::CONFLICT);
+        assert_eq!(unknown.body["outcome"], "station_not_registered");
         assert!(matches!(
             svc.login(req("ana", "", false), None).await,
             Err(DemoError::BadRequest(m)) if m.starts_with("station:")

@@ -4,8 +4,8 @@
 //! It shows how the pieces fit in a contact center: the page signs in
 //! through the demo login service ([`login`]), which checks the password and
 //! asks the broker for the session **only through the public gRPC API**
-//! (`Claim`, `StationStatus`, `ListSessions`, `Notify`, `Release`) — exactly
-//! what a real login service does. The page then opens the agent's WebSocket
+//! (`Claim`, `RegisterStations`, `ListStations`, `ListSessions`, `Notify`,
+//! `Release`) — exactly what a real login service does. The page then opens the agent's WebSocket
 //! with the browser SDK (`clients/js/turnstile.js`, served from here) and
 //! shows forced logouts, the connectivity banner, notices and, for the
 //! supervisor, live presence.
@@ -83,6 +83,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // A fresh key per run: tokens die with the demo, which is what a demo wants,
         // without the development-key warning meant for `serve`.
         signing_key: Some(random_hex(32)),
+        // Claims must name a station of the directory the login service
+        // registers (login::LoginService::register_stations).
+        strict_stations: Some(vec![turnstile::session::Tenant::parse(&args.tenant)
+            .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?]),
         ..Config::default()
     };
     config.validate()?;
@@ -115,6 +119,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .serve(netsim_listener, stop.clone(), tracker.clone()),
     );
     let service = login::LoginService::new(&args.tenant, broker_api, netsim_addr)?;
+    service
+        .register_stations()
+        .await
+        .context("cannot register the demo's stations in the broker's directory")?;
     tracker.spawn(web::serve(
         web_listener,
         web::App::new(service, netsim, broker.connectivity_switch()),

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::log::EventLog;
 use super::state::{Effects, TenantState};
 use super::{
-    Attached, Census, ClaimOutcome, Event, EventSink, EvictTarget, NotifyCounts, NotifyTarget,
-    Page, Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
-    TenantUsage,
+    Attached, Census, ClaimOutcome, DirectoryChange, Event, EventSink, EvictTarget, NotifyCounts,
+    NotifyTarget, Page, Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId,
+    StationInfo, StationPage, StationQuery, TenantUsage,
 };
 use crate::session::{ClaimRequest, Generation, Notice, Session, SessionId, Station, Tenant};
 
@@ -271,6 +271,34 @@ impl Registry for MemoryRegistry {
             seats_used: 0,
             seat_limit: cfg.seat_limit(tenant),
         }))
+    }
+
+    async fn register_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError> {
+        self.write(tenant, |s, cfg, now, _| {
+            s.register_stations(stations, cfg, now)
+        })
+    }
+
+    async fn remove_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError> {
+        Ok(self.write(tenant, |s, _, now, _| s.remove_stations(stations, now)))
+    }
+
+    async fn list_stations(
+        &self,
+        tenant: &Tenant,
+        query: &StationQuery,
+    ) -> Result<StationPage, RegistryError> {
+        Ok(self
+            .read(tenant, |s| s.list_stations(query))
+            .unwrap_or_default())
     }
 
     async fn stations(

@@ -69,6 +69,10 @@ pub struct RegistryConfig {
     /// Tenants whose stations are never shared, whatever the claims'
     /// devices (the rest share a station among claims from one device).
     pub exclusive_stations: Arc<HashSet<Tenant>>,
+    /// Stations one tenant may register in its directory.
+    pub max_registered_stations: usize,
+    /// Tenants whose claims must name a registered station.
+    pub strict_stations: Arc<HashSet<Tenant>>,
 }
 
 impl Default for RegistryConfig {
@@ -89,6 +93,8 @@ impl Default for RegistryConfig {
             event_log: LogBounds::default(),
             seat_limits: Arc::default(),
             exclusive_stations: Arc::default(),
+            max_registered_stations: 100_000,
+            strict_stations: Arc::default(),
         }
     }
 }
@@ -103,7 +109,18 @@ impl RegistryConfig {
     pub fn shares_stations(&self, tenant: &Tenant) -> bool {
         !self.exclusive_stations.contains(tenant)
     }
+
+    /// Whether `tenant`'s claims must name a registered station.
+    pub fn strict_stations(&self, tenant: &Tenant) -> bool {
+        self.strict_stations.contains(tenant)
+    }
 }
+
+/// How long a tenant's station directory is kept after its last
+/// RegisterStations or RemoveStations: a directory nobody has touched for
+/// 400 days belongs to a tenant that is gone (the directory is otherwise
+/// kept as long as stations are registered in it).
+pub const STATION_DIRECTORY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// The result of a claim. Conflicts are outcomes, not errors.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +145,9 @@ pub enum ClaimOutcome {
         used: u32,
         limit: u32,
     },
+    /// The tenant's directory is strict and does not list the claim's
+    /// station.
+    StationNotRegistered,
 }
 
 /// A tenant's seat licence: how many live sessions it holds against its
@@ -215,6 +235,48 @@ pub struct StationHolder {
     pub device: Option<Device>,
 }
 
+/// One ListStations query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StationQuery {
+    /// Only names starting with this.
+    pub prefix: String,
+    /// Only stations nobody holds.
+    pub free_only: bool,
+    /// Stations in the page, at most.
+    pub limit: usize,
+    /// Names examined, at most (free-only pages skip held stations; this
+    /// bounds the work of one call).
+    pub scan: usize,
+    /// Continue after this name (the previous page's last name examined).
+    pub after: Option<Station>,
+}
+
+/// One page of ListStations.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StationPage {
+    pub stations: Vec<StationInfo>,
+    /// The last name examined, when more names may follow.
+    pub next_after: Option<Station>,
+    /// Stations registered in the tenant.
+    pub registered: u64,
+}
+
+/// What RegisterStations or RemoveStations changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryChange {
+    /// Stations added (or removed) by the call.
+    pub changed: u32,
+    /// Stations registered after it.
+    pub registered: u64,
+}
+
+impl StationInfo {
+    /// Whether nobody holds the station.
+    pub fn is_free(&self) -> bool {
+        self.holder.is_none()
+    }
+}
+
 /// Live sessions by state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
@@ -276,6 +338,14 @@ pub enum RegistryError {
     InvalidNotice {
         field: &'static str,
         problem: String,
+    },
+    /// RegisterStations would take the tenant's directory past
+    /// `max_registered_stations`; nothing was registered.
+    #[error("stations: registering {adding} more would make {would}, over the tenant's limit of {limit} (max_registered_stations)")]
+    TooManyStations {
+        adding: u64,
+        would: u64,
+        limit: usize,
     },
     #[error("registry unavailable: {0}")]
     Unavailable(String),
@@ -396,6 +466,30 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The tenant's live sessions against its seat limit.
     async fn usage(&self, tenant: &Tenant) -> Result<TenantUsage, RegistryError>;
+
+    /// Adds `stations` to the tenant's directory (those already there are
+    /// skipped): all of them, or none when the directory would grow past
+    /// `max_registered_stations`.
+    async fn register_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError>;
+
+    /// Removes `stations` from the tenant's directory; their holders stay.
+    async fn remove_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError>;
+
+    /// A page of the tenant's directory in name order, each station with
+    /// its holder (built as [`Registry::stations`] builds it).
+    async fn list_stations(
+        &self,
+        tenant: &Tenant,
+        query: &StationQuery,
+    ) -> Result<StationPage, RegistryError>;
 
     /// Delivers or queues a notice.
     async fn notify(

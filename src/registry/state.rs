@@ -14,8 +14,9 @@ use std::sync::Arc;
 use super::log::EventLog;
 use super::notice_rules;
 use super::{
-    Attached, ClaimOutcome, Event, EvictTarget, NotifyCounts, NotifyTarget, Page, RegistryConfig,
-    RegistryError, SessionKey, SocketId, StationHolder, StationInfo, TenantUsage,
+    Attached, ClaimOutcome, DirectoryChange, Event, EvictTarget, NotifyCounts, NotifyTarget, Page,
+    RegistryConfig, RegistryError, SessionKey, SocketId, StationHolder, StationInfo, StationPage,
+    StationQuery, TenantUsage, STATION_DIRECTORY_TTL,
 };
 use crate::limits::MAX_STATION_HOLDERS;
 use crate::session::{
@@ -84,6 +85,12 @@ pub(crate) struct TenantState {
     /// The seat limit set by `SetSeatLimit` (0: none); `None`: the
     /// configured one applies.
     seat_limit: Option<u32>,
+    /// The station directory (RegisterStations), in name order; at most
+    /// `max_registered_stations` names.
+    directory: BTreeSet<Station>,
+    /// When the directory is dropped (unix ms; 0: never set): its last
+    /// change plus [`STATION_DIRECTORY_TTL`], checked by [`Self::prune`].
+    directory_until: i64,
 }
 
 /// The notices queued for a login without a live session.
@@ -111,6 +118,8 @@ impl TenantState {
             mailbox_expiry: BTreeSet::new(),
             log: EventLog::default(),
             seat_limit: None,
+            directory: BTreeSet::new(),
+            directory_until: 0,
         }
     }
 
@@ -173,6 +182,12 @@ impl TenantState {
         now: i64,
         fx: &mut Effects,
     ) -> ClaimOutcome {
+        // A strict tenant's claims name a registered station.
+        if let Some(station) = &req.station {
+            if cfg.strict_stations(&self.tenant) && !self.directory.contains(station) {
+                return ClaimOutcome::StationNotRegistered;
+            }
+        }
         // The station rule applies under both policies: the first user keeps
         // it, and admits only logins from its device (a shared station).
         if let Some(station) = &req.station {
@@ -400,8 +415,13 @@ impl TenantState {
         Some(session)
     }
 
-    /// Drops tombstones, idempotency keys and mailboxes whose time is over.
+    /// Drops tombstones, idempotency keys and mailboxes whose time is
+    /// over, and a station directory untouched for its whole lifetime.
     pub fn prune(&mut self, now: i64) {
+        if self.directory_until != 0 && self.directory_until <= now {
+            self.directory.clear();
+            self.directory_until = 0;
+        }
         while let Some((at, _)) = self.mailbox_expiry.first() {
             if *at > now {
                 break;
@@ -634,6 +654,87 @@ impl TenantState {
             })
             .collect();
         StationInfo::new(station.clone(), holders)
+    }
+
+    /// Adds stations to the directory: all, or none when it would grow
+    /// past `max_registered_stations`.
+    pub fn register_stations(
+        &mut self,
+        stations: &[Station],
+        cfg: &RegistryConfig,
+        now: i64,
+    ) -> Result<DirectoryChange, RegistryError> {
+        self.prune(now);
+        let new: BTreeSet<&Station> = stations
+            .iter()
+            .filter(|s| !self.directory.contains(*s))
+            .collect();
+        let would = self.directory.len() + new.len();
+        if !new.is_empty() && would > cfg.max_registered_stations {
+            return Err(RegistryError::TooManyStations {
+                adding: new.len() as u64,
+                would: would as u64,
+                limit: cfg.max_registered_stations,
+            });
+        }
+        let changed = u32::try_from(new.len()).unwrap_or(u32::MAX);
+        let new: Vec<Station> = new.into_iter().cloned().collect();
+        self.directory.extend(new);
+        self.directory_until = now + STATION_DIRECTORY_TTL.as_millis() as i64;
+        Ok(DirectoryChange {
+            changed,
+            registered: self.directory.len() as u64,
+        })
+    }
+
+    /// Removes stations from the directory; their holders stay.
+    pub fn remove_stations(&mut self, stations: &[Station], now: i64) -> DirectoryChange {
+        self.prune(now);
+        let removed = stations
+            .iter()
+            .filter(|s| self.directory.remove(*s))
+            .count();
+        if !self.directory.is_empty() {
+            self.directory_until = now + STATION_DIRECTORY_TTL.as_millis() as i64;
+        }
+        DirectoryChange {
+            changed: u32::try_from(removed).unwrap_or(u32::MAX),
+            registered: self.directory.len() as u64,
+        }
+    }
+
+    /// A page of the directory: names from after `q.after` (or from the
+    /// prefix) in order, at most `q.scan` of them examined; each station's
+    /// holder from [`Self::stations`]. The next page starts after the last
+    /// name examined, so it is stable under concurrent changes.
+    pub fn list_stations(&self, q: &StationQuery) -> StationPage {
+        let prefix = Station::parse(&q.prefix).ok();
+        let lower = match (&q.after, &prefix) {
+            (Some(a), Some(p)) if a < p => Bound::Included(p),
+            (Some(a), _) => Bound::Excluded(a),
+            (None, Some(p)) => Bound::Included(p),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut page = StationPage {
+            registered: self.directory.len() as u64,
+            ..StationPage::default()
+        };
+        let mut last = None;
+        let names = self
+            .directory
+            .range::<Station, _>((lower, Bound::Unbounded))
+            .take_while(|n| n.as_str().starts_with(q.prefix.as_str()));
+        for (examined, name) in names.enumerate() {
+            if page.stations.len() >= q.limit || examined >= q.scan {
+                page.next_after = last;
+                break;
+            }
+            last = Some(name.clone());
+            let info = self.stations(std::slice::from_ref(name));
+            page.stations
+                .extend(info.into_iter().filter(|i| !q.free_only || i.is_free()));
+        }
+        page
     }
 
     /// Delivers a notice to open sockets now, or keeps it for the next

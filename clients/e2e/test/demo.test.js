@@ -186,6 +186,35 @@ test("a full seat licence is a clear message, with no takeover offered", { timeo
   });
 });
 
+test("the station picker is the broker's directory: free stations to pick, taken ones with their holder", { timeout: TEST_MS }, async () => {
+  const d = await demo();
+  // The operator adds a station to the demo tenant's directory through `turnstile ctl`.
+  const bin = process.env.TURNSTILE_BIN ?? resolve(ARTIFACTS, "../../../target/debug/turnstile");
+  const out = execFileSync(bin, ["ctl", "--addr", `http://${d.grpc}`, "stations", "--tenant", "demo", "register", "lab-1"],
+    { encoding: "utf8", timeout: WAIT_MS });
+  assert.match(out, /added: 1 {2}registered: 11/);
+  const ana = await person(d, "ana");
+  await withPeople("picker", [ana], async () => {
+    await signIn(ana, "ana", "desk-101");
+  });
+  const bob = await person(d, "bob"); // loads the picker with desk-101 taken
+  await withPeople("picker", [bob], async () => {
+    const options = await bob.page.$$eval("#station option", (os) =>
+      os.map((o) => ({ value: o.value, disabled: o.disabled, label: o.textContent })));
+    const free = options.filter((o) => o.value && !o.disabled).map((o) => o.value);
+    assert.deepEqual(free, ["desk-102", "desk-103", "desk-104", "desk-105", "desk-106", "desk-107",
+      "desk-108", "desk-109", "desk-110", "lab-1"]);
+    const held = options.find((o) => o.value === "desk-101");
+    assert.equal(held.disabled, true);
+    assert.equal(held.label, "desk-101 — in use (ana)");
+    assert.equal(await text(bob.page, "#stations-taken"), "In use: desk-101 (ana)");
+    await bob.page.selectOption("#station", "lab-1");
+    await shot(bob.page, "18-station-picker-from-directory");
+    await signIn(bob, "bob", "lab-1");
+    assert.equal(await text(bob.page, "#agent-station"), "lab-1");
+  });
+});
+
 test("a station held by another user is refused", { timeout: TEST_MS }, async () => {
   const d = await demo();
   const carl = await person(d, "carl"); // loads the station list while desk-106 is still free

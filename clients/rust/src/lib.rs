@@ -235,6 +235,41 @@ impl Broker {
         Ok(self.client.station_status(r).await?.into_inner().stations)
     }
 
+    /// Adds stations to the tenant's directory (at most 1000 per call).
+    pub async fn register_stations(
+        &mut self,
+        tenant: &str,
+        stations: Vec<String>,
+    ) -> Result<pb::RegisterStationsResponse, Error> {
+        let r = self.request(pb::RegisterStationsRequest {
+            tenant: tenant.into(),
+            stations,
+        });
+        Ok(self.client.register_stations(r).await?.into_inner())
+    }
+
+    /// Removes stations from the tenant's directory.
+    pub async fn remove_stations(
+        &mut self,
+        tenant: &str,
+        stations: Vec<String>,
+    ) -> Result<pb::RemoveStationsResponse, Error> {
+        let r = self.request(pb::RemoveStationsRequest {
+            tenant: tenant.into(),
+            stations,
+        });
+        Ok(self.client.remove_stations(r).await?.into_inner())
+    }
+
+    /// One page of the tenant's station directory.
+    pub async fn list_stations(
+        &mut self,
+        req: pb::ListStationsRequest,
+    ) -> Result<pb::ListStationsResponse, Error> {
+        let r = self.request(req);
+        Ok(self.client.list_stations(r).await?.into_inner())
+    }
+
     pub async fn notify(&mut self, req: pb::NotifyRequest) -> Result<pb::NotifyResponse, Error> {
         let r = self.request(req);
         Ok(self.client.notify(r).await?.into_inner())

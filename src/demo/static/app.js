@@ -116,6 +116,12 @@ async function loadStations() {
     opt.disabled = !s.free && !ours;
     select.add(opt);
   }
+  // The taken stations and who holds them (the broker's directory lists both).
+  const taken = (r.data.stations ?? []).filter((s) => !s.free);
+  $("stations-taken").textContent = taken.length
+    ? `In use: ${taken.map((s) => `${s.station} (${s.login})`).join(", ")}`
+    : "";
+  $("stations-taken").hidden = taken.length === 0;
   const firstFree = (r.data.stations ?? []).find((s) => s.free);
   select.value = keep && [...select.options].some((o) => o.value === keep && !o.disabled)
     ? keep

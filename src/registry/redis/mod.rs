@@ -34,8 +34,9 @@ use wire::{Reply, WNotice, WSession};
 
 use super::notice_rules;
 use super::{
-    Attached, ClaimOutcome, EventSink, EvictTarget, NotifyCounts, NotifyTarget, Page, Registry,
-    RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo, TenantUsage,
+    Attached, ClaimOutcome, DirectoryChange, EventSink, EvictTarget, NotifyCounts, NotifyTarget,
+    Page, Registry, RegistryConfig, RegistryError, Replay, SessionKey, SocketId, StationInfo,
+    StationPage, StationQuery, TenantUsage,
 };
 use crate::cluster::{fenced, Cluster};
 use crate::hub::sockets::LocalSockets;
@@ -253,6 +254,26 @@ impl RedisRegistry {
         })
     }
 
+    /// Adds (`add`) or removes (`rm`) directory entries (`lua/directory.lua`).
+    async fn directory(
+        &self,
+        tenant: &Tenant,
+        op: &str,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError> {
+        let names: std::collections::BTreeSet<&str> = stations.iter().map(|s| s.as_str()).collect();
+        let body = json!({"op": op, "stations": names, "max": self.inner.cfg.max_registered_stations,
+                          "ttl": crate::registry::STATION_DIRECTORY_TTL.as_millis() as u64});
+        let r = self.run(&SCRIPTS.directory, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        Ok(DirectoryChange {
+            changed: r.n,
+            registered: r.reg,
+        })
+    }
+
     fn knows(&self, tenant: &Tenant) {
         self.inner.cluster.member().knows(tenant)
     }
@@ -326,6 +347,11 @@ impl RedisRegistry {
                 },
                 Err(e) => RegistryError::Unavailable(e.to_string()),
             },
+            "toomanystations" => RegistryError::TooManyStations {
+                adding: reply.adding,
+                would: reply.would,
+                limit: self.inner.cfg.max_registered_stations,
+            },
             "fenced" => {
                 self.inner.cluster.member().alarm();
                 fenced()
@@ -377,6 +403,7 @@ impl Registry for RedisRegistry {
                 .as_ref()
                 .filter(|_| self.inner.cfg.shares_stations(&tenant))
                 .map(|_| crate::limits::MAX_STATION_HOLDERS),
+            strict: self.inner.cfg.strict_stations(&tenant),
         };
         let r = self.run(&SCRIPTS.claim, &tenant, &body).await?;
         if r.err.as_deref() == Some("idem") {
@@ -417,6 +444,7 @@ impl Registry for RedisRegistry {
                 used: r.used,
                 limit: r.limit,
             }),
+            Some("unregistered") => Ok(ClaimOutcome::StationNotRegistered),
             other => Err(RegistryError::Unavailable(format!(
                 "unexpected claim outcome {other:?}"
             ))),
@@ -530,11 +558,59 @@ impl Registry for RedisRegistry {
         stations
             .iter()
             .zip(r.st.iter().map(Some).chain(std::iter::repeat(None)))
-            .map(|(station, w)| match w {
-                Some(w) => w.to_info(station),
-                None => Ok(StationInfo::new(station.clone(), Vec::new())),
-            })
+            .map(|(station, w)| station_info(station, w))
             .collect()
+    }
+
+    async fn register_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError> {
+        self.directory(tenant, "add", stations).await
+    }
+
+    async fn remove_stations(
+        &self,
+        tenant: &Tenant,
+        stations: &[Station],
+    ) -> Result<DirectoryChange, RegistryError> {
+        self.directory(tenant, "rm", stations).await
+    }
+
+    async fn list_stations(
+        &self,
+        tenant: &Tenant,
+        q: &StationQuery,
+    ) -> Result<StationPage, RegistryError> {
+        let body = json!({
+            "q": "dir",
+            "prefix": q.prefix,
+            "free": q.free_only,
+            "limit": q.limit.max(1),
+            "scan": q.scan.max(1),
+            "after": q.after.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        });
+        let r = self.run(&SCRIPTS.read, tenant, &body).await?;
+        if r.err.is_some() {
+            return Err(self.error(tenant, &r, ""));
+        }
+        let mut stations = Vec::with_capacity(r.sn.len());
+        for (name, w) in r.sn.iter().zip(r.st.iter()) {
+            let station = Station::parse(name).map_err(|e| {
+                RegistryError::Unavailable(format!("directory entry {name:?}: {e}"))
+            })?;
+            stations.push(station_info(&station, Some(w))?);
+        }
+        Ok(StationPage {
+            stations,
+            next_after: if r.next.is_empty() {
+                None
+            } else {
+                Station::parse(&r.next).ok()
+            },
+            registered: r.reg,
+        })
     }
 
     async fn notify(
@@ -784,5 +860,18 @@ impl Registry for RedisRegistry {
 
     async fn close(&self) {
         self.inner.cluster.leave().await
+    }
+}
+
+/// A station's info from its `station_info` entry (prelude.lua); a missing
+/// or unreadable entry is a free station.
+/// A station's info from the read script's answer for it (none: free).
+fn station_info(
+    station: &Station,
+    w: Option<&wire::WStation>,
+) -> Result<StationInfo, RegistryError> {
+    match w {
+        Some(w) => w.to_info(station),
+        None => Ok(StationInfo::new(station.clone(), Vec::new())),
     }
 }

@@ -153,6 +153,7 @@ pub(crate) struct Scripts {
     pub log: Script,
     pub hook: Script,
     pub seats: Script,
+    pub directory: Script,
 }
 
 impl Scripts {
@@ -185,6 +186,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     log: Script::new(include_str!("lua/log.lua")),
     hook: Script::new(include_str!("lua/hook.lua")),
     seats: tenant_script(include_str!("lua/seats.lua")),
+    directory: tenant_script(include_str!("lua/directory.lua")),
 });
 
 fn script_limits(c: &RegistryConfig) -> [u64; 7] {

@@ -141,6 +141,10 @@ pub struct ClaimReq<'a> {
     /// absent: the station is not shared.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sh: Option<usize>,
+    /// The tenant's directory is strict; absent (not false) otherwise, so
+    /// a tenant not in strict mode costs the claim nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// socket.lua's request: a node's write for one of its sockets. Absent
@@ -255,9 +259,25 @@ pub struct Reply {
     /// list, notify: where the next page or batch starts; `""`: done.
     #[serde(default)]
     pub next: String,
-    /// stations: one entry per station asked, in order.
+    /// stations: one entry per station asked, in order; dir: one per
+    /// station of the page.
     #[serde(default, deserialize_with = "list")]
     pub st: Vec<WStation>,
+    /// dir: the names of the page's stations, in order.
+    #[serde(default, deserialize_with = "list")]
+    pub sn: Vec<String>,
+    /// dir, directory: stations registered in the tenant.
+    #[serde(default)]
+    pub reg: u64,
+    /// directory: stations added or removed.
+    #[serde(default)]
+    pub n: u32,
+    /// toomanystations: stations the call would have added.
+    #[serde(default)]
+    pub adding: u64,
+    /// toomanystations: stations registered had it added them.
+    #[serde(default)]
+    pub would: u64,
     /// notify: notices delivered to a session with a socket.
     #[serde(default)]
     pub d: u32,

@@ -2,9 +2,10 @@
 -- attrs, idem, kep, exp (expected holder, absent: any), seats (the
 -- configured seat limit, 0: none; the key `seats` overrides it), dev (the
 -- device, absent: none), sh (with dev when the tenant shares stations: the
--- most holders a station may have)}.
--- Returns {o = 'granted'|'login'|'station'|'seats', s, ev, h, hs (station:
--- every holder), used, limit}.
+-- most holders a station may have), strict (absent: the tenant's directory
+-- is not strict)}.
+-- Returns {o = 'granted'|'login'|'station'|'seats'|'unregistered', s, ev,
+-- h, hs (station: every holder), used, limit}.
 if ARGV[21] == '1' then
   -- Sent a second time (store.rs resends once after a reset connection):
   -- the first may have run. A first send's session id is new.
@@ -38,7 +39,9 @@ if R.idem ~= '' then
 end
 
 local out
-if R.station ~= '' then
+if R.strict and R.station ~= '' and not redis.call('ZSCORE', P .. 'sd', R.station) then
+  out = {o = 'unregistered'}
+elseif R.station ~= '' then
   local hid = redis.call('GET', P .. 'st:' .. R.station)
   local h = hid and rec(hid)
   if h then

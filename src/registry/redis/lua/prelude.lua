@@ -251,8 +251,9 @@ local function station_holders(st, first)
   end
   return out
 end
--- The one place a station's info is built (StationStatus): {hs = every
--- holder {l = login, id = sid, d = device}}, empty when free.
+-- The one place a station's info is built (StationStatus, ListStations in
+-- read.lua): {hs = every holder {l = login, id = sid, d = device}}, empty
+-- when free.
 local function station_info(st)
   local hs = {}
   for _, s in ipairs(station_holders(st)) do
