@@ -78,6 +78,34 @@ impl Api {
             .max_decoding_message_size(crate::limits::MAX_GRPC_REQUEST_BYTES)
     }
 
+    /// RegisterStations (`add`) and RemoveStations: the caller's tenant,
+    /// the names checked, the directory changed, the change audited.
+    async fn change_directory<T>(
+        &self,
+        request: &Request<T>,
+        tenant: &str,
+        stations: &[String],
+        add: bool,
+    ) -> Result<crate::registry::DirectoryChange, Status> {
+        let (caller, from) = (caller_of(request), peer_of(request));
+        let tenant = self.tenant(caller.as_ref(), tenant)?;
+        let stations = convert::directory_change(stations)?;
+        let change = if add {
+            self.registry.register_stations(&tenant, &stations).await
+        } else {
+            self.registry.remove_stations(&tenant, &stations).await
+        }
+        .map_err(convert::status)?;
+        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
+        let event = if add {
+            "stations_registered"
+        } else {
+            "stations_removed"
+        };
+        crate::audit::directory_changed(event, &tenant, change, by, &from);
+        Ok(change)
+    }
+
     fn tenant(&self, caller: Option<&Caller>, raw: &str) -> Result<Tenant, Status> {
         let tenant = Tenant::parse(raw).map_err(convert::invalid)?;
         if let Some(c) = caller {
@@ -449,17 +477,14 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         &self,
         request: Request<pb::RegisterStationsRequest>,
     ) -> Result<Response<pb::RegisterStationsResponse>, Status> {
-        let (caller, from) = (caller_of(&request), peer_of(&request));
-        let r = request.into_inner();
-        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
-        let stations = convert::directory_change(&r.stations)?;
         let change = self
-            .registry
-            .register_stations(&tenant, &stations)
-            .await
-            .map_err(convert::status)?;
-        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
-        crate::audit::directory_changed("stations_registered", &tenant, change, by, &from);
+            .change_directory(
+                &request,
+                &request.get_ref().tenant,
+                &request.get_ref().stations,
+                true,
+            )
+            .await?;
         Ok(Response::new(pb::RegisterStationsResponse {
             added: change.changed,
             registered: change.registered,
@@ -470,17 +495,14 @@ impl pb::session_broker_service_server::SessionBrokerService for Api {
         &self,
         request: Request<pb::RemoveStationsRequest>,
     ) -> Result<Response<pb::RemoveStationsResponse>, Status> {
-        let (caller, from) = (caller_of(&request), peer_of(&request));
-        let r = request.into_inner();
-        let tenant = self.tenant(caller.as_ref(), &r.tenant)?;
-        let stations = convert::directory_change(&r.stations)?;
         let change = self
-            .registry
-            .remove_stations(&tenant, &stations)
-            .await
-            .map_err(convert::status)?;
-        let by = caller.as_ref().map_or("admin", |c| c.name.as_str());
-        crate::audit::directory_changed("stations_removed", &tenant, change, by, &from);
+            .change_directory(
+                &request,
+                &request.get_ref().tenant,
+                &request.get_ref().stations,
+                false,
+            )
+            .await?;
         Ok(Response::new(pb::RemoveStationsResponse {
             removed: change.changed,
             registered: change.registered,

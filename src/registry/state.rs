@@ -510,47 +510,25 @@ impl TenantState {
         fx: &mut Effects,
     ) -> Result<Vec<Session>, RegistryError> {
         self.prune(now);
-        let id = match target {
-            EvictTarget::Tenant { role } => {
-                let ids: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, r)| role.as_ref().is_none_or(|role| r.session.role == *role))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let by = EndedBy {
-                    client: by.to_string(),
-                    station: None,
-                    session_id: None,
-                    at_ms: now,
-                };
-                return Ok(ids
-                    .iter()
-                    .filter_map(|id| {
-                        self.end(
-                            id,
-                            EndReason::Evicted,
-                            by.clone(),
-                            message.clone(),
-                            cfg,
-                            now,
-                            fx,
-                        )
-                    })
-                    .collect());
-            }
-            EvictTarget::Session(id) => self.live(id)?.session.id.clone(),
+        // Whom the target names: every session (of a role), one session,
+        // a login's, or every holder of a (shared) station, first first.
+        let ids: Vec<SessionId> = match target {
+            EvictTarget::Tenant { role } => self
+                .sessions
+                .iter()
+                .filter(|(_, r)| role.as_ref().is_none_or(|role| r.session.role == *role))
+                .map(|(id, _)| id.clone())
+                .collect(),
+            EvictTarget::Session(id) => vec![self.live(id)?.session.id.clone()],
             EvictTarget::Login(login) => {
-                self.by_login
-                    .get(login)
-                    .cloned()
-                    .ok_or_else(|| RegistryError::LoginNotFound {
+                vec![self.by_login.get(login).cloned().ok_or_else(|| {
+                    RegistryError::LoginNotFound {
                         tenant: self.tenant.clone(),
                         login: login.clone(),
-                    })?
+                    }
+                })?]
             }
             EvictTarget::Station(station) => {
-                // Every holder of a shared station, first first.
                 let ids: Vec<SessionId> =
                     self.holders(station).iter().map(|s| s.id.clone()).collect();
                 if ids.is_empty() {
@@ -559,26 +537,7 @@ impl TenantState {
                         station: station.clone(),
                     });
                 }
-                let by = EndedBy {
-                    client: by.to_string(),
-                    station: None,
-                    session_id: None,
-                    at_ms: now,
-                };
-                return Ok(ids
-                    .iter()
-                    .filter_map(|id| {
-                        self.end(
-                            id,
-                            EndReason::Evicted,
-                            by.clone(),
-                            message.clone(),
-                            cfg,
-                            now,
-                            fx,
-                        )
-                    })
-                    .collect());
+                ids
             }
         };
         let by = EndedBy {
@@ -587,9 +546,19 @@ impl TenantState {
             session_id: None,
             at_ms: now,
         };
-        Ok(self
-            .end(&id, EndReason::Evicted, by, message, cfg, now, fx)
-            .into_iter()
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                self.end(
+                    id,
+                    EndReason::Evicted,
+                    by.clone(),
+                    message.clone(),
+                    cfg,
+                    now,
+                    fx,
+                )
+            })
             .collect())
     }
 
