@@ -127,23 +127,20 @@ pub async fn chaos(plan: &Plan) -> Result<Report, String> {
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let mut interrupted = false;
     let faulting = async {
-        let mut round: Vec<Fault> = Vec::new();
-        while tokio::time::Instant::now() < deadline {
-            let pause = Duration::from_millis(
-                rng.random_range(500..plan.pause.as_millis().max(501) as u64),
-            );
-            tokio::time::sleep(
-                pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-            )
-            .await;
-            if tokio::time::Instant::now() >= deadline || plan.faults.is_empty() {
-                continue;
-            }
+        let mut round: Vec<Fault> = plan.faults.clone();
+        round.shuffle(&mut rng);
+        // The first round is finished even past the deadline: every kind
+        // asked for is injected at least once.
+        let mut first = round.len();
+        while first > 0 || tokio::time::Instant::now() < deadline {
+            let pause = rng.random_range(500..plan.pause.as_millis().max(501) as u64);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
             if round.is_empty() {
                 round = plan.faults.clone();
                 round.shuffle(&mut rng);
             }
-            let f = round.pop().unwrap_or(Fault::Pubsub);
+            let Some(f) = round.pop() else { break };
+            first = first.saturating_sub(1);
             if let Err(e) = faults::inject(&mut world, f, &mut rng, &history).await {
                 report.error(&format!("fault_{}_unrecovered", f.name()));
                 report.notes.push(format!("{f}: {e}"));
