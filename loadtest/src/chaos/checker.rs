@@ -54,6 +54,11 @@ pub struct Verdict {
     pub counts: BTreeMap<String, u64>,
 }
 
+/// A grant as the generation rule needs it: (sent, answered, generation,
+/// session), per (tenant, login).
+type Grant<'a> = (u64, u64, u64, &'a str);
+type GrantsByLogin<'a> = HashMap<(&'a str, &'a str), Vec<Grant<'a>>>;
+
 #[derive(Default)]
 struct Session {
     tenant: String,
@@ -82,8 +87,7 @@ impl Session {
 pub fn check(events: &[Event], rules: &Rules) -> Verdict {
     let mut v = Verdict::default();
     let mut sessions: HashMap<&str, Session> = HashMap::new();
-    // (t0, t, generation, session) per (tenant, login).
-    let mut grants: HashMap<(&str, &str), Vec<(u64, u64, u64, &str)>> = HashMap::new();
+    let mut grants: GrantsByLogin = HashMap::new();
     let mut sent: Vec<(&str, &str)> = Vec::new();
     let mut delivered: HashSet<(&str, &str)> = HashSet::new();
     let mut final_state = None;
@@ -253,9 +257,7 @@ pub fn check(events: &[Event], rules: &Rules) -> Verdict {
             }
         }
         for l in f {
-            let held = sessions
-                .get(l.session.as_str())
-                .is_some_and(|s| held_at_end(s));
+            let held = sessions.get(l.session.as_str()).is_some_and(&held_at_end);
             if !held {
                 v.violations.push(format!(
                     "Redis lists session {} ({}/{}, {}) at the end, which no client holds",
@@ -321,7 +323,7 @@ fn overlaps(sessions: &HashMap<&str, Session>, rules: &Rules, v: &mut Verdict) {
 
 /// Per login: a grant answered before another was sent has the lower
 /// generation; no generation is issued to two sessions.
-fn generations(grants: &HashMap<(&str, &str), Vec<(u64, u64, u64, &str)>>, v: &mut Verdict) {
+fn generations(grants: &GrantsByLogin, v: &mut Verdict) {
     let mut keys: Vec<_> = grants.keys().collect();
     keys.sort();
     for key in keys {
