@@ -237,6 +237,13 @@ enum Scenario {
         #[arg(long, default_value_t = 5_000_000)]
         max_events: usize,
     },
+    /// Checks a chaos run's history again (`chaos --history FILE`), e.g.
+    /// with another --overlap-window; prints the violations.
+    ChaosCheck {
+        history: PathBuf,
+        #[arg(long, default_value = "5s", value_parser = humantime_secs)]
+        overlap_window: Duration,
+    },
     /// Merges the JSON reports of several shards (their HDR histograms,
     /// not their percentiles) into one report: table, --json, --svg.
     Merge {
@@ -300,6 +307,30 @@ fn main() -> anyhow::Result<()> {
     if let Scenario::Merge { reports } = &cli.scenario {
         let report = Report::merge_files(reports).map_err(anyhow::Error::msg)?;
         return write(&cli.common, report);
+    }
+    if let Scenario::ChaosCheck {
+        history,
+        overlap_window,
+    } = &cli.scenario
+    {
+        let events = chaos::history::read_jsonl(history).map_err(anyhow::Error::msg)?;
+        let rules = chaos::checker::Rules {
+            overlap_window: overlap_window.as_micros() as u64,
+        };
+        let v = chaos::checker::check(&events, &rules);
+        for (k, n) in &v.counts {
+            println!("  {k:<30} {n}");
+        }
+        println!(
+            "  longest overlap {:.1} ms: {}",
+            v.longest_overlap as f64 / 1000.0,
+            v.longest_overlap_at
+        );
+        for m in &v.violations {
+            println!("VIOLATION {m}");
+        }
+        println!("{} violation(s)", v.violations.len());
+        std::process::exit(i32::from(!v.violations.is_empty()));
     }
     let nofile = sys::raise_nofile();
     if let Scenario::Chaos {
@@ -426,7 +457,9 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Shift { .. } => shift::shift(&target, &profile).await,
             Scenario::Merge { .. } => unreachable!("merged above"),
-            Scenario::Chaos { .. } => unreachable!("run above"),
+            Scenario::Chaos { .. } | Scenario::ChaosCheck { .. } => {
+                unreachable!("run above")
+            }
             Scenario::NoticeFanout {
                 sessions,
                 notices,
