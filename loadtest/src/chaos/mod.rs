@@ -209,7 +209,12 @@ pub async fn chaos(plan: &Plan) -> Result<Report, String> {
         },
     );
     let ops = shared.ops.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let total_ops: u64 = ops.values().sum();
+    // Calls and socket commands; an agent's idle turn is not one.
+    let total_ops: u64 = ops
+        .iter()
+        .filter(|(k, _)| k.as_str() != "idle")
+        .map(|(_, v)| v)
+        .sum();
     for (k, v) in ops {
         report.count(&format!("op_{k}"), v);
     }
