@@ -3,7 +3,7 @@
 //! station, sometimes naming the holder it means to end), connects an
 //! [`Agent`] (which heartbeats, reconnects and resumes by itself), and
 //! then changes status, gets personal notices and acks them, takes itself
-//! over from another node (moving desk half the time), drops and resumes,
+//! over through a random node (moving desk half the time), drops and resumes,
 //! logs out or is released. Everything a client sees goes into the
 //! [`History`].
 
@@ -117,7 +117,8 @@ pub async fn agent(i: usize, sh: Arc<Shared>, mut stop: watch::Receiver<bool>) -
                 }
             }
             62..74 => {
-                // Taken over from another node, half the time at another desk.
+                // Taken over through a random node (two times in three not its
+                // socket's), half the time at another desk.
                 let station = if rng.random_bool(0.5) {
                     pick_station(&mut rng, sh.stations)
                 } else {
