@@ -2,6 +2,8 @@
 //! one node or a cluster and measures what they see.
 //!
 //! - [`scenarios`]: idle, storm, takeover, stations, churn, claim.
+//! - [`chaos`]: churn on three nodes behind Sentinel while faults are
+//!   injected, then a history checker.
 //! - [`tenants`]: many quiet tenants held idle against a cluster.
 //! - [`shift`]: a whole shift, its rates from a [`profile`].
 //! - [`shard`]: `--shard I/N`, one generator's slice of a run.
@@ -14,6 +16,7 @@
 //! - [`probe`]: the broker's memory and CPU from /proc or from its nodes'
 //!   `/metrics`.
 
+pub mod chaos;
 pub mod directory;
 pub mod merge;
 pub mod notices;

@@ -11,7 +11,7 @@ use turnstile_loadtest::profile::{parse_duration, Profile};
 use turnstile_loadtest::report::Report;
 use turnstile_loadtest::scenarios::{self, Target};
 use turnstile_loadtest::shard::Shard;
-use turnstile_loadtest::{directory, notices, shift, sys, tenants};
+use turnstile_loadtest::{chaos, directory, notices, shift, sys, tenants};
 
 /// jemalloc, as in the broker: the generator shares the machine's cores with
 /// what it measures, so its own allocator time is taken from the broker.
@@ -197,6 +197,53 @@ enum Scenario {
         #[arg(long)]
         profile: Option<PathBuf>,
     },
+    /// Churn on three nodes behind Sentinel (a master, a replica, three
+    /// sentinels, all started here) while faults are injected one at a
+    /// time, then a check of the history the clients saw: one live holder
+    /// per login and station, every displaced client told, generations
+    /// rising, no accepted notice lost, the final state equal to Redis's.
+    Chaos {
+        /// The `turnstile` binary the nodes run (default: beside this one).
+        #[arg(long)]
+        broker: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 200)]
+        agents: usize,
+        #[arg(long, default_value_t = 4)]
+        tenants: usize,
+        /// Stations per tenant.
+        #[arg(long, default_value_t = 40)]
+        stations: usize,
+        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        duration: Duration,
+        /// Seeds the agents' choices and the faults' order and timing.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fault kinds, comma-separated: kill9, sigstop, skew, redis-empty,
+        /// pubsub-kill, lagging-failover (default: all).
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<chaos::faults::Fault>,
+        /// Quiet time between faults: random, below this.
+        #[arg(long, default_value = "3s", value_parser = humantime_secs)]
+        pause: Duration,
+        /// How long two live holders of one login or station may overlap.
+        #[arg(long, default_value = "5s", value_parser = humantime_secs)]
+        overlap_window: Duration,
+        /// Write the history here (JSON lines).
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Bound on the history's events held in memory.
+        #[arg(long, default_value_t = 5_000_000)]
+        max_events: usize,
+    },
+    /// Checks a chaos run's history again (`chaos --history FILE`), e.g.
+    /// with another --overlap-window; prints the violations.
+    ChaosCheck {
+        history: PathBuf,
+        #[arg(long, default_value = "5s", value_parser = humantime_secs)]
+        overlap_window: Duration,
+    },
     /// Merges the JSON reports of several shards (their HDR histograms,
     /// not their percentiles) into one report: table, --json, --svg.
     Merge {
@@ -273,7 +320,79 @@ fn main() -> anyhow::Result<()> {
         let report = Report::merge_files(reports).map_err(anyhow::Error::msg)?;
         return write(&cli.common, report);
     }
+    if let Scenario::ChaosCheck {
+        history,
+        overlap_window,
+    } = &cli.scenario
+    {
+        let events = chaos::history::read_jsonl(history).map_err(anyhow::Error::msg)?;
+        let rules = chaos::checker::Rules {
+            overlap_window: overlap_window.as_micros() as u64,
+        };
+        let v = chaos::checker::check(&events, &rules);
+        for (k, n) in &v.counts {
+            println!("  {k:<30} {n}");
+        }
+        println!(
+            "  longest overlap {:.1} ms: {}",
+            v.longest_overlap as f64 / 1000.0,
+            v.longest_overlap_at
+        );
+        for m in &v.violations {
+            println!("VIOLATION {m}");
+        }
+        println!("{} violation(s)", v.violations.len());
+        std::process::exit(i32::from(!v.violations.is_empty()));
+    }
     let nofile = sys::raise_nofile();
+    if let Scenario::Chaos {
+        broker,
+        nodes,
+        agents,
+        tenants,
+        stations,
+        duration,
+        seed,
+        faults,
+        pause,
+        overlap_window,
+        history,
+        max_events,
+    } = &cli.scenario
+    {
+        let broker = match broker {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .context("finding this binary")?
+                .with_file_name("turnstile"),
+        };
+        let plan = chaos::Plan {
+            broker,
+            nodes: *nodes,
+            agents: *agents,
+            tenants: *tenants,
+            stations: *stations,
+            duration: *duration,
+            seed: *seed,
+            faults: if faults.is_empty() {
+                chaos::faults::Fault::ALL.to_vec()
+            } else {
+                faults.clone()
+            },
+            pause: *pause,
+            overlap_window: *overlap_window,
+            history: history.clone(),
+            max_events: *max_events,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let report = rt
+            .block_on(chaos::chaos(&plan))
+            .map_err(anyhow::Error::msg)?;
+        return write(&cli.common, report);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     let probe = matches!(
         cli.scenario,
@@ -350,6 +469,9 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Shift { .. } => shift::shift(&target, &profile).await,
             Scenario::Merge { .. } => unreachable!("merged above"),
+            Scenario::Chaos { .. } | Scenario::ChaosCheck { .. } => {
+                unreachable!("run above")
+            }
             Scenario::NoticeFanout {
                 sessions,
                 notices,
