@@ -1,21 +1,32 @@
 //! Connect tokens: the JWT a login service receives from `Claim` and hands to
 //! the agent's client, which presents it when it opens its WebSocket.
 //!
-//! The algorithm is pinned per key id (HS256 or EdDSA); `exp`, `iss`, `aud` and `sub` are
-//! required claims and `nbf` is checked. jsonwebtoken's defaults require only
-//! `exp`, so every requirement is spelled out in [`TokenKeys::new`].
+//! The algorithm is pinned per key id (HS256 or EdDSA); `exp`, `nbf`, `iss`, `aud` and
+//! `sub` are required claims. jsonwebtoken's defaults require only `exp`, so
+//! every requirement is spelled out in [`TokenKeys::new`].
+//!
+//! Token times (`iat`, `nbf`, `exp`) are minted and checked on the registry
+//! clock ([`Clock`]; in a cluster Redis's time), never on the host's wall
+//! clock: a token is minted on one node and presented on another, and two
+//! hosts' wall clocks are not to be compared. So jsonwebtoken's own
+//! `exp`/`nbf` checks (which read the wall clock) are off and
+//! [`TokenKeys::verify`] makes them, with [`LEEWAY_SECS`] of leeway.
 
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::session::{now_ms, Generation, Login, Session, SessionId, Tenant};
+use crate::clock::Clock;
+use crate::session::{Generation, Login, Session, SessionId, Tenant};
 
 /// The `iss` of every token this broker mints and accepts.
 pub const ISSUER: &str = "turnstile";
 /// The `aud` of connect tokens.
 pub const AUDIENCE: &str = "turnstile-ws";
+/// How far (seconds) past `exp`, or before `nbf`, a token is still
+/// accepted: the issuer's clock may be a little off the registry clock.
+pub const LEEWAY_SECS: i64 = 5;
 
 /// The claims inside a connect token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,11 +115,13 @@ struct Key {
 /// The signing keys and the rules tokens are checked against. The first
 /// key signs; every key verifies the tokens carrying its `kid`, with its
 /// own algorithm pinned — so a token cannot pick its algorithm (no
-/// `alg: none`, no HS256 signed with an EdDSA public key).
+/// `alg: none`, no HS256 signed with an EdDSA public key). Times are read
+/// from `clock`, the registry clock ([`with_clock`](Self::with_clock)).
 #[derive(Clone)]
 pub struct TokenKeys {
     keys: std::sync::Arc<Vec<Key>>,
     ttl: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -123,6 +136,7 @@ impl std::fmt::Debug for TokenKeys {
                     .collect::<Vec<_>>(),
             )
             .field("ttl", &self.ttl)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -136,9 +150,10 @@ fn validation(alg: Algorithm) -> Validation {
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
     validation.set_issuer(&[ISSUER]);
     validation.set_audience(&[AUDIENCE]);
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
-    validation.leeway = 5;
+    // jsonwebtoken would judge these on the wall clock: `verify` judges
+    // them on the registry clock. They stay required (above).
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation
 }
 
@@ -201,7 +216,17 @@ impl TokenKeys {
         Ok(Self {
             keys: std::sync::Arc::new(out),
             ttl,
+            clock: Clock::system(),
         })
+    }
+
+    /// Mints and checks token times on `clock`: the registry's
+    /// ([`RegistryConfig::clock`](crate::registry::RegistryConfig)), so
+    /// every node of a cluster agrees on them. Without it, keys use a
+    /// [`Clock::system`] of their own.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A random 256-bit secret: for development only (tokens die with the process).
@@ -217,7 +242,7 @@ impl TokenKeys {
 
     /// Mints the connect token for a granted session.
     pub fn mint(&self, session: &Session) -> String {
-        let now = now_ms() / 1000;
+        let now = self.now_secs();
         let claims = ConnectClaims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
@@ -245,6 +270,11 @@ impl TokenKeys {
             .expect("signing serialisable claims with a loaded key cannot fail")
     }
 
+    /// Unix seconds on the registry clock.
+    fn now_secs(&self) -> i64 {
+        self.clock.now_ms().div_euclid(1000)
+    }
+
     /// Verifies signature, algorithm, time and audience, then the claims' shapes.
     pub fn verify(&self, token: &str) -> Result<ConnectToken, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
@@ -259,8 +289,6 @@ impl TokenKeys {
             .ok_or(TokenError::UnknownKey)?;
         let data = jsonwebtoken::decode::<ConnectClaims>(token, &key.decoding, &key.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     TokenError::BadSignature
                 }
@@ -276,6 +304,13 @@ impl TokenKeys {
                 other => TokenError::Malformed(format!("{other:?}")),
             })?;
         let c = data.claims;
+        let now = self.now_secs();
+        if c.exp < now.saturating_sub(LEEWAY_SECS) {
+            return Err(TokenError::Expired);
+        }
+        if c.nbf > now.saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
         Ok(ConnectToken {
             tenant: Tenant::parse(&c.tid).map_err(|_| TokenError::BadClaim("tid"))?,
             login: Login::parse(&c.sub).map_err(|_| TokenError::BadClaim("sub"))?,
@@ -309,6 +344,16 @@ mod tests {
         }
     }
 
+    /// 2001-09-09: far from the wall clock, so a check that read it fails.
+    const T0_MS: i64 = 1_000_000_000_000;
+
+    /// Keys on a manual clock standing at `T0_MS`.
+    fn keys_at_t0() -> (TokenKeys, Clock) {
+        let clock = Clock::manual(T0_MS);
+        let keys = TokenKeys::generate(Duration::from_secs(60)).with_clock(clock.clone());
+        (keys, clock)
+    }
+
     fn claims(keys: &TokenKeys) -> ConnectClaims {
         let t = keys.mint(&session());
         jsonwebtoken::dangerous::insecure_decode::<ConnectClaims>(&t)
@@ -318,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_minted_token_verifies_to_its_session() {
-        let keys = TokenKeys::generate(Duration::from_secs(60));
+        let (keys, _) = keys_at_t0();
         let s = session();
         let got = keys.verify(&keys.mint(&s)).unwrap();
         assert_eq!(got.session_id, s.id);
@@ -327,9 +372,56 @@ mod tests {
     }
 
     #[test]
+    fn token_times_are_the_registry_clocks_with_5s_of_leeway() {
+        let (keys, clock) = keys_at_t0();
+        let c = claims(&keys);
+        let t0 = T0_MS / 1000;
+        assert_eq!(
+            (c.iat, c.nbf, c.exp),
+            (t0, t0, t0 + 60),
+            "minted on the clock"
+        );
+        // Accepted though it is decades from this host's wall clock.
+        assert!(keys.verify(&keys.mint(&session())).is_ok());
+        // nbf up to 5 s ahead of the clock is accepted, 6 s is not.
+        let mut c = claims(&keys);
+        c.nbf = t0 + LEEWAY_SECS;
+        assert!(keys.verify(&keys.sign(&c)).is_ok());
+        c.nbf = t0 + LEEWAY_SECS + 1;
+        assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::NotYetValid));
+        // exp up to 5 s behind the clock is accepted, 6 s is not.
+        let fresh = keys.mint(&session());
+        clock.advance(Duration::from_secs(60 + LEEWAY_SECS as u64));
+        assert!(keys.verify(&fresh).is_ok(), "within the leeway");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(keys.verify(&fresh), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn exp_and_nbf_stay_required() {
+        const SECRET: &[u8] = b"a test secret of thirty-two bytes";
+        let keys = TokenKeys::new(SECRET, Duration::from_secs(60)).with_clock(Clock::manual(T0_MS));
+        let full = serde_json::to_value(claims(&keys)).unwrap();
+        for claim in ["exp", "nbf"] {
+            let mut c = full.clone();
+            c.as_object_mut().unwrap().remove(claim);
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(DEFAULT_KID.into());
+            let token =
+                jsonwebtoken::encode(&header, &c, &EncodingKey::from_secret(SECRET)).unwrap();
+            // The claims do not parse without it; the message names it.
+            match keys.verify(&token) {
+                Err(TokenError::Malformed(m)) => assert!(m.contains(claim), "{m}"),
+                other => panic!("a token without {claim}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn forged_tokens_are_refused_with_the_reason() {
-        let keys = TokenKeys::generate(Duration::from_secs(60));
-        let other = TokenKeys::generate(Duration::from_secs(60));
+        let (keys, clock) = keys_at_t0();
+        let other = TokenKeys::generate(Duration::from_secs(60)).with_clock(clock.clone());
+        let now = clock.now_ms() / 1000;
         let s = session();
         assert_eq!(
             keys.verify(&other.mint(&s)),
@@ -337,10 +429,10 @@ mod tests {
             "wrong key"
         );
         let mut c = claims(&keys);
-        c.exp = now_ms() / 1000 - 3600;
+        c.exp = now - 3600;
         assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::Expired));
         let mut c = claims(&keys);
-        c.nbf = now_ms() / 1000 + 3600;
+        c.nbf = now + 3600;
         assert_eq!(keys.verify(&keys.sign(&c)), Err(TokenError::NotYetValid));
         let mut c = claims(&keys);
         c.aud = "someone-else".into();

@@ -90,6 +90,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .map(|(l, addr)| l.local_addr().unwrap_or(addr));
     let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
 
+    // One registry clock: the registry's deadlines and the connect
+    // tokens' times (minted in Claim, checked at connect) are both on it.
+    let registry_config = config.registry();
     let keys = match config.token_keys()? {
         Some(keys) => keys,
         None => {
@@ -100,7 +103,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             );
             TokenKeys::generate(config.token_ttl)
         }
-    };
+    }
+    .with_clock(registry_config.clock.clone());
     let tls = config.tls_files()?;
     let ws_tls = match &tls {
         Some(t) => Some(ws_tls_config(&t.cert, &t.key)?),
@@ -113,7 +117,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let registry: Arc<dyn Registry> = match config.redis() {
         Some(redis) => {
             let registry = RedisRegistry::start(
-                config.registry(),
+                registry_config,
                 redis,
                 hub.clone(),
                 hub.local(),
@@ -122,7 +126,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .await?;
             Arc::new(registry)
         }
-        None => MemoryRegistry::start(config.registry(), hub.clone()),
+        None => MemoryRegistry::start(registry_config, hub.clone()),
     };
     let tracker = TaskTracker::new();
     crate::webhooks::spawn(

@@ -486,8 +486,9 @@ pub struct PresenceEvent {
     pub ending: Option<Ending>,
 }
 
-/// The wall clock in Unix ms, for what other hosts judge (connect tokens'
-/// `iat`/`exp`). Registry deadlines read [`crate::clock::Clock`] instead.
+/// The host's wall clock in Unix ms, for stamps no other host judges
+/// (when this node went degraded, an operator's `--expires-in`). Registry
+/// deadlines and connect tokens read [`crate::clock::Clock`] instead.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

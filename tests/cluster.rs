@@ -462,8 +462,8 @@ async fn a_skewed_node_disturbs_nobody(skew: &str) {
     let healthy = NodeProc::start(&redis.url(), false, &grace).await;
     let skewed = NodeProc::start_skewed(&redis.url(), skew, &grace).await;
     let mut watch = watch_at(healthy.grpc, T).await;
-    // Each token is used on the node that issued it: connect tokens are
-    // judged by wall clocks (see docs/operations.md).
+    // Each token is used on the node that issued it; tokens crossing to
+    // the other node are `tokens_cross_a_skewed_node`'s.
     let ana = grant_on(&healthy, "ana", "desk-1").await;
     let bob = grant_on(&skewed, "bob", "desk-2").await;
     let carl = grant_on(&healthy, "carl", "desk-3").await;
@@ -553,6 +553,60 @@ async fn a_node_8s_behind_disturbs_nobody() {
 #[tokio::test]
 async fn a_node_2min_ahead_disturbs_nobody() {
     a_skewed_node_disturbs_nobody("+120s").await;
+}
+
+/// Connect tokens are minted and judged on the registry clock (Redis's),
+/// not the hosts' wall clocks: beside a node whose wall clock is `skew`
+/// off, a token minted on either node opens a socket on the other. Tokens
+/// live 30 s here, so a node 120 s ahead that read its wall clock would
+/// call a fresh token expired; one behind (or a token from one ahead)
+/// would call it not valid yet.
+async fn tokens_cross_a_skewed_node(skew: &str) {
+    let redis = RedisServer::start().await;
+    let flags = ["--token-ttl", "30s"];
+    let healthy = NodeProc::start(&redis.url(), false, &flags).await;
+    let skewed = NodeProc::start_skewed(&redis.url(), skew, &flags).await;
+    for (minter, opener, login, station) in [
+        (&healthy, &skewed, "ana", "desk-1"),
+        (&skewed, &healthy, "bob", "desk-2"),
+    ] {
+        let grant = grant_on(minter, login, station).await;
+        let socket = within(
+            "connect",
+            AgentSocket::connect(opener.http, &grant.token, &ConnectOptions::default()),
+        )
+        .await;
+        let mut agent = Agent(socket.unwrap_or_else(|e| {
+            panic!(
+                "{skew}: {login}'s socket on {} did not open: {e}",
+                opener.name
+            )
+        }));
+        match agent.next().await {
+            ServerFrame::Welcome { session_id, .. } => {
+                assert_eq!(session_id, session_of(&grant).session_id, "{skew}")
+            }
+            other => panic!(
+                "{skew}: a token minted on {} was refused on {}: {other:?}",
+                minter.name, opener.name
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_cross_a_node_8s_ahead() {
+    tokens_cross_a_skewed_node("+8s").await;
+}
+
+#[tokio::test]
+async fn tokens_cross_a_node_8s_behind() {
+    tokens_cross_a_skewed_node("-8s").await;
+}
+
+#[tokio::test]
+async fn tokens_cross_a_node_2min_ahead() {
+    tokens_cross_a_skewed_node("+120s").await;
 }
 
 /// A node holding more sessions than one script call handles (500):
