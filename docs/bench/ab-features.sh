@@ -18,12 +18,13 @@ run() { # tag binary round
   $LT takeover --grpc 127.0.0.1:7711 --grpc 127.0.0.1:7721 --ws 127.0.0.1:7710 --ws 127.0.0.1:7720 --k 1500 --quiet --json $OUT/$1-$3.json >/dev/null 2>&1
   kill $a $b; wait $a $b 2>/dev/null; kill $rp; wait $rp 2>/dev/null
 }
-for r in 1 2 3; do for tb in "$@"; do run "${tb%%=*}" "${tb#*=}" $r; done; done
+R=${ROUNDS:-3}
+for r in $(seq $R); do for tb in "$@"; do run "${tb%%=*}" "${tb#*=}" $r; done; done
 python3 - "$@" <<'PY'
 import json,sys,statistics as st
 for tb in sys.argv[1:]:
   tag=tb.split('=')[0]; p50=[];p99=[]
-  for r in (1,2,3):
+  for r in range(1, int(__import__('os').environ.get('ROUNDS','3'))+1):
     lat=json.load(open(f'/tmp/ab-features/{tag}-{r}.json'))['latencies']['claim_to_forced_logout']
     p50.append(lat['p50_us']); p99.append(lat['p99_us'])
   print(f"{tag}: p50 {st.median(p50)} {p50}  p99 {st.median(p99)} {p99}")
