@@ -25,6 +25,35 @@ async fn grant_on(node: &NodeProc, login: &str) -> pb::ClaimResponse {
     r
 }
 
+/// After writes were lost: bob (granted and connected on a in the lost
+/// writes) and ana (granted before them, holding `ana_id` when given) are
+/// both refused to a claim through `b` once claims are served again, and
+/// bob's socket on a is still the live one: a takeover reaches it.
+async fn neither_granted_twice(
+    b: &NodeProc,
+    cb: &mut support::Client,
+    bob_id: &str,
+    bob_ws: &mut support::agent::Agent,
+    ana_id: Option<&str>,
+) {
+    let (r, refused) = claim_through(b, "bob").await;
+    eprintln!("claims refused (UNAVAILABLE) after the lost writes: {refused}");
+    assert_eq!(
+        r.outcome(),
+        ClaimOutcome::LoginInUse,
+        "bob's live session was lost with the writes; granting bob again is a double grant: {r:?}"
+    );
+    assert_eq!(r.holder.expect("holder").session_id, bob_id);
+    let r = claim_on(cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
+    if let Some(ana_id) = ana_id {
+        assert_eq!(r.holder.expect("holder").session_id, ana_id);
+    }
+    let r = claim_on(cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
+    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    bob_ws.expect_forced_logout_reason("superseded").await;
+}
+
 /// Claims `login` (REJECT) on `node` every 20 ms until one is answered,
 /// bounded (30 s); every refusal must be a fast `UNAVAILABLE`. Returns the
 /// answer and how many claims were refused.
@@ -209,20 +238,7 @@ async fn lost_writes_are_noticed_and_their_sessions_are_not_granted_twice() {
     assert_eq!(s.state(), SessionState::Connected);
 
     redis.restart().await; // loads the snapshot: bob is gone
-    let (r, refused) = claim_through(&b, "bob").await;
-    eprintln!("claims refused (UNAVAILABLE) after the lost writes: {refused}");
-    assert_eq!(
-        r.outcome(),
-        ClaimOutcome::LoginInUse,
-        "bob's live session was lost with the writes; granting bob again is a double grant: {r:?}"
-    );
-    assert_eq!(r.holder.expect("holder").session_id, bob_id);
-    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
-    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
-    // bob's socket on a still works: a takeover reaches it.
-    let r = claim_on(&mut cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
-    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    bob_ws.expect_forced_logout_reason("superseded").await;
+    neither_granted_twice(&b, &mut cb, &bob_id, &mut bob_ws, None).await;
 }
 
 /// Redis restarted empty while the node holding ana was paused, and the
@@ -338,21 +354,7 @@ async fn a_cluster_shard_failed_over_to_a_lagging_replica_grants_nothing_twice()
     })
     .await;
 
-    let (r, refused) = claim_through(&b, "bob").await;
-    eprintln!("claims refused (UNAVAILABLE) after the lost writes: {refused}");
-    assert_eq!(
-        r.outcome(),
-        ClaimOutcome::LoginInUse,
-        "bob's live session was lost with the writes; granting bob again is a double grant: {r:?}"
-    );
-    assert_eq!(r.holder.expect("holder").session_id, bob_id);
-    let r = claim_on(&mut cb, claim_req(T, "ana", "", ConflictPolicy::Reject)).await;
-    assert_eq!(r.outcome(), ClaimOutcome::LoginInUse, "{r:?}");
-    assert_eq!(r.holder.expect("holder").session_id, ana_id);
-    // bob's socket on a still works: a takeover reaches it.
-    let r = claim_on(&mut cb, claim_req(T, "bob", "", ConflictPolicy::Takeover)).await;
-    assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    bob_ws.expect_forced_logout_reason("superseded").await;
+    neither_granted_twice(&b, &mut cb, &bob_id, &mut bob_ws, Some(&ana_id)).await;
 }
 
 /// On a Redis Cluster, the shard holding the tenant loses everything of it
