@@ -120,6 +120,51 @@ async fn a_watcher_resumes_after_its_last_sequence_with_no_gap_and_no_duplicate(
     node.shutdown().await;
 }
 
+/// A script that ends many sessions at once (a tenant-wide evict here; an
+/// expiry sweep, a reaped node alike) logs each ending as its own entry on
+/// Redis: a watcher resuming from the middle of the sweep gets the rest of
+/// it, in order, with no gap and no duplicate.
+#[tokio::test]
+async fn a_watcher_resuming_inside_a_sweep_gets_the_rest_of_it() {
+    let node = start().await;
+    let mut c = node.new_client().await;
+    let mut w = node.watch(T).await;
+    for i in 0..6 {
+        let _ = node.grant(T, &format!("sw-{i}"), "").await;
+    }
+    let _ = node.grant(T, "mark-1", "").await;
+    let (before, _) = read_until(&mut w, "mark-1").await;
+    let r = c
+        .evict(pb::EvictRequest {
+            tenant: T.into(),
+            target: Some(pb::evict_request::Target::AllSessions(true)),
+            message: String::new(),
+        })
+        .await
+        .expect("tenant-wide evict")
+        .into_inner();
+    assert_eq!(r.evicted_count, 7, "six sessions and the marker");
+    let _ = node.grant(T, "mark-2", "").await;
+    let (sweep, gaps) = read_until(&mut w, "mark-2").await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    let first = before.last().expect("events").sequence + 1;
+    assert_contiguous(&sweep, first);
+    assert_eq!(sweep.len(), 8, "seven endings and the marker's claim");
+    drop(w);
+
+    // From inside the sweep (after its third ending): the other four
+    // endings and the marker.
+    let mut back = watch_after(node.grpc, T, first + 2).await;
+    let (rest, gaps) = read_until(&mut back, "mark-2").await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    assert_contiguous(&rest, first + 3);
+    assert_eq!(
+        rest.iter().map(seen).collect::<Vec<_>>(),
+        sweep[3..].iter().map(seen).collect::<Vec<_>>()
+    );
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_watcher_behind_the_trimmed_log_is_told_to_re_read() {
     // Redis trims the stream approximately (whole nodes of 100 entries), so

@@ -148,7 +148,7 @@ end
 -- once, as ONE stream entry (fields `e`, one per event, in order), by
 -- log_flush, which the wrapper in store.rs calls after the body: a
 -- takeover's two or three events cost one HINCRBY, one XADD and one
--- PEXPIRE. Entry ids are Redis's own (`*`: never go back, whatever the
+-- PEXPIRE (more than three, a sweep's, are an entry each). Entry ids are Redis's own (`*`: never go back, whatever the
 -- nodes' clocks); log.lua finds sequence numbers in the events.
 -- Trimmed by length (ARGV[18] entries, MAXLEN ~) and age (ARGV[19] ms,
 -- MINID ~); an idle tenant's stream expires with its last event.
@@ -177,7 +177,17 @@ local function log_flush()
   -- A sequence starting again (Redis lost `lsq` but not the stream)
   -- starts a new stream: readers behind it are told the log was trimmed.
   if LOG.first == 1 then redis.call('DEL', lk) end
-  local id = redis.call('XADD', lk, 'MAXLEN', '~', ARGV[18], '*', unpack(LOG.ev))
+  local id
+  if LOG.seq - LOG.first < 3 then
+    id = redis.call('XADD', lk, 'MAXLEN', '~', ARGV[18], '*', unpack(LOG.ev))
+  else
+    -- A sweep (an expiry pass, a reaped node, a tenant-wide evict): one
+    -- entry per event, so the length bound, which counts entries, holds
+    -- at most 3 events per entry kept.
+    for i = 2, #LOG.ev, 2 do
+      id = redis.call('XADD', lk, 'MAXLEN', '~', ARGV[18], '*', 'e', LOG.ev[i])
+    end
+  end
   -- By age (on the stream's clock, its ids) when the sequence passes a
   -- multiple of 32: the approximate trim rarely has a whole stream node
   -- to drop, and this is a claim's hottest path.
