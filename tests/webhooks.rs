@@ -414,6 +414,21 @@ fn a_webhook_ca_file_without_a_certificate_is_refused_naming_it() {
 
 const FAILED: &str = "turnstile_webhook_attempts_total{outcome=\"failed\"}";
 
+/// Takeover claims of four logins (`a0`..`a3`) round-robin over the
+/// nodes' clients, one per round: every node changes the tenant.
+async fn churn(clients: &mut [Client], rounds: std::ops::Range<usize>) {
+    for round in rounds {
+        let n = clients.len();
+        let login = format!("a{}", round % 4);
+        let r = claim_on(
+            &mut clients[round % n],
+            claim_req(T, &login, "", ConflictPolicy::Takeover),
+        )
+        .await;
+        assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
+    }
+}
+
 /// A node's counter from `/metrics` (0 when absent).
 async fn counter(node: &NodeProc, name: &str) -> f64 {
     let (_, body) = http_get(node.http, "/metrics").await;
@@ -449,16 +464,7 @@ async fn three_nodes_deliver_each_event_once_in_order_through_a_receiver_outage(
     for n in &nodes {
         clients.push(n.client().await);
     }
-    let churn = |round: usize| format!("a{}", round % 4);
-    for round in 0..6 {
-        let i = round % 3;
-        let r = claim_on(
-            &mut clients[i],
-            claim_req(T, &churn(round), "", ConflictPolicy::Takeover),
-        )
-        .await;
-        assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    }
+    churn(&mut clients, 0..6).await;
     let _ = claim_on(
         &mut clients[0],
         claim_req(T, "mark-1", "", ConflictPolicy::Reject),
@@ -469,15 +475,7 @@ async fn three_nodes_deliver_each_event_once_in_order_through_a_receiver_outage(
     // The receiver goes away while every node keeps changing the tenant,
     // and comes back: nothing is lost, nothing doubled, order kept.
     receiver.down().await;
-    for round in 6..18 {
-        let i = round % 3;
-        let r = claim_on(
-            &mut clients[i],
-            claim_req(T, &churn(round), "", ConflictPolicy::Takeover),
-        )
-        .await;
-        assert_eq!(r.outcome(), ClaimOutcome::Granted, "{r:?}");
-    }
+    churn(&mut clients, 6..18).await;
     let _ = claim_on(
         &mut clients[1],
         claim_req(T, "mark-2", "", ConflictPolicy::Reject),
