@@ -148,8 +148,9 @@ end
 -- once, as ONE stream entry (fields `e`, one per event, in order), by
 -- log_flush, which the wrapper in store.rs calls after the body: a
 -- takeover's two or three events cost one HINCRBY, one XADD and one
--- PEXPIRE (more than three, a sweep's, are an entry each). Entry ids are Redis's own (`*`: never go back, whatever the
--- nodes' clocks); log.lua finds sequence numbers in the events.
+-- PEXPIRE (more than three, a sweep's, are an entry each). Entry ids are
+-- Redis's own (`*`: never go back, whatever the nodes' clocks); log.lua
+-- finds sequence numbers in the events.
 -- Trimmed by length (ARGV[18] entries, MAXLEN ~) and age (ARGV[19] ms,
 -- MINID ~); an idle tenant's stream expires with its last event.
 local LOG = nil
@@ -324,9 +325,11 @@ end
 -- re-assert after its shard lost writes (set with the marker kept, see
 -- store.rs; one command either way).
 local function ensure_epoch()
-  local n = redis.call('EXISTS', P .. 'ep', P .. 'rc')
-  if n == 1 then return nil end
-  if n == 2 then return err('recovering') end
+  -- (MGET, not a count of EXISTS: a count cannot tell 'rc' without the
+  -- marker from the marker alone)
+  local v = redis.call('MGET', P .. 'ep', P .. 'rc')
+  if v[2] then return err('recovering') end
+  if v[1] then return nil end
   if R.kep then return err('dataloss') end
   redis.call('SET', P .. 'ep', C.epoch)
   return nil
